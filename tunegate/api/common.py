@@ -1,0 +1,110 @@
+"""What every route shares: resolving the context, reading bodies and pages, answering JSON,
+and keeping the registry up to date (with per-key visibility)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tunegate.config import Settings
+from tunegate.context import ContextResolver, RequestContext
+from tunegate.errors import InvalidRequest, PayloadTooLarge
+from tunegate.providers.base import JSON, Page
+from tunegate.store import Store
+from tunegate.upstream import Upstream
+
+
+@dataclass
+class Services:
+    """Process-wide parts, built in the app's lifespan."""
+
+    settings: Settings
+    store: Store
+    upstream: Upstream
+    resolver: ContextResolver
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def context(request: Request, ref: tuple[str, str] | None = None) -> RequestContext:
+    ctx = await services(request).resolver.resolve(request.headers, request.scope["tunegate.trace_id"], ref)
+    request.scope["tunegate.ctx"] = ctx
+    return ctx
+
+
+def respond(obj: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
+
+
+async def json_body(request: Request, *, optional: bool = False) -> JSON:
+    """The request's JSON object. Invalid JSON or a non-object body is a 400, never a 500."""
+    limit = services(request).settings.max_json_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The JSON body is larger than {limit} bytes.")
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The JSON body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        if optional:
+            return {}
+        raise InvalidRequest("The request needs a JSON body.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The body is not valid JSON: {exc.msg}.", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    return body
+
+
+def page(request: Request, default_limit: int, *extra: str) -> Page:
+    """OpenAI pagination from the query string: ``limit``, ``after``, ``metadata[k]=v`` and the named
+    extras. ``limit=0`` is allowed (the spec sets no minimum and the SDK's own tests send it)."""
+    query = request.query_params
+    raw_limit = query.get("limit")
+    limit = default_limit
+    if raw_limit is not None and raw_limit != "":
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", param="limit", code="invalid_limit") from None
+        if limit < 0:
+            raise InvalidRequest("'limit' must not be negative.", param="limit", code="invalid_limit")
+    found: dict[str, Any] = {name: query[name] for name in extra if query.get(name)}
+    metadata = {k[len("metadata["):-1]: v for k, v in query.multi_items()
+                if k.startswith("metadata[") and k.endswith("]")}
+    if metadata:
+        found["metadata"] = metadata
+    return Page(limit=limit, after=query.get("after") or None, extra=found)
+
+
+async def remember(ctx: RequestContext, kind: str, obj: JSON) -> None:
+    """Record an object created through tunegate (synchronously: ownership must hold at once)."""
+    if ctx.store and isinstance(obj.get("id"), str):
+        await ctx.store.record(kind, obj["id"], ctx.provider_name, ctx.connection, ctx.key_id,
+                               obj.get("status"), obj)
+
+
+async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
+    """Drop the objects another key owns and record the ones seen for the first time."""
+    items = [o for o in listing.get("data", []) if isinstance(o, dict) and isinstance(o.get("id"), str)]
+    if ctx.store is None or not items:
+        return listing
+    owners = await ctx.store.owners(kind, [o["id"] for o in items])
+    if ctx.key is not None:
+        listing = {**listing, "data": [o for o in items if owners.get(o["id"]) in (None, ctx.key.id)]}
+    unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners]
+    await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, ctx.key_id)
+    return listing

@@ -1,0 +1,133 @@
+"""/v1/files: streamed uploads (validated on the way through), listing, retrieval, deletion and
+streamed downloads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from tunegate.api.common import context, page, remember, respond, services, visible
+from tunegate.context import RequestContext
+from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge, missing_param
+from tunegate.multipart import MultipartReader
+from tunegate.providers.base import JSON, IncomingFile
+
+FILE_FIELD_LIMIT = 64 * 1024
+
+
+class GuardedChunks:
+    """The file's bytes on their way to the provider, checked as they pass. A failed check raises
+    inside the provider's body stream, so the upstream request is aborted before it completes and
+    nothing is created there; ``error`` keeps the real reason for the client."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], validator: object | None) -> None:
+        self._chunks = chunks
+        self._validator = validator
+        self.error: BaseException | None = None
+        self.bytes = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks:
+                self.bytes += len(chunk)
+                if self._validator is not None:
+                    self._validator.feed(chunk)  # type: ignore[attr-defined]
+                yield chunk
+            if self._validator is not None:
+                report = self._validator.finish()  # type: ignore[attr-defined]
+                if not report.ok:
+                    raise InvalidRequest("The training file is not valid: " + report.summary(),
+                                         param="file", code="invalid_training_file")
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+def _validator_for(ctx: RequestContext, purpose: str, max_bytes: int) -> object | None:
+    settings = services_settings(ctx)
+    if purpose != "fine-tune" or not settings.validate_uploads or ctx.option("validate_uploads") in (False, "false"):
+        return None
+    from tunegate.data.validator import Validator  # the data package is optional at import time
+
+    return Validator(method=str(ctx.option("validation_method", "supervised")), model=None, max_bytes=max_bytes)
+
+
+def services_settings(ctx: RequestContext):  # type: ignore[no-untyped-def]
+    assert ctx.settings is not None
+    return ctx.settings
+
+
+async def read_form_file(request: Request, file_field: str, max_bytes: int) -> tuple[dict[str, str], MultipartReader,
+                                                                                       str, str]:
+    """Read the form's text fields up to the file part; returns (fields, reader positioned at the file's
+    bytes, filename, content type). Fields must come before the file (as the SDKs and OpenAI's curl
+    examples send them), so the file can stream on without being stored."""
+    content_type = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
+        raise PayloadTooLarge(f"The upload is larger than this gateway's limit of {max_bytes} bytes.", param=file_field)
+    reader = MultipartReader(request.stream(), content_type, max_bytes)
+    fields: dict[str, str] = {}
+    while (part := await reader.next_part()) is not None:
+        if part.name == file_field and part.filename is not None:
+            return fields, reader, part.filename or "upload", part.content_type
+        if part.filename is not None:
+            raise InvalidRequest(f"Unexpected file field '{part.name}'.", param=part.name)
+        fields[part.name] = await reader.text(FILE_FIELD_LIMIT)
+    raise missing_param(file_field)
+
+
+async def upload_file(request: Request) -> Response:
+    ctx = await context(request)
+    max_bytes = services(request).settings.max_upload_bytes
+    fields, reader, filename, content_type = await read_form_file(request, "file", max_bytes)
+    purpose = fields.pop("purpose", None)
+    if not purpose:
+        raise InvalidRequest("Missing required parameter: 'purpose' (send it before 'file').", param="purpose",
+                             code="missing_required_parameter")
+    guarded = GuardedChunks(reader.chunks(), _validator_for(ctx, purpose, max_bytes))
+    incoming = IncomingFile(filename=filename, purpose=purpose, content_type=content_type,
+                            chunks=guarded.__aiter__(), fields=fields)
+    try:
+        created = await ctx.provider.upload_file(ctx, incoming)
+    except APIError:
+        if isinstance(guarded.error, APIError):
+            raise guarded.error from None
+        raise
+    if isinstance(guarded.error, BaseException):  # an adapter swallowed it: never register a bad file
+        raise guarded.error
+    await remember(ctx, "file", created)
+    return respond(created)
+
+
+async def list_files(request: Request) -> Response:
+    ctx = await context(request)
+    listing = await ctx.provider.list_files(ctx, page(request, 10000, "purpose", "order"))
+    return respond(await visible(ctx, "file", listing))
+
+
+def _file_ref(request: Request) -> tuple[str, str]:
+    return ("file", request.path_params["file_id"])
+
+
+async def retrieve_file(request: Request) -> Response:
+    ctx = await context(request, _file_ref(request))
+    found: JSON = await ctx.provider.retrieve_file(ctx, request.path_params["file_id"])
+    await remember(ctx, "file", found)
+    return respond(found)
+
+
+async def delete_file(request: Request) -> Response:
+    ctx = await context(request, _file_ref(request))
+    result = await ctx.provider.delete_file(ctx, request.path_params["file_id"])
+    if ctx.store is not None:
+        await ctx.store.forget("file", request.path_params["file_id"])
+    return respond(result)
+
+
+async def file_content(request: Request) -> Response:
+    ctx = await context(request, _file_ref(request))
+    download = await ctx.provider.file_content(ctx, request.path_params["file_id"])
+    return StreamingResponse(download.chunks, media_type=download.media_type, headers=download.headers)

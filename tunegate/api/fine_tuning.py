@@ -1,0 +1,146 @@
+"""/v1/fine_tuning/…: jobs, their events and checkpoints, and the other OpenAI fine-tuning
+operations (checkpoint permissions, graders) passed to providers that have them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tunegate.api.common import context, json_body, page, remember, respond, visible
+from tunegate.context import RequestContext
+from tunegate.errors import APIError, InvalidRequest, missing_param
+from tunegate.providers.base import JSON
+
+
+def validate_create(ctx: RequestContext, body: JSON) -> None:
+    """The checks every provider shares; limits are the provider's own."""
+    for name in ("model", "training_file"):
+        value = body.get(name)
+        if value is None or value == "":
+            raise missing_param(name)
+        if not isinstance(value, str):
+            raise InvalidRequest(f"'{name}' must be a string.", param=name, code="invalid_type")
+    for name in ("validation_file",):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise InvalidRequest(f"'{name}' must be a string.", param=name, code="invalid_type")
+    suffix = body.get("suffix")
+    if suffix is not None:
+        limit = ctx.provider.suffix_max_length
+        if not isinstance(suffix, str) or not 1 <= len(suffix) <= limit:
+            raise InvalidRequest(f"'suffix' must be a string of 1 to {limit} characters for provider "
+                                 f"'{ctx.provider_name}'.", param="suffix", code="invalid_suffix")
+    for name in ("hyperparameters", "method", "metadata"):
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise InvalidRequest(f"'{name}' must be an object.", param=name, code="invalid_type")
+    metadata = body.get("metadata") or {}
+    if len(metadata) > 16 or any(not isinstance(v, str) or len(k) > 64 or len(v) > 512 for k, v in metadata.items()):
+        raise InvalidRequest("'metadata' holds at most 16 pairs of strings (keys up to 64, values up to 512 "
+                             "characters).", param="metadata", code="invalid_metadata")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= 2147483647):
+        raise InvalidRequest("'seed' must be an integer from 0 to 2147483647.", param="seed", code="invalid_seed")
+
+
+async def list_jobs(request: Request) -> Response:
+    ctx = await context(request)
+    listing = await ctx.provider.list_jobs(ctx, page(request, 20))
+    return respond(await visible(ctx, "job", listing))
+
+
+async def create_job(request: Request) -> Response:
+    ctx = await context(request)
+    body = await json_body(request)
+    validate_create(ctx, body)
+    idem_key = request.headers.get("idempotency-key")
+    if not idem_key or ctx.store is None:
+        job = await ctx.provider.create_job(ctx, body)
+        await remember(ctx, "job", job)
+        return respond(job)
+    return await _create_once(ctx, idem_key, body)
+
+
+async def _create_once(ctx: RequestContext, idem_key: str, body: JSON) -> Response:
+    """A create under an Idempotency-Key: the first request runs, repeats get its answer. The claim is
+    a database row, so this holds across gateway instances sharing PostgreSQL."""
+    assert ctx.store is not None
+    scope = f"{ctx.key_id or 'open'}:{ctx.provider_name}:{ctx.connection or ''}"
+    digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    existing = await ctx.store.claim_idempotency(scope, idem_key, digest)
+    if existing is not None:
+        if existing["request_hash"] != digest:
+            raise InvalidRequest("This Idempotency-Key was used with a different request body.",
+                                 param="Idempotency-Key", code="idempotency_key_reused", status=422)
+        if existing["state"] != "done":
+            raise APIError("A request with this Idempotency-Key is still in progress.", status=409,
+                           code="idempotency_in_progress", param="Idempotency-Key")
+        return Response(existing["body"], status_code=existing["status_code"], media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    ctx.idempotent_create = True
+    try:
+        job = await ctx.provider.create_job(ctx, body)
+    except APIError as exc:
+        if exc.status >= 500 or exc.status == 429:
+            await ctx.store.release_idempotency(scope, idem_key)  # safe to try again later
+        else:
+            await ctx.store.finish_idempotency(scope, idem_key, exc.status, orjson.dumps(exc.body()))
+        raise
+    except BaseException:
+        await ctx.store.release_idempotency(scope, idem_key)
+        raise
+    await remember(ctx, "job", job)
+    await ctx.store.finish_idempotency(scope, idem_key, 200, orjson.dumps(job))
+    return respond(job)
+
+
+def _job_ref(request: Request) -> tuple[str, str]:
+    return ("job", request.path_params["job_id"])
+
+
+async def retrieve_job(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    job = await ctx.provider.retrieve_job(ctx, request.path_params["job_id"])
+    await remember(ctx, "job", job)
+    return respond(job)
+
+
+async def cancel_job(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    job = await ctx.provider.cancel_job(ctx, request.path_params["job_id"])
+    await remember(ctx, "job", job)
+    return respond(job)
+
+
+async def pause_job(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    job = await ctx.provider.pause_job(ctx, request.path_params["job_id"])
+    await remember(ctx, "job", job)
+    return respond(job)
+
+
+async def resume_job(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    job = await ctx.provider.resume_job(ctx, request.path_params["job_id"])
+    await remember(ctx, "job", job)
+    return respond(job)
+
+
+async def list_events(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    return respond(await ctx.provider.list_events(ctx, request.path_params["job_id"], page(request, 20)))
+
+
+async def list_checkpoints(request: Request) -> Response:
+    ctx = await context(request, _job_ref(request))
+    return respond(await ctx.provider.list_checkpoints(ctx, request.path_params["job_id"], page(request, 10)))
+
+
+async def passthrough(request: Request) -> Response:
+    """Checkpoint permissions and graders: forwarded to providers that speak the OpenAI API."""
+    ctx = await context(request)
+    path = request.url.path.removeprefix("/v1")
+    body = await json_body(request, optional=True) if request.method == "POST" else None
+    result = await ctx.provider.passthrough(ctx, request.method, path, request.query_params.multi_items(), body)
+    return respond(result)

@@ -1,0 +1,59 @@
+"""/v1/uploads: OpenAI's multi-part uploads for large files (8 GB, 64 MB parts), passed through to
+providers that have them."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tunegate.api.common import context, json_body, remember, respond
+from tunegate.api.files import read_form_file
+from tunegate.errors import InvalidRequest, missing_param
+from tunegate.providers.base import IncomingFile
+
+MAX_UPLOAD_BYTES = 8 * 1024**3
+MAX_PART_BYTES = 64 * 1024**2
+
+
+def _upload_ref(request: Request) -> tuple[str, str]:
+    return ("upload", request.path_params["upload_id"])
+
+
+async def create_upload(request: Request) -> Response:
+    ctx = await context(request)
+    body = await json_body(request)
+    for name in ("filename", "purpose", "bytes", "mime_type"):
+        if body.get(name) is None:
+            raise missing_param(name)
+    size = body["bytes"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_UPLOAD_BYTES:
+        raise InvalidRequest(f"'bytes' must be an integer from 0 to {MAX_UPLOAD_BYTES}.", param="bytes")
+    created = await ctx.provider.create_upload(ctx, body)
+    await remember(ctx, "upload", created)
+    return respond(created)
+
+
+async def add_part(request: Request) -> Response:
+    ctx = await context(request, _upload_ref(request))
+    _fields, reader, filename, content_type = await read_form_file(request, "data", MAX_PART_BYTES)
+    part = IncomingFile(filename=filename, purpose="", content_type=content_type, chunks=reader.chunks())
+    return respond(await ctx.provider.add_upload_part(ctx, request.path_params["upload_id"], part))
+
+
+async def complete_upload(request: Request) -> Response:
+    ctx = await context(request, _upload_ref(request))
+    body = await json_body(request)
+    if not isinstance(body.get("part_ids"), list):
+        raise missing_param("part_ids")
+    done = await ctx.provider.complete_upload(ctx, request.path_params["upload_id"], body)
+    await remember(ctx, "upload", done)
+    if isinstance(done.get("file"), dict):
+        await remember(ctx, "file", done["file"])
+    return respond(done)
+
+
+async def cancel_upload(request: Request) -> Response:
+    ctx = await context(request, _upload_ref(request))
+    done = await ctx.provider.cancel_upload(ctx, request.path_params["upload_id"])
+    await remember(ctx, "upload", done)
+    return respond(done)

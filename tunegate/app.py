@@ -1,0 +1,164 @@
+"""The ASGI application: routes, lifespan (database, upstream session) and error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tunegate.api import files, fine_tuning, health, uploads
+from tunegate.api.common import Services
+from tunegate.config import Settings
+from tunegate.context import ContextResolver, new_trace_id
+from tunegate.errors import APIError, MethodNotAllowed, NotFound
+from tunegate.store import Store
+from tunegate.store.secretbox import SecretBox
+from tunegate.upstream import Upstream
+
+log = logging.getLogger("tunegate")
+
+ROUTES = [
+    Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/v1/fine_tuning/jobs", fine_tuning.list_jobs, methods=["GET"], name="list_jobs"),
+    Route("/v1/fine_tuning/jobs", fine_tuning.create_job, methods=["POST"], name="create_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}", fine_tuning.retrieve_job, methods=["GET"], name="retrieve_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}/cancel", fine_tuning.cancel_job, methods=["POST"], name="cancel_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}/pause", fine_tuning.pause_job, methods=["POST"], name="pause_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}/resume", fine_tuning.resume_job, methods=["POST"], name="resume_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}/events", fine_tuning.list_events, methods=["GET"], name="list_events"),
+    Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", fine_tuning.list_checkpoints, methods=["GET"],
+          name="list_checkpoints"),
+    Route("/v1/fine_tuning/checkpoints/{checkpoint}/permissions", fine_tuning.passthrough,
+          methods=["GET", "POST"], name="checkpoint_permissions"),
+    Route("/v1/fine_tuning/checkpoints/{checkpoint}/permissions/{permission_id}", fine_tuning.passthrough,
+          methods=["DELETE"], name="delete_checkpoint_permission"),
+    Route("/v1/fine_tuning/alpha/graders/run", fine_tuning.passthrough, methods=["POST"], name="run_grader"),
+    Route("/v1/fine_tuning/alpha/graders/validate", fine_tuning.passthrough, methods=["POST"],
+          name="validate_grader"),
+    Route("/v1/files", files.list_files, methods=["GET"], name="list_files"),
+    Route("/v1/files", files.upload_file, methods=["POST"], name="upload_file"),
+    Route("/v1/files/{file_id}", files.retrieve_file, methods=["GET"], name="retrieve_file"),
+    Route("/v1/files/{file_id}", files.delete_file, methods=["DELETE"], name="delete_file"),
+    Route("/v1/files/{file_id}/content", files.file_content, methods=["GET"], name="file_content"),
+    Route("/v1/uploads", uploads.create_upload, methods=["POST"], name="create_upload"),
+    Route("/v1/uploads/{upload_id}/parts", uploads.add_part, methods=["POST"], name="add_upload_part"),
+    Route("/v1/uploads/{upload_id}/complete", uploads.complete_upload, methods=["POST"], name="complete_upload"),
+    Route("/v1/uploads/{upload_id}/cancel", uploads.cancel_upload, methods=["POST"], name="cancel_upload"),
+]
+
+
+class TraceAndLog:
+    """Echo or mint ``x-portkey-trace-id`` on every response, and write one request-log entry per
+    request (id, time, key, provider, operation, statuses, latency — never a header value)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        trace_id = _header(scope, b"x-portkey-trace-id") or new_trace_id()
+        scope["tunegate.trace_id"] = trace_id
+        status = 500
+        started_response = False
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status, started_response
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started_response = True
+                message["headers"] = [*message.get("headers", []), (b"x-portkey-trace-id", trace_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_trace)
+        except Exception as exc:
+            # Last line of defence: an OpenAI-shaped 500, and a log line with the exception's type and
+            # place only (messages of foreign exceptions may hold request data, so no traceback text).
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            where = f"{frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame else "?"
+            log.error("internal error on %s %s: %s at %s", scope["method"], scope["path"], type(exc).__name__, where)
+            if not started_response:
+                response = APIError("The gateway hit an internal error; the request was not completed.",
+                                    status=500, type="server_error", code="internal_error").response()
+                await response(scope, receive, send_with_trace)
+        finally:
+            self._log(scope, status, (time.perf_counter() - started) * 1000)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, latency_ms: float) -> None:
+        services: Services | None = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        if services is None or not services.settings.request_log or not scope["path"].startswith("/v1/"):
+            return
+        ctx = scope.get("tunegate.ctx")
+        route = scope.get("route")
+        services.store.log_request(dict(
+            ts=time.time(), trace_id=scope["tunegate.trace_id"], key_id=ctx.key_id if ctx else None,
+            provider=ctx.provider_name if ctx else None, operation=getattr(route, "name", None),
+            method=scope["method"], path=scope["path"][:500], status=status,
+            upstream_status=ctx.upstream_status if ctx else None, latency_ms=round(latency_ms, 3)))
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            text = value.decode("latin-1")
+            # A trace id is echoed into headers and logs: keep it short and printable.
+            return text if 0 < len(text) <= 128 and text.isprintable() else None
+    return None
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    if exc.status >= 500:
+        log.warning("upstream failure %s on %s %s: %s", exc.status, request.method, request.url.path, exc.message)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_route").response()
+    if exc.status_code == 405:
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.").response(
+            dict(exc.headers or {}))
+    return APIError(str(exc.detail), status=exc.status_code).response()
+
+
+async def _disconnect(request: Request, exc: Exception) -> Response:
+    return APIError("The client disconnected.", status=499, code="client_disconnected").response()
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.load()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
+        store = await Store.open(settings.resolved_database_url, box)
+        upstream = Upstream()
+        app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream))
+        try:
+            yield {}
+        finally:
+            await upstream.close()
+            await store.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+        APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _disconnect})
+    app.add_middleware(TraceAndLog)
+    return app

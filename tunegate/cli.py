@@ -1,0 +1,209 @@
+"""The command line: ``tunegate serve``, ``keys``, ``connections``, ``migrate``, ``validate``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunegate.config import Settings
+from tunegate.store import Store
+from tunegate.store.secretbox import SecretBox
+
+app = typer.Typer(help="tunegate: one OpenAI-compatible fine-tuning API over every provider.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Manage tunegate keys.", no_args_is_help=True)
+connections_app = typer.Typer(help="Manage stored provider connections.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(connections_app, name="connections")
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="TOML config file.", envvar="TUNEGATE_CONFIG")
+
+
+def _settings(config: Path | None) -> Settings:
+    return Settings.load(config)
+
+
+def _with_store(config: Path | None, work: Callable[[Store], Awaitable[T]]) -> T:
+    settings = _settings(config)
+
+    async def run() -> T:
+        store = await Store.open(settings.resolved_database_url,
+                                 SecretBox.from_settings(settings.secret_key, settings.data_dir))
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8787)."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Run the gateway."""
+    import os
+
+    import uvicorn
+
+    settings = _settings(config)
+    if config:
+        os.environ["TUNEGATE_CONFIG"] = str(config)  # worker processes load the same file
+    uvicorn.run("tunegate.server:app", factory=True, host=host or settings.host, port=port or settings.port,
+                workers=workers, log_level=settings.log_level, access_log=False, proxy_headers=False,
+                timeout_graceful_shutdown=30)
+
+
+@app.command()
+def migrate(config: Optional[Path] = ConfigOption) -> None:
+    """Create or upgrade the database schema."""
+    settings = _settings(config)
+    _with_store(config, lambda store: asyncio.sleep(0))
+    console.print(f"database ready: {settings.resolved_database_url.split('@')[-1]}")
+
+
+@app.command()
+def validate(
+    file: Path = typer.Argument(..., help="JSONL training file."),
+    method: str = typer.Option("supervised", help="supervised | dpo | reinforcement"),
+    model: Optional[str] = typer.Option(None, help="Base model, for context-length checks."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check a fine-tuning file before uploading it."""
+    from tunegate.data.cli import validate_command
+
+    raise typer.Exit(validate_command(str(file), method=method, model=model, as_json=as_json))
+
+
+# ---- keys ------------------------------------------------------------------------------------
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., help="A label for the key."),
+    connection: list[str] = typer.Option(["*"], "--connection", help="Connections it may use ('*' = all)."),
+    allow_provider_keys: bool = typer.Option(False, help="Let requests bring their own provider key."),
+    rate_limit: Optional[int] = typer.Option(None, help="Requests per minute."),
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Create a key. The key is shown once; only its hash is stored."""
+    key, full = _with_store(config, lambda s: s.create_key(name, connection, allow_provider_keys, rate_limit))
+    if as_json:
+        print(json.dumps({"id": key.id, "name": key.name, "key": full, "connections": key.connections}))
+    else:
+        console.print(f"created key [bold]{key.id}[/bold] ({name}); store it now, it is not shown again:")
+        print(full)
+
+
+@keys_app.command("list")
+def keys_list(config: Optional[Path] = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List keys (never their secrets)."""
+    keys = _with_store(config, lambda s: s.list_keys())
+    rows = [dict(id=k.id, name=k.name, connections=k.connections, allow_provider_keys=k.allow_provider_keys,
+                 created_at=k.created_at, revoked=k.revoked_at is not None) for k in keys]
+    _print_rows(rows, as_json)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, config: Optional[Path] = ConfigOption) -> None:
+    """Revoke a key by id."""
+    if not _with_store(config, lambda s: s.revoke_key(key_id)):
+        fail(f"no active key with id {key_id}")
+    console.print(f"revoked {key_id}")
+
+
+# ---- connections -----------------------------------------------------------------------------
+
+
+@connections_app.command("add")
+def connections_add(
+    name: str = typer.Argument(..., help="Connection name (used as x-portkey-virtual-key)."),
+    provider: str = typer.Option(..., help="Provider name, e.g. openai, azure-openai."),
+    api_key: Optional[str] = typer.Option(None, envvar="TUNEGATE_PROVIDER_API_KEY",
+                                          help="The provider key (or set TUNEGATE_PROVIDER_API_KEY)."),
+    secret: list[str] = typer.Option([], help="Other secrets as NAME=VALUE (encrypted at rest)."),
+    option: list[str] = typer.Option([], help="Provider options as NAME=VALUE, e.g. azure_resource_name=x."),
+    base_url: Optional[str] = typer.Option(None, help="Override the provider's base URL."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Store a provider connection; its secrets are encrypted with TUNEGATE_SECRET_KEY."""
+    from tunegate.providers import REGISTRY
+
+    if provider not in REGISTRY:
+        fail(f"unknown provider {provider!r}; known: {', '.join(sorted(REGISTRY))}")
+    secrets = _pairs(secret)
+    if api_key:
+        secrets[REGISTRY[provider].credential_field] = api_key
+    options: dict[str, Any] = _pairs(option)
+
+    async def add(store: Store) -> bool:
+        if await store.get_connection(name) is not None:
+            return False
+        await store.add_connection(name, provider, secrets, base_url=base_url, options=options)
+        return await store.keys_exist()
+
+    protected = _with_store(config, add)
+    console.print(f"stored connection [bold]{name}[/bold] ({provider})")
+    if protected is False:
+        err.print("[yellow]note:[/yellow] no tunegate key exists yet, so the gateway is open: create one with "
+                  "'tunegate keys create' before exposing it.")
+
+
+@connections_app.command("list")
+def connections_list(config: Optional[Path] = ConfigOption, as_json: bool = typer.Option(False, "--json")) -> None:
+    """List connections (secret names only, never values)."""
+    _print_rows(_with_store(config, lambda s: s.list_connections()), as_json)
+
+
+@connections_app.command("remove")
+def connections_remove(name: str, config: Optional[Path] = ConfigOption) -> None:
+    """Delete a stored connection."""
+    if not _with_store(config, lambda s: s.remove_connection(name)):
+        fail(f"no connection named {name}")
+    console.print(f"removed {name}")
+
+
+def _pairs(items: list[str]) -> dict[str, Any]:
+    pairs: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"expected NAME=VALUE, got {item!r}")
+        pairs[name.strip()] = value
+    return pairs
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print("(none)")
+        return
+    table = Table(*rows[0].keys())
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,94 @@
+"""Settings: embedded defaults, an optional TOML file, then ``TUNEGATE_*`` environment variables.
+
+Precedence (highest first): explicit keyword arguments, environment, the TOML file, defaults.
+Nested values use ``__`` in the environment, e.g. ``TUNEGATE_TIMEOUTS__CONNECT=5``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MB = 1024 * 1024
+
+
+class Timeouts(BaseModel):
+    """Seconds per phase of an upstream call; each answered as a 504 when exceeded."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    idle: float = 120.0
+
+
+class RetryPolicy(BaseModel):
+    attempts: int = 3  # total tries for idempotent operations
+    on_status_codes: list[int] = Field(default_factory=lambda: [429, 500, 502, 503, 504])
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+
+
+class ProviderSettings(BaseModel):
+    base_url: str | None = None
+    timeouts: Timeouts | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="ignore")
+    _toml_path: ClassVar[Path | None] = None
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: Path = Path.home() / ".tunegate"
+    database_url: str | None = None  # default: SQLite file under data_dir
+    secret_key: str | None = None  # Fernet key for connection secrets; default: a key file in data_dir
+    # Hosts (names, addresses or CIDR ranges) that x-portkey-custom-host may point at even though they are
+    # not public addresses. Setting it replaces the default, which trusts loopback for local development.
+    allowed_custom_hosts: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    max_upload_bytes: int = 512 * MB
+    max_json_body_bytes: int = 4 * MB
+    validate_uploads: bool = True
+    default_provider: str | None = None  # used when a request names no provider at all
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    request_log: bool = True
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        class FileSettings(cls):  # type: ignore[valid-type,misc]
+            _toml_path = Path(config_file) if config_file else None
+
+        return FileSettings(**overrides)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'tunegate.db'}"
+
+    def provider_base_url(self, provider: str) -> str | None:
+        configured = self.providers.get(provider)
+        return configured.base_url if configured else None

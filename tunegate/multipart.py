@@ -1,0 +1,163 @@
+"""Streaming multipart/form-data: read parts from the client as they arrive, and write a multipart
+body to a provider from a stream — without ever holding a whole file.
+
+Reading uses python-multipart's push parser (the same one Starlette uses), fed chunk by chunk from
+the ASGI receive channel.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from tunegate.errors import InvalidRequest, PayloadTooLarge
+
+
+@dataclass
+class PartInfo:
+    name: str
+    filename: str | None
+    content_type: str
+
+
+def boundary_of(content_type: str) -> bytes:
+    media, params = parse_options_header(content_type)
+    if media != b"multipart/form-data" or b"boundary" not in params:
+        raise InvalidRequest("Expected a multipart/form-data body with a boundary.", code="invalid_content_type")
+    return params[b"boundary"]
+
+
+class MultipartReader:
+    """Pull-style reader over a push parser: ``next_part()`` then ``chunks()`` or ``text()``."""
+
+    def __init__(self, body: AsyncIterator[bytes], content_type: str, max_part_bytes: int) -> None:
+        self._body = body
+        self._events: deque[tuple[str, Any]] = deque()
+        self._max_part_bytes = max_part_bytes
+        self._ended = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._in_part = False
+        self._parser = MultipartParser(boundary_of(content_type), callbacks={
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": lambda d, s, e: self._append_header("field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._append_header("value", d[s:e]),
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": lambda d, s, e: self._events.append(("data", bytes(d[s:e]))),
+            "on_part_end": lambda: self._events.append(("end", None)),
+            "on_end": lambda: self._events.append(("eof", None)),
+        })
+
+    # -- parser callbacks --
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+
+    def _append_header(self, which: str, data: bytes) -> None:
+        if which == "field":
+            self._header_field += data
+        else:
+            self._header_value += data
+        if len(self._header_field) + len(self._header_value) > 16384:
+            raise InvalidRequest("A multipart part header is too large.", code="invalid_multipart")
+
+    def _on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        filename = params.get(b"filename")
+        content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
+        self._events.append(("part", PartInfo(name, filename.decode("utf-8", "replace") if filename is not None
+                                             else None, content_type)))
+
+    # -- pulling --
+    async def _next_event(self) -> tuple[str, Any]:
+        while not self._events:
+            if self._ended:
+                raise InvalidRequest("The multipart body ended before its closing boundary.",
+                                     code="invalid_multipart")
+            try:
+                chunk = await anext(self._body)
+            except StopAsyncIteration:
+                self._ended = True
+                self._parser.finalize()
+                continue
+            try:
+                self._parser.write(chunk)
+            except InvalidRequest:
+                raise
+            except Exception as exc:  # python-multipart raises its own error types
+                raise InvalidRequest("The multipart body is malformed.", code="invalid_multipart") from exc
+        return self._events.popleft()
+
+    async def next_part(self) -> PartInfo | None:
+        """The next part's headers; skips whatever of the current part was not read."""
+        while True:
+            kind, value = await self._next_event()
+            if kind == "part":
+                self._in_part = True
+                return value  # type: ignore[no-any-return]
+            if kind == "eof":
+                return None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The current part's bytes, as they arrive; 413 past the size limit."""
+        total = 0
+        while True:
+            kind, value = await self._next_event()
+            if kind == "data":
+                total += len(value)
+                if total > self._max_part_bytes:
+                    raise PayloadTooLarge(f"The file is larger than this gateway's limit of "
+                                          f"{self._max_part_bytes} bytes.", param="file")
+                yield value
+            elif kind == "end":
+                self._in_part = False
+                return
+
+    async def text(self, limit: int = 65536) -> str:
+        parts = []
+        size = 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > limit:
+                raise InvalidRequest("A form field is too large.", code="invalid_multipart")
+            parts.append(chunk)
+        return b"".join(parts).decode("utf-8", "replace")
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+
+
+class MultipartWriter:
+    """Builds an outgoing multipart body whose file part is streamed."""
+
+    def __init__(self) -> None:
+        self.boundary = "tunegate-" + secrets.token_hex(16)
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    async def body(self, fields: list[tuple[str, str]], file_field: str, filename: str,
+                   file_type: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        head = []
+        for name, value in fields:
+            head.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
+                        f"{value}\r\n")
+        head.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
+                    f'filename="{_quote(filename)}"\r\nContent-Type: {file_type}\r\n\r\n')
+        yield "".join(head).encode()
+        async for chunk in chunks:
+            yield chunk
+        yield f"\r\n--{self.boundary}--\r\n".encode()

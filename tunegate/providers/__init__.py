@@ -1,0 +1,15 @@
+"""The provider registry: name → adapter. Adding a provider is one line here and one folder."""
+
+from __future__ import annotations
+
+from tunegate.providers.azure_openai import AzureOpenAI
+from tunegate.providers.base import Provider
+from tunegate.providers.openai import OpenAI
+
+REGISTRY: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        OpenAI(),
+        AzureOpenAI(),
+    )
+}

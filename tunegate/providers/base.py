@@ -1,0 +1,210 @@
+"""The provider adapter protocol.
+
+An adapter turns one OpenAI-shaped operation into the provider's native request and the native
+answer back into the OpenAI object. It receives a :class:`~tunegate.context.RequestContext`
+(credentials, base URL, options, the upstream client) and plain Python values; it never sees the
+server's request object. Operations a provider lacks keep the default, which answers a clear 400.
+
+Adding a provider: a folder ``providers/<name>/`` with a subclass of :class:`Provider`, and one line
+in ``providers/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tunegate.errors import NotSupported, UpstreamError
+from tunegate.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from tunegate.context import RequestContext
+
+JSON = dict[str, Any]
+
+# The OpenAI statuses every provider's own words are mapped onto.
+JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+@dataclass
+class Page:
+    """Pagination as the client asked for it, in OpenAI's terms."""
+
+    limit: int
+    after: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. metadata filters, purpose, order
+
+
+@dataclass
+class IncomingFile:
+    """A file arriving from the client, as a stream of byte chunks (never held whole)."""
+
+    filename: str
+    purpose: str
+    content_type: str
+    chunks: AsyncIterator[bytes]
+    fields: dict[str, str] = field(default_factory=dict)  # other form fields (e.g. expires_after[seconds])
+    size_hint: int | None = None
+
+
+@dataclass
+class Download:
+    """A file body streamed back to the client."""
+
+    chunks: AsyncIterator[bytes]
+    media_type: str = "application/octet-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Provider:
+    name: ClassVar[str]
+    default_base_url: ClassVar[str | None] = None
+    # Longest `suffix` the provider accepts (OpenAI's current spec: 64; Mistral and old OpenAI: 18).
+    suffix_max_length: ClassVar[int] = 64
+    # Where this provider's credential comes from when a raw provider key is sent: the field name the
+    # adapter reads from ctx.credentials.
+    credential_field: ClassVar[str] = "api_key"
+
+    # ---- helpers shared by adapters ------------------------------------------------------------
+
+    def base_url(self, ctx: RequestContext) -> str:
+        """The URL up to and including the version segment. Overrides (custom host, connection,
+        config) win over the provider's own default."""
+        url = ctx.base_url_override or self.default_base_url
+        if not url:
+            raise NotSupported(f"Provider '{self.name}' needs a base URL (x-portkey-custom-host or a connection).")
+        return url.rstrip("/")
+
+    def auth_headers(self, ctx: RequestContext) -> dict[str, str]:
+        key = ctx.credentials.get(self.credential_field)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def error_message(self, response: UpstreamResponse) -> tuple[str, str | None, str | None]:
+        """(message, type, code) from a provider's error body; adapters override for odd shapes."""
+        return generic_error_message(response)
+
+    def check(self, ctx: RequestContext, response: UpstreamResponse) -> Any:
+        """The decoded JSON of a successful answer; an OpenAI-shaped error otherwise."""
+        if response.ok:
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise UpstreamError("The provider answered with a body that is not JSON.", status=502,
+                                    code="upstream_invalid_response") from exc
+        message, err_type, code = self.error_message(response)
+        status = response.status if 400 <= response.status < 600 else 502
+        headers = {}
+        if response.status == 429 and "Retry-After" in response.headers:
+            headers["Retry-After"] = response.headers["Retry-After"]
+        raise UpstreamError(ctx.redact(message), status=status, type=err_type or "upstream_error",
+                            code=code or f"upstream_{status}", headers=headers)
+
+    async def download(self, ctx: RequestContext, url: str, *, headers: dict[str, str] | None = None,
+                       params: Any = None) -> Download:
+        """Stream a provider's file body back, chunk by chunk; errors are read whole and mapped."""
+        resp = await ctx.upstream.open("GET", url, ctx.policy, headers=headers, params=params)
+        if resp.status >= 400:
+            try:
+                body = await resp.read()
+            finally:
+                resp.release()
+            self.check(ctx, UpstreamResponse(resp.status, resp.headers, body))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    yield chunk
+            finally:
+                resp.release()
+
+        return Download(chunks(), media_type=resp.headers.get("Content-Type", "application/octet-stream"))
+
+    def unsupported(self, operation: str) -> NotSupported:
+        return NotSupported(f"Provider '{self.name}' does not support {operation}.")
+
+    # ---- fine-tuning jobs ----------------------------------------------------------------------
+
+    async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
+        raise self.unsupported("creating fine-tuning jobs")
+
+    async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
+        raise self.unsupported("listing fine-tuning jobs")
+
+    async def retrieve_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        raise self.unsupported("retrieving fine-tuning jobs")
+
+    async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        raise self.unsupported("cancelling fine-tuning jobs")
+
+    async def pause_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        raise self.unsupported("pausing fine-tuning jobs")
+
+    async def resume_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        raise self.unsupported("resuming fine-tuning jobs")
+
+    async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        raise self.unsupported("fine-tuning job events")
+
+    async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        raise self.unsupported("fine-tuning job checkpoints")
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
+        raise self.unsupported("file uploads")
+
+    async def list_files(self, ctx: RequestContext, page: Page) -> JSON:
+        raise self.unsupported("listing files")
+
+    async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        raise self.unsupported("retrieving files")
+
+    async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        raise self.unsupported("deleting files")
+
+    async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
+        raise self.unsupported("downloading file content")
+
+    # ---- multi-part uploads --------------------------------------------------------------------
+
+    async def create_upload(self, ctx: RequestContext, body: JSON) -> JSON:
+        raise self.unsupported("multi-part uploads")
+
+    async def add_upload_part(self, ctx: RequestContext, upload_id: str, part: IncomingFile) -> JSON:
+        raise self.unsupported("multi-part uploads")
+
+    async def complete_upload(self, ctx: RequestContext, upload_id: str, body: JSON) -> JSON:
+        raise self.unsupported("multi-part uploads")
+
+    async def cancel_upload(self, ctx: RequestContext, upload_id: str) -> JSON:
+        raise self.unsupported("multi-part uploads")
+
+    # ---- other OpenAI fine-tuning operations (checkpoint permissions, graders) -------------------
+
+    async def passthrough(self, ctx: RequestContext, method: str, path: str,
+                          query: list[tuple[str, str]], body: JSON | None) -> JSON:
+        raise self.unsupported(f"{method} /v1{path}")
+
+
+def generic_error_message(response: UpstreamResponse) -> tuple[str, str | None, str | None]:
+    """Find the human message in the error bodies providers commonly send."""
+    fallback = f"The provider answered with HTTP {response.status}."
+    try:
+        data = response.json()
+    except ValueError:
+        text = response.body[:300].decode("utf-8", "replace").strip()
+        return (f"{fallback} {text}" if text else fallback), None, None
+    if isinstance(data, Mapping):
+        err = data.get("error", data)
+        if isinstance(err, str):
+            return err, None, None
+        if isinstance(err, Mapping):
+            message = err.get("message") or data.get("message") or data.get("detail")
+            if isinstance(message, list | dict):
+                message = str(message)[:500]
+            code = err.get("code")
+            err_type = err.get("type")
+            return (str(message) if message else fallback), (str(err_type) if err_type else None), (
+                str(code) if code is not None else None)
+    return fallback, None, None

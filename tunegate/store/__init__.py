@@ -1,0 +1,315 @@
+"""Storage: keys, connections, the object registry, the request log and idempotency records.
+
+SQLAlchemy 2 async Core over SQLite (default) or PostgreSQL. Small methods, one per question the
+gateway asks; nothing here knows what a provider does beyond its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tunegate.store import migrate
+from tunegate.store.schema import api_keys, connections, idempotency, objects, request_log
+from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
+
+__all__ = ["ApiKey", "Connection", "Store", "StoredObject"]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    connections: list[str]
+    allow_provider_keys: bool
+    rate_limit_per_min: int | None
+    created_at: int
+    revoked_at: int | None
+
+    def may_use(self, connection: str) -> bool:
+        return "*" in self.connections or connection in self.connections
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    provider: str
+    base_url: str | None
+    secrets: dict[str, str]
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    kind: str
+    id: str
+    provider: str
+    connection: str | None
+    key_id: str | None
+    status: str | None
+    snapshot: dict[str, Any] | None
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class Store:
+    KEY_CACHE_SECONDS = 1.0  # a revoked key stops working within this long, in every process
+
+    def __init__(self, database_url: str, box: SecretBox) -> None:
+        self.url = database_url
+        self.box = box
+        kwargs: dict[str, Any] = {}
+        if database_url.startswith("postgresql"):
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(database_url, **kwargs)
+        self._dialect = postgresql if database_url.startswith("postgresql") else sqlite
+        self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._any_keys: tuple[float, bool] | None = None
+        self._log_queue: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, database_url: str, box: SecretBox) -> Store:
+        if database_url.startswith("sqlite"):
+            path = database_url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        store = cls(database_url, box)
+        if store._dialect is sqlite:
+            async with store.engine.begin() as conn:
+                # WAL lets the request log and readers proceed without blocking each other.
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        return store
+
+    async def close(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_log()
+        await self.engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:  # readiness must answer, whatever the driver raises
+            return False
+
+    # ---- tunegate keys -------------------------------------------------------------------------
+
+    async def create_key(self, name: str, granted: list[str], allow_provider_keys: bool = False,
+                         rate_limit_per_min: int | None = None) -> tuple[ApiKey, str]:
+        key_id, full_key, digest = new_key()
+        row = dict(id=key_id, name=name, secret_hash=digest, connections=granted,
+                   allow_provider_keys=allow_provider_keys, rate_limit_per_min=rate_limit_per_min,
+                   created_at=_now(), revoked_at=None)
+        async with self.engine.begin() as conn:
+            await conn.execute(api_keys.insert().values(**row))
+        self._any_keys = None
+        row.pop("secret_hash")
+        return ApiKey(**row), full_key  # type: ignore[arg-type]
+
+    async def list_keys(self) -> list[ApiKey]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).mappings()
+            return [_key(r) for r in rows]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(api_keys.update().where(api_keys.c.id == key_id,
+                                                                api_keys.c.revoked_at.is_(None))
+                                        .values(revoked_at=_now()))
+        self._key_cache.pop(key_id, None)
+        return bool(result.rowcount)
+
+    async def keys_exist(self) -> bool:
+        """Whether any active key exists: with none, the gateway is open (provider keys pass through)."""
+        now = time.monotonic()
+        if self._any_keys and now - self._any_keys[0] < self.KEY_CACHE_SECONDS:
+            return self._any_keys[1]
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None))
+                                        .limit(1))).first() is not None
+        self._any_keys = (now, found)
+        return found
+
+    async def authenticate(self, full_key: str) -> ApiKey | None:
+        """The active key this string names, or None. The secret is compared in constant time."""
+        parts = split_key(full_key)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        now = time.monotonic()
+        cached = self._key_cache.get(full_key)
+        if cached and now - cached[0] < self.KEY_CACHE_SECONDS:
+            return cached[1]
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        key = None
+        if row is not None and row["revoked_at"] is None and secret_matches(secret, row["secret_hash"]):
+            key = _key(row)
+        if len(self._key_cache) > 10_000:
+            self._key_cache.clear()
+        self._key_cache[full_key] = (now, key)
+        return key
+
+    # ---- connections ---------------------------------------------------------------------------
+
+    async def add_connection(self, name: str, provider: str, secrets: dict[str, str],
+                             base_url: str | None = None, options: dict[str, Any] | None = None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(connections.insert().values(
+                name=name, provider=provider, base_url=base_url, secrets=self.box.seal(secrets),
+                options=options or {}, created_at=_now()))
+
+    async def get_connection(self, name: str) -> Connection | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(connections).where(connections.c.name == name))).mappings().first()
+        if row is None:
+            return None
+        return Connection(name=row["name"], provider=row["provider"], base_url=row["base_url"],
+                          secrets=self.box.open(row["secrets"]), options=dict(row["options"] or {}))
+
+    async def list_connections(self) -> list[dict[str, Any]]:
+        """Connections without their secrets (only the names of the secret fields)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(connections).order_by(connections.c.name))).mappings().all()
+        return [dict(name=r["name"], provider=r["provider"], base_url=r["base_url"], options=r["options"],
+                     secret_fields=sorted(self.box.open(r["secrets"])), created_at=r["created_at"]) for r in rows]
+
+    async def connections_for(self, provider: str) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(connections.c.name).where(connections.c.provider == provider)
+                                      .order_by(connections.c.name))
+            return [r[0] for r in rows]
+
+    async def remove_connection(self, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(connections.delete().where(connections.c.name == name))
+        return bool(result.rowcount)
+
+    # ---- the object registry -------------------------------------------------------------------
+
+    async def record(self, kind: str, object_id: str, provider: str, connection: str | None,
+                     key_id: str | None, status: str | None = None,
+                     snapshot: dict[str, Any] | None = None) -> None:
+        """Remember an object. The first key to record an object owns it; later sightings only
+        refresh its status and snapshot."""
+        now = _now()
+        stmt = self._dialect.insert(objects).values(
+            kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
+            status=status, snapshot=snapshot, created_at=now, updated_at=now)
+        stmt = stmt.on_conflict_do_update(index_elements=["kind", "id"],
+                                          set_=dict(status=status, snapshot=snapshot, updated_at=now))
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def record_many(self, kind: str, items: Sequence[tuple[str, str | None, dict[str, Any] | None]],
+                          provider: str, connection: str | None, key_id: str | None) -> None:
+        """Record a page of (id, status, snapshot) in one transaction."""
+        if not items:
+            return
+        now = _now()
+        rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, status=s,
+                     snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
+        stmt = self._dialect.insert(objects).values(rows)
+        stmt = stmt.on_conflict_do_update(index_elements=["kind", "id"],
+                                          set_=dict(status=stmt.excluded.status, snapshot=stmt.excluded.snapshot,
+                                                    updated_at=now))
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def lookup(self, kind: str, object_id: str) -> StoredObject | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(objects).where(objects.c.kind == kind, objects.c.id == object_id))
+                   ).mappings().first()
+        if row is None:
+            return None
+        return StoredObject(kind=row["kind"], id=row["id"], provider=row["provider"],
+                            connection=row["connection"], key_id=row["key_id"], status=row["status"],
+                            snapshot=row["snapshot"])
+
+    async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
+        """id → owning key id, for the ids the registry knows."""
+        if not ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(objects.c.id, objects.c.key_id)
+                                      .where(objects.c.kind == kind, objects.c.id.in_(ids)))
+            return {r[0]: r[1] for r in rows}
+
+    async def forget(self, kind: str, object_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(objects.delete().where(objects.c.kind == kind, objects.c.id == object_id))
+
+    # ---- idempotency ---------------------------------------------------------------------------
+
+    async def claim_idempotency(self, scope: str, idem_key: str, request_hash: str) -> dict[str, Any] | None:
+        """Claim a key for a new request. None: claimed, go ahead. Otherwise the existing record
+        (state pending or done) — the database's primary key makes the claim atomic across instances."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(idempotency.insert().values(
+                    scope=scope, idem_key=idem_key, request_hash=request_hash, state="pending",
+                    created_at=_now()))
+            return None
+        except sa.exc.IntegrityError:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(sa.select(idempotency).where(
+                    idempotency.c.scope == scope, idempotency.c.idem_key == idem_key))).mappings().first()
+            return dict(row) if row else None
+
+    async def finish_idempotency(self, scope: str, idem_key: str, status_code: int, body: bytes) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(idempotency.update().where(
+                idempotency.c.scope == scope, idempotency.c.idem_key == idem_key).values(
+                state="done", status_code=status_code, body=body))
+
+    async def release_idempotency(self, scope: str, idem_key: str) -> None:
+        """Forget a claim whose request failed before reaching the provider, so it may be retried."""
+        async with self.engine.begin() as conn:
+            await conn.execute(idempotency.delete().where(
+                idempotency.c.scope == scope, idempotency.c.idem_key == idem_key))
+
+    # ---- request log (batched, off the request path) ---------------------------------------------
+
+    def log_request(self, entry: dict[str, Any]) -> None:
+        self._log_queue.append(entry)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(0.2)
+        await self.flush_log()
+
+    async def flush_log(self) -> None:
+        batch, self._log_queue = self._log_queue, []
+        if batch:
+            async with self.engine.begin() as conn:
+                await conn.execute(request_log.insert(), batch)
+
+    async def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(request_log).order_by(request_log.c.id.desc()).limit(limit))
+            return [dict(r) for r in rows.mappings()]
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], connections=list(row["connections"]),
+                  allow_provider_keys=bool(row["allow_provider_keys"]),
+                  rate_limit_per_min=row["rate_limit_per_min"], created_at=row["created_at"],
+                  revoked_at=row["revoked_at"])
