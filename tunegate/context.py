@@ -48,6 +48,7 @@ class RequestContext:
     store: Store | None = None
     upstream_status: int | None = None  # for the request log
     idempotent_create: bool = False  # set when tunegate holds an Idempotency-Key for this create
+    idempotency_key: str | None = None  # the client's key, for providers that accept a token (Bedrock)
 
     @property
     def provider_name(self) -> str:

@@ -79,6 +79,7 @@ async def _create_once(ctx: RequestContext, idem_key: str, body: JSON) -> Respon
         return Response(existing["body"], status_code=existing["status_code"], media_type="application/json",
                         headers={"Idempotent-Replayed": "true"})
     ctx.idempotent_create = True
+    ctx.idempotency_key = idem_key
     try:
         job = await ctx.provider.create_job(ctx, body)
     except APIError as exc:
