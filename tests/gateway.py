@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import uvicorn
@@ -13,6 +15,10 @@ import uvicorn
 from tests.standins.openai_like import free_port
 from tunegate.app import create_app
 from tunegate.config import Settings
+from tunegate.store import Store
+from tunegate.store.secretbox import SecretBox
+
+T = TypeVar("T")
 
 
 class Gateway:
@@ -41,6 +47,19 @@ class Gateway:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self._thread.join(15)
+
+    def with_store(self, work: Callable[[Store], Awaitable[T]]) -> T:
+        """Run ``work`` on a second Store over the same database (as another process would)."""
+
+        async def run() -> T:
+            store = await Store.open(self.settings.resolved_database_url,
+                                     SecretBox.from_settings(self.settings.secret_key, self.settings.data_dir))
+            try:
+                return await work(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
 
     @property
     def services(self) -> Any:

@@ -105,10 +105,10 @@ class TraceAndLog:
         if services is None or not services.settings.request_log or not scope["path"].startswith("/v1/"):
             return
         ctx = scope.get("tunegate.ctx")
-        route = scope.get("route")
+        endpoint = scope.get("endpoint")
         services.store.log_request(dict(
             ts=time.time(), trace_id=scope["tunegate.trace_id"], key_id=ctx.key_id if ctx else None,
-            provider=ctx.provider_name if ctx else None, operation=getattr(route, "name", None),
+            provider=ctx.provider_name if ctx else None, operation=getattr(endpoint, "__name__", None),
             method=scope["method"], path=scope["path"][:500], status=status,
             upstream_status=ctx.upstream_status if ctx else None, latency_ms=round(latency_ms, 3)))
 

@@ -1,0 +1,285 @@
+"""Every error the gateway answers: OpenAI-shaped, with the right status, and nothing upstream
+that should not be there."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+
+from tests.gateway import Gateway
+from tests.standins.openai_like import ServerThread, StandIn, free_port
+
+GOOD_LINE = json.dumps({"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                                     {"role": "assistant", "content": "a"}]})
+TRAINING = ("\n".join([GOOD_LINE] * 10) + "\n").encode()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[StandIn, str, Gateway]]:
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data", max_upload_bytes=4096) as gw:
+        yield standin, upstream.url, gw
+
+
+def headers(upstream: str, key: str = "sk-standin-secret-0001", **extra: str) -> dict[str, str]:
+    return {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream, "Authorization": f"Bearer {key}",
+            **extra}
+
+
+def assert_error(resp: requests.Response, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["message"] and "Traceback" not in err["message"]
+    if param is not None:
+        assert err["param"] == param
+    if code is not None:
+        assert err["code"] == code
+    return err  # type: ignore[no-any-return]
+
+
+def test_missing_and_unknown_provider(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    err = assert_error(requests.get(gw.url + "/v1/fine_tuning/jobs"), 400, "x-portkey-provider", "missing_provider")
+    assert "x-portkey-provider" in err["message"]
+    err = assert_error(requests.get(gw.url + "/v1/fine_tuning/jobs", headers={"x-portkey-provider": "nope"}), 400,
+                       "x-portkey-provider", "unknown_provider")
+    assert "openai" in err["message"]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1,2]", b'"text"', b"", b"null"])
+def test_invalid_json_is_400(env: tuple[StandIn, str, Gateway], body: bytes) -> None:
+    standin, upstream, gw = env
+    resp = requests.post(gw.url + "/v1/fine_tuning/jobs", data=body,
+                         headers={**headers(upstream), "content-type": "application/json"})
+    assert_error(resp, 400, code="invalid_json")
+    assert not [r for r in standin.requests if r.method == "POST"]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"training_file": "file-1"}, "model"),
+    ({"model": "gpt-4o-mini"}, "training_file"),
+    ({"model": "gpt-4o-mini", "training_file": "file-1", "suffix": "x" * 65}, "suffix"),
+    ({"model": "gpt-4o-mini", "training_file": "file-1", "suffix": ""}, "suffix"),
+    ({"model": 3, "training_file": "file-1"}, "model"),
+    ({"model": "m", "training_file": "file-1", "hyperparameters": []}, "hyperparameters"),
+    ({"model": "m", "training_file": "file-1", "seed": -1}, "seed"),
+    ({"model": "m", "training_file": "file-1", "metadata": {"k": 1}}, "metadata"),
+])
+def test_create_validation(env: tuple[StandIn, str, Gateway], body: dict[str, Any], param: str) -> None:
+    standin, upstream, gw = env
+    assert_error(requests.post(gw.url + "/v1/fine_tuning/jobs", json=body, headers=headers(upstream)), 400, param)
+    assert not [r for r in standin.requests if r.method == "POST"]  # nothing went upstream
+
+
+def test_suffix_of_64_is_fine_for_openai(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    standin.files["file-1"] = {"id": "file-1"}
+    resp = requests.post(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream),
+                         json={"model": "m", "training_file": "file-1", "suffix": "x" * 64})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("POST", "/v1/fine_tuning/jobs/ftjob-1/bogus", 404),
+    ("GET", "/v1/fine_tuning/jobs/ftjob-1/cancel/extra", 404),
+    ("GET", "/v2/anything", 404),
+    ("DELETE", "/v1/fine_tuning/jobs/ftjob-1", 405),
+    ("GET", "/v1/fine_tuning/jobs/ftjob-1/cancel", 405),
+    ("PUT", "/v1/files", 405),
+])
+def test_routes(env: tuple[StandIn, str, Gateway], method: str, path: str, status: int) -> None:
+    standin, upstream, gw = env
+    assert_error(requests.request(method, gw.url + path, headers=headers(upstream)), status)
+    assert not standin.requests  # an unknown sub-path is never dispatched as some other operation
+
+
+def test_upload_too_large_is_413_and_nothing_registered(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    big = b'{"prompt": "x", "completion": "y"}\n' * 200  # 7 KB > the 4 KB limit of this gateway
+    resp = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "batch"},
+                         files={"file": ("big.jsonl", big)})
+    assert_error(resp, 413)
+    assert not standin.files
+
+
+def test_invalid_training_file_refused_before_provider_creates_it(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    bad = TRAINING.replace(b'"assistant"', b'"robot"', 1)
+    resp = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"},
+                         files={"file": ("train.jsonl", bad)})
+    err = assert_error(resp, 400, "file", "invalid_training_file")
+    assert "line 1" in err["message"]
+    assert not standin.files  # the upstream request was aborted before it completed
+    ok = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"},
+                       files={"file": ("train.jsonl", TRAINING)})
+    assert ok.status_code == 200, ok.text
+    assert list(standin.contents.values()) == [TRAINING]
+
+
+def test_too_few_examples_refused(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    resp = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"},
+                         files={"file": ("t.jsonl", (GOOD_LINE + "\n").encode() * 3)})
+    err = assert_error(resp, 400, "file", "invalid_training_file")
+    assert "10" in err["message"]
+    assert not standin.files
+
+
+def test_upload_form_errors(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"}),
+                 400)  # not multipart at all: form-urlencoded
+    assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                               files={"purpose": (None, "fine-tune")}), 400, "file")
+    assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                               files={"file": ("t.jsonl", TRAINING)}), 400, "purpose")
+
+
+def test_pause_on_azure_ga_is_400(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    resp = requests.post(gw.url + "/v1/fine_tuning/jobs/ftjob-1/pause",
+                         headers={**headers(upstream), "x-portkey-provider": "azure-openai"})
+    err = assert_error(resp, 400, code="unsupported_operation")
+    assert "pausing" in err["message"]
+
+
+def test_upstream_unreachable_is_502(env: tuple[StandIn, str, Gateway]) -> None:
+    _, _, gw = env
+    dead = f"http://127.0.0.1:{free_port()}"
+    assert_error(requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(dead)), 502,
+                 code="upstream_unreachable")
+
+
+def test_upstream_timeout_is_504(tmp_path: Path) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/fine_tuning/jobs", slow)
+    with ServerThread(app) as upstream, Gateway(tmp_path / "d") as gw:
+        resp = requests.get(gw.url + "/v1/fine_tuning/jobs",
+                            headers=headers(upstream.url, **{"x-portkey-request-timeout": "300",
+                                                             "x-portkey-config": '{"retry": {"attempts": 0}}'}))
+        assert_error(resp, 504, code="upstream_timeout")
+
+
+def test_upstream_error_keeps_status_and_message_without_the_key(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs/ftjob-missing", headers=headers(upstream))
+    err = assert_error(resp, 404, code="fine_tune_not_found")
+    assert "ftjob-missing" in err["message"]
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, key="sk-wrong-secret-xyz"))
+    err = assert_error(resp, 401)
+    assert "sk-wrong-secret-xyz" not in resp.text
+
+
+def test_upstream_5xx_and_429(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    no_retry = {"x-portkey-config": '{"retry": {"attempts": 0}}'}
+    standin.faults["/fine_tuning/jobs"] = [503]
+    assert_error(requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, **no_retry)), 503)
+    standin.faults["/fine_tuning/jobs"] = [429]
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, **no_retry))
+    assert_error(resp, 429)
+    assert resp.headers["Retry-After"] == "0"
+    # With the default policy a GET is retried: two 503s, then success, in one client call.
+    standin.faults["/fine_tuning/jobs"] = [503, 503]
+    before = len(standin.requests)
+    assert requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream)).status_code == 200
+    assert len(standin.requests) - before == 3
+
+
+def test_create_is_not_retried_without_idempotency_key(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    standin.files["file-1"] = {"id": "file-1"}
+    standin.faults["/fine_tuning/jobs"] = [503]
+    resp = requests.post(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream),
+                         json={"model": "m", "training_file": "file-1"})
+    assert_error(resp, 503)
+    assert len([r for r in standin.requests if r.method == "POST"]) == 1
+
+
+def test_idempotency_key_returns_the_same_job(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    standin.files["file-1"] = {"id": "file-1"}
+    body = {"model": "m", "training_file": "file-1"}
+    h = headers(upstream, **{"Idempotency-Key": "create-42"})
+    first = requests.post(gw.url + "/v1/fine_tuning/jobs", headers=h, json=body)
+    again = requests.post(gw.url + "/v1/fine_tuning/jobs", headers=h, json=body)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(standin.jobs) == 1
+    other = requests.post(gw.url + "/v1/fine_tuning/jobs", headers=h, json={**body, "model": "other"})
+    assert_error(other, 422, code="idempotency_key_reused")
+
+
+def test_nothing_of_ours_goes_upstream(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(
+        upstream, **{"x-portkey-trace-id": "trace-1", "x-portkey-openai-project": "proj_9",
+                     "x-portkey-openai-organization": "org_9", "Cookie": "session=1"}))
+    sent = standin.requests[-1].headers
+    assert not [h for h in sent if h.lower().startswith("x-portkey")]
+    assert sent["Authorization"] == "Bearer sk-standin-secret-0001"
+    assert sent["OpenAI-Project"] == "proj_9" and sent["OpenAI-Organization"] == "org_9"
+    assert "Cookie" not in sent
+    assert sent["Host"] == upstream.removeprefix("http://")
+
+
+def test_trace_id_echoed_or_generated(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, **{"x-portkey-trace-id": "abc"}))
+    assert resp.headers["x-portkey-trace-id"] == "abc"
+    resp = requests.get(gw.url + "/v1/nothing-here")
+    assert len(resp.headers["x-portkey-trace-id"]) == 32
+
+
+@pytest.mark.parametrize("host", ["http://169.254.169.254", "http://10.0.0.8:8080", "http://192.168.1.1",
+                                  "http://metadata.google.internal", "http://[fd00:ec2::254]", "ftp://127.0.0.1",
+                                  "http://user:pw@127.0.0.1"])
+def test_custom_host_refused(env: tuple[StandIn, str, Gateway], host: str) -> None:
+    _, _, gw = env
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs",
+                        headers={"x-portkey-provider": "openai", "x-portkey-custom-host": host,
+                                 "Authorization": "Bearer sk-1"})
+    assert_error(resp, 400, "x-portkey-custom-host")
+
+
+def test_operator_list_replaces_loopback_default(tmp_path: Path) -> None:
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "d", allowed_custom_hosts=["10.0.0.0/8"]) as gw:
+        resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream.url))
+        assert_error(resp, 400, "x-portkey-custom-host", "custom_host_not_allowed")
+
+
+def test_health_and_readiness(env: tuple[StandIn, str, Gateway]) -> None:
+    _, _, gw = env
+    assert requests.get(gw.url + "/healthz").json() == {"status": "ok"}
+    assert requests.get(gw.url + "/readyz").json()["database"] == "ok"
+
+
+def test_request_log_has_no_secrets(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, **{"x-portkey-trace-id": "log-1"}))
+    rows: list[dict[str, Any]] = []
+    for _ in range(50):  # the log is written in batches, off the request path
+        rows = gw.with_store(lambda s: s.recent_requests())
+        if any(r["trace_id"] == "log-1" for r in rows):
+            break
+        time.sleep(0.1)
+    entry = next(r for r in rows if r["trace_id"] == "log-1")
+    assert entry["provider"] == "openai" and entry["operation"] == "list_jobs" and entry["status"] == 200
+    assert entry["upstream_status"] == 200 and entry["latency_ms"] > 0
+    assert "sk-standin-secret-0001" not in json.dumps(rows)
