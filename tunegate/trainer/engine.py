@@ -1,0 +1,567 @@
+"""The training loop: LoRA supervised fine-tuning and DPO, run in the current process.
+
+Everything heavy (torch, transformers, peft) is imported lazily inside the functions here, so that
+``import tunegate.trainer`` stays cheap for the gateway process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from .data import IGNORE_INDEX, Encoded, encode_dpo, encode_supervised, load_examples
+from .spec import (
+    METHODS,
+    TrainingError,
+    TrainResult,
+    TrainSpec,
+    fine_tuned_model_name,
+    resolve_hyperparameters,
+)
+
+Emit = Callable[[dict[str, Any]], None]
+
+METRICS_HEADER = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.pt"
+MAX_DEFAULT_SEQ_LEN = 2048
+GRAD_CLIP_NORM = 1.0
+#: number of per-step validation-batch evaluations spread over a run (plus one at the last step)
+N_VALID_EVALS = 20
+
+
+def pick_device() -> str:
+    """``$TUNEGATE_TRAINER_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    forced = os.environ.get("TUNEGATE_TRAINER_DEVICE")
+    if forced:
+        return forced
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _msg(emit: Emit, message: str, level: str = "info", **data: Any) -> None:
+    ev: dict[str, Any] = {"type": "message", "level": level, "message": message}
+    if data:
+        ev["data"] = data
+    emit(ev)
+
+
+def load_model_and_tokenizer(model_ref: str, device: str):
+    """Load tokenizer + causal LM from a local directory or the local HF cache (never the network)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    local = os.path.isdir(os.path.expanduser(model_ref))
+    ref = os.path.expanduser(model_ref) if local else model_ref
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as e:
+        where = "directory" if local else "model id (looked up in the local Hugging Face cache only; offline)"
+        raise TrainingError("model_not_found", f"could not load model {model_ref!r} as a {where}: {e}", "model") from e
+    if tokenizer.chat_template is None:
+        raise TrainingError("model_not_found", f"model {model_ref!r} has no chat template in its tokenizer", "model")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device)  # type: ignore[arg-type]
+    return model, tokenizer
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _pad(seqs: list[Encoded], pad_id: int, device: str):
+    import torch
+
+    width = max(len(s.input_ids) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        n = len(s.input_ids)
+        ids[i, :n] = torch.tensor(s.input_ids)
+        labels[i, :n] = torch.tensor(s.labels)
+        mask[i, :n] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def _token_logps(model, ids, mask, labels):
+    """Per-sequence summed log-prob of labelled tokens; per-token log-probs, label mask and argmax hits."""
+    import torch
+
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    tgt = labels[:, 1:]
+    valid = tgt != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    seq_logp = (logp * valid).sum(-1)
+    hit = (logits.argmax(-1) == tgt) & valid
+    return seq_logp, logp, valid, hit
+
+
+class _Trainer:
+    """Holds the state of one run. ``step`` counts optimizer steps already done."""
+
+    def __init__(self, spec: TrainSpec, emit: Emit, should_stop: Callable[[], bool] | None):
+        self.spec = spec
+        self.emit = emit
+        self.should_stop = should_stop or (lambda: False)
+        self.out = os.path.abspath(spec.output_dir)
+        self.metrics_csv = os.path.join(self.out, "metrics.csv")
+        self.checkpoints: list[dict[str, Any]] = []
+        self.step = 0
+        self.trained_tokens = 0
+        self.valid_cursor = 0
+
+    # ---------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        spec = self.spec
+        if spec.method not in METHODS:
+            raise TrainingError("invalid_method", f"method must be one of {METHODS}, got {spec.method!r}", "method")
+        _msg(self.emit, f"Validating training file: {os.path.basename(spec.training_file)}")
+        self.train_examples = load_examples(spec.training_file, spec.method, "training_file")
+        self.valid_examples = (
+            load_examples(spec.validation_file, spec.method, "validation_file") if spec.validation_file else []
+        )
+        self.resume_state: dict[str, Any] | None = None
+        if spec.resume_from:
+            self.resume_state = self._read_resume_state(spec.resume_from)
+            self.hp = dict(self.resume_state["hyperparameters"])
+        else:
+            self.hp = resolve_hyperparameters(spec.hyperparameters, len(self.train_examples), spec.method)
+        _msg(self.emit, "Files validated, moving job to queued state")
+
+        import torch
+
+        self.device = pick_device()
+        self.model, self.tokenizer = load_model_and_tokenizer(spec.model, self.device)
+        max_pos = getattr(self.model.config, "max_position_embeddings", None) or MAX_DEFAULT_SEQ_LEN
+        self.max_len = int(self.hp.get("max_seq_length") or min(max_pos, MAX_DEFAULT_SEQ_LEN))
+        self.train_data = self._encode(self.train_examples, "training_file")
+        self.valid_data = self._encode(self.valid_examples, "validation_file") if self.valid_examples else []
+
+        n = len(self.train_data)
+        self.bs = int(self.hp["batch_size"])
+        self.n_epochs = int(self.hp["n_epochs"])
+        self.steps_per_epoch = math.ceil(n / self.bs)
+        self.total_steps = self.steps_per_epoch * self.n_epochs
+
+        _seed_everything(spec.seed)
+        self._wrap_lora()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.hp["learning_rate"], weight_decay=0.0)
+        if self.resume_state is not None and spec.resume_from:
+            self._restore_training_state(spec.resume_from)
+        if spec.method == "dpo":
+            self._precompute_reference()
+
+    def _read_resume_state(self, ckpt: str) -> dict[str, Any]:
+        path = os.path.join(ckpt, STATE_FILE)
+        if not os.path.isfile(path) or not os.path.isfile(os.path.join(ckpt, "adapter_config.json")):
+            raise TrainingError("invalid_checkpoint", f"{ckpt!r} is not a tunegate training checkpoint", "resume_from")
+        with open(path) as f:
+            state = json.load(f)
+        if state.get("method") != self.spec.method or state.get("n_train_examples") != len(self.train_examples):
+            raise TrainingError(
+                "invalid_checkpoint",
+                "checkpoint was made for a different method or training file",
+                "resume_from",
+            )
+        return state
+
+    def _encode(self, examples: list[dict[str, Any]], param: str) -> list[Any]:
+        out: list[Any] = []
+        truncated = dropped = 0
+        for ex in examples:
+            if self.spec.method == "supervised":
+                enc = encode_supervised(self.tokenizer, ex, self.max_len)
+                truncated += enc.truncated
+                if enc.n_label_tokens == 0:
+                    dropped += 1
+                    continue
+                out.append(enc)
+            else:
+                c, r = encode_dpo(self.tokenizer, ex, self.max_len)
+                truncated += c.truncated or r.truncated
+                if c.n_label_tokens == 0 or r.n_label_tokens == 0:
+                    dropped += 1
+                    continue
+                out.append((c, r))
+        if truncated:
+            _msg(
+                self.emit,
+                f"{truncated} example(s) in {param} exceed {self.max_len} tokens and were truncated",
+                "warn",
+            )
+        if dropped:
+            _msg(self.emit, f"{dropped} example(s) in {param} have no trainable tokens after truncation; skipped", "warn")
+        if not out:
+            code = "invalid_training_file" if param == "training_file" else "invalid_validation_file"
+            raise TrainingError(code, f"no usable examples in {param} (all truncated away)", param)
+        return out
+
+    def _wrap_lora(self) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            if self.resume_state is not None and self.spec.resume_from:
+                self.model = PeftModel.from_pretrained(self.model, self.spec.resume_from, is_trainable=True)
+            else:
+                cfg = LoraConfig(
+                    r=int(self.hp["lora_r"]),
+                    lora_alpha=int(self.hp["lora_alpha"]),
+                    lora_dropout=float(self.hp["lora_dropout"]),
+                    target_modules=self.hp["lora_target_modules"],
+                    task_type="CAUSAL_LM",
+                )
+                self.model = get_peft_model(self.model, cfg)
+        self.model.to(self.device)
+
+    def _restore_training_state(self, ckpt: str) -> None:
+        import torch
+
+        st = self.resume_state
+        assert st is not None
+        blob = torch.load(os.path.join(ckpt, OPTIM_FILE), map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["rng"])
+        if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["cuda_rng"])
+        self.step = int(st["step"])
+        self.trained_tokens = int(st["trained_tokens"])
+        self.valid_cursor = int(st.get("valid_cursor", 0))
+        self.checkpoints = list(st.get("checkpoints", []))
+        os.makedirs(self.out, exist_ok=True)
+        src = os.path.join(ckpt, "metrics.csv")
+        if os.path.abspath(src) != self.metrics_csv and os.path.isfile(src):
+            shutil.copyfile(src, self.metrics_csv)
+        _msg(self.emit, f"Resuming from checkpoint at step {self.step}", step=self.step)
+
+    def _precompute_reference(self) -> None:
+        """Reference log-probs = the base model (adapter disabled), computed once: the reference is frozen."""
+        import torch
+
+        self.model.eval()
+        for data in (self.train_data, self.valid_data):
+            refs: list[tuple[float, float]] = []
+            for i in range(0, len(data), self.bs):
+                chunk = data[i : i + self.bs]
+                seqs = [c for c, _ in chunk] + [r for _, r in chunk]
+                ids, mask, labels = _pad(seqs, self.tokenizer.pad_token_id, self.device)
+                with torch.no_grad(), self.model.disable_adapter(), self._autocast():
+                    lp = _token_logps(self.model, ids, mask, labels)[0].cpu()
+                k = len(chunk)
+                refs.extend(zip(lp[:k].tolist(), lp[k:].tolist(), strict=True))
+            if data is self.train_data:
+                self.ref_train = refs
+            else:
+                self.ref_valid = refs
+        self.model.train()
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda") and self.model.dtype == torch.bfloat16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- losses
+    def _batch_loss(self, items: list[Any], refs: list[tuple[float, float]] | None):
+        """Return (loss tensor, stats dict, n_tokens) for a batch of encoded examples."""
+        import torch
+        import torch.nn.functional as F
+
+        if self.spec.method == "supervised":
+            ids, mask, labels = _pad(items, self.tokenizer.pad_token_id, self.device)
+            with self._autocast():
+                _, logp, valid, hit = _token_logps(self.model, ids, mask, labels)
+            count = valid.sum().clamp(min=1)
+            loss = -(logp * valid).sum() / count
+            stats = {"loss": loss.item(), "acc": (hit.sum() / count).item()}
+            return loss, stats, int(mask.sum())
+        k = len(items)
+        seqs = [c for c, _ in items] + [r for _, r in items]
+        ids, mask, labels = _pad(seqs, self.tokenizer.pad_token_id, self.device)
+        with self._autocast():
+            seq_logp, _, valid, hit = _token_logps(self.model, ids, mask, labels)
+        assert refs is not None
+        ref = torch.tensor(refs, dtype=seq_logp.dtype, device=seq_logp.device)
+        beta = float(self.hp["beta"])
+        chosen_reward = beta * (seq_logp[:k] - ref[:, 0])
+        rejected_reward = beta * (seq_logp[k:] - ref[:, 1])
+        loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+        # token accuracy on the preferred completions, for parity with supervised metrics
+        acc = hit[:k].sum() / valid[:k].sum().clamp(min=1)
+        stats = {
+            "loss": loss.item(),
+            "acc": acc.item(),
+            "reward_accuracy": (chosen_reward > rejected_reward).float().mean().item(),
+            "reward_margin": (chosen_reward - rejected_reward).mean().item(),
+        }
+        return loss, stats, int(mask.sum())
+
+    def _evaluate(self, items: list[Any], refs: list[tuple[float, float]] | None) -> dict[str, float]:
+        import torch
+
+        self.model.eval()
+        tot_loss = tot_acc = 0.0
+        n = 0
+        with torch.no_grad():
+            for i in range(0, len(items), self.bs):
+                chunk = items[i : i + self.bs]
+                _, stats, _ = self._batch_loss(chunk, refs[i : i + self.bs] if refs is not None else None)
+                tot_loss += stats["loss"] * len(chunk)
+                tot_acc += stats["acc"] * len(chunk)
+                n += len(chunk)
+        self.model.train()
+        return {"loss": tot_loss / max(n, 1), "acc": tot_acc / max(n, 1)}
+
+    def _valid_batch(self) -> dict[str, float] | None:
+        if not self.valid_data:
+            return None
+        n = len(self.valid_data)
+        idx = [(self.valid_cursor + j) % n for j in range(min(self.bs, n))]
+        self.valid_cursor = (self.valid_cursor + len(idx)) % n
+        refs = [self.ref_valid[i] for i in idx] if self.spec.method == "dpo" else None
+        return self._evaluate([self.valid_data[i] for i in idx], refs)
+
+    # ---------------------------------------------------------------- persistence
+    def _append_csv(self, row: list[Any]) -> None:
+        new = not os.path.isfile(self.metrics_csv)
+        with open(self.metrics_csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(METRICS_HEADER)
+            w.writerow(["" if v is None else v for v in row])
+
+    def _truncate_csv(self) -> None:
+        """Drop rows past ``self.step`` (left over from a run that went on after the checkpoint)."""
+        if not os.path.isfile(self.metrics_csv):
+            return
+        with open(self.metrics_csv, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        with open(self.metrics_csv, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+    def _save_checkpoint(self, name: str) -> str:
+        import torch
+
+        path = os.path.join(self.out, "checkpoints", name)
+        os.makedirs(path, exist_ok=True)
+        self.model.save_pretrained(path)
+        blob = {
+            "optimizer": self.optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        torch.save(blob, os.path.join(path, OPTIM_FILE))
+        if os.path.isfile(self.metrics_csv):
+            shutil.copyfile(self.metrics_csv, os.path.join(path, "metrics.csv"))
+        state = {
+            "job_id": self.spec.job_id,
+            "model": self.spec.model,
+            "method": self.spec.method,
+            "seed": self.spec.seed,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "trained_tokens": self.trained_tokens,
+            "valid_cursor": self.valid_cursor,
+            "n_train_examples": len(self.train_examples),
+            "hyperparameters": self.hp,
+            "checkpoints": self.checkpoints,
+        }
+        with open(os.path.join(path, STATE_FILE), "w") as f:
+            json.dump(state, f, indent=1)
+        return path
+
+    # ---------------------------------------------------------------- main loop
+    def _lr_at(self, step: int) -> float:
+        """Linear decay from the resolved learning rate to 0 over the run, no warmup."""
+        return float(self.hp["learning_rate"]) * (1.0 - step / self.total_steps)
+
+    def _result(self, status: str, adapter_dir: str, resume: str | None) -> TrainResult:
+        return TrainResult(
+            fine_tuned_model=fine_tuned_model_name(self.spec.model, self.spec.suffix, self.spec.job_id),
+            adapter_dir=adapter_dir,
+            metrics_csv=self.metrics_csv,
+            trained_tokens=self.trained_tokens,
+            checkpoints=list(self.checkpoints),
+            hyperparameters=dict(self.hp),
+            status=status,
+            step=self.step,
+            total_steps=self.total_steps,
+            resume_checkpoint=resume,
+        )
+
+    def _pause(self) -> TrainResult:
+        path = self._save_checkpoint(f"pause-step-{self.step}")
+        _msg(self.emit, f"Job paused at step {self.step}/{self.total_steps}", step=self.step, path=path)
+        self.emit({"type": "paused", "step": self.step, "total_steps": self.total_steps, "path": path})
+        return self._result("paused", path, path)
+
+    def train(self) -> TrainResult:
+        import torch
+
+        os.makedirs(self.out, exist_ok=True)
+        if self.resume_state is None:
+            if os.path.isfile(self.metrics_csv):
+                os.remove(self.metrics_csv)
+        else:
+            self._truncate_csv()
+        self.emit(
+            {
+                "type": "message",
+                "level": "info",
+                "message": "Fine-tuning job started",
+                "data": {
+                    "device": self.device,
+                    "total_steps": self.total_steps,
+                    "n_train_examples": len(self.train_data),
+                    "n_valid_examples": len(self.valid_data),
+                    "hyperparameters": self.hp,
+                    "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                },
+            }
+        )
+        eval_every = max(1, round(self.total_steps / N_VALID_EVALS))
+        self.model.train()
+        t_start = time.time()
+        start_step = self.step
+        last: dict[str, Any] = {}
+        while self.step < self.total_steps:
+            if self.should_stop():
+                return self._pause()
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            order = _epoch_order(len(self.train_data), self.spec.seed, epoch)
+            idx = order[in_epoch * self.bs : (in_epoch + 1) * self.bs]
+            batch = [self.train_data[i] for i in idx]
+            refs = [self.ref_train[i] for i in idx] if self.spec.method == "dpo" else None
+
+            for g in self.optimizer.param_groups:
+                g["lr"] = self._lr_at(self.step)
+            loss, stats, n_tok = self._batch_loss(batch, refs)
+            if not math.isfinite(stats["loss"]):
+                raise TrainingError("training_error", f"loss became {stats['loss']} at step {self.step + 1}", None)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], GRAD_CLIP_NORM
+            )
+            self.optimizer.step()
+            self.step += 1
+            self.trained_tokens += n_tok
+
+            valid = None
+            if self.valid_data and (self.step % eval_every == 0 or self.step == self.total_steps):
+                valid = self._valid_batch()
+            data: dict[str, Any] = {
+                "step": self.step,
+                "total_steps": self.total_steps,
+                "train_loss": stats["loss"],
+                "train_mean_token_accuracy": stats["acc"],
+                "valid_loss": valid["loss"] if valid else None,
+                "valid_mean_token_accuracy": valid["acc"] if valid else None,
+            }
+            if self.spec.method == "dpo":
+                data["train_reward_accuracy"] = stats["reward_accuracy"]
+                data["train_reward_margin"] = stats["reward_margin"]
+            text = f"Step {self.step}/{self.total_steps}: training loss={stats['loss']:.4f}"
+            if valid:
+                text += f", validation loss={valid['loss']:.4f}"
+            self.emit({"type": "metrics", "level": "info", "message": text, "data": data})
+            self._append_csv(
+                [self.step, stats["loss"], stats["acc"], data["valid_loss"], data["valid_mean_token_accuracy"]]
+            )
+            last = data
+            elapsed = time.time() - t_start
+            done_here = self.step - start_step
+            eta = time.time() + elapsed / done_here * (self.total_steps - self.step)
+            self.emit(
+                {
+                    "type": "progress",
+                    "step": self.step,
+                    "total_steps": self.total_steps,
+                    "trained_tokens": self.trained_tokens,
+                    "estimated_finish": int(math.ceil(eta)),
+                }
+            )
+
+            if self.step % self.steps_per_epoch == 0:
+                full = None
+                if self.valid_data:
+                    full = self._evaluate(self.valid_data, self.ref_valid if self.spec.method == "dpo" else None)
+                metrics = {
+                    "step": self.step,
+                    "train_loss": last["train_loss"],
+                    "train_mean_token_accuracy": last["train_mean_token_accuracy"],
+                    "valid_loss": last["valid_loss"],
+                    "valid_mean_token_accuracy": last["valid_mean_token_accuracy"],
+                    "full_valid_loss": full["loss"] if full else None,
+                    "full_valid_mean_token_accuracy": full["acc"] if full else None,
+                }
+                name = f"step-{self.step}"
+                entry = {"step": self.step, "path": os.path.join(self.out, "checkpoints", name), "metrics": metrics}
+                self.checkpoints.append(entry)
+                self._save_checkpoint(name)
+                _msg(self.emit, f"Checkpoint created at step {self.step}", step=self.step)
+                self.emit({"type": "checkpoint", **entry})
+
+        adapter_dir = os.path.join(self.out, "adapter")
+        self.model.save_pretrained(adapter_dir)
+        result = self._result("succeeded", adapter_dir, None)
+        with open(os.path.join(self.out, "result.json"), "w") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        _msg(self.emit, "New fine-tuned model created", fine_tuned_model=result.fine_tuned_model)
+        _msg(self.emit, "The job has successfully completed")
+        return result
+
+
+def run_training(
+    spec: TrainSpec, emit: Emit, should_stop: Callable[[], bool] | None = None
+) -> TrainResult:
+    """Run one fine-tuning job to completion (or until ``should_stop()`` is true → pause) in this process.
+
+    ``$TUNEGATE_TRAINER_THREADS`` (if set) caps torch's CPU threads for this process.
+    Raises ``TrainingError`` for invalid input (bad file, unknown model, bad hyperparameters, bad
+    checkpoint); any other exception is a bug or a runtime failure (e.g. out of memory).
+    """
+    threads = os.environ.get("TUNEGATE_TRAINER_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    trainer = _Trainer(spec, emit, should_stop)
+    trainer.prepare()
+    return trainer.train()
