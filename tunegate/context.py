@@ -142,7 +142,7 @@ class ContextResolver:
                                  f"not '{provider_name}'.", param="x-portkey-virtual-key")
         if connection is None and recorded is not None and recorded.connection and recorded.provider == provider_name:
             connection = await self.store.get_connection(recorded.connection)
-        if connection is None and key is not None and not (provider_key and key.allow_provider_keys):
+        if connection is None and key is not None:
             connection = await self._granted_connection(key, provider_name)
 
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
@@ -202,10 +202,18 @@ class ContextResolver:
         return recorded
 
     async def _granted_connection(self, key: ApiKey, provider_name: str) -> Connection | None:
-        for name in await self.store.connections_for(provider_name):
-            if key.may_use(name):
-                return await self.store.get_connection(name)
-        return None
+        """The connection a key uses for a provider when the request names none: the first of its
+        grants, in the order they were granted; for a key granted everything, the only one."""
+        available = await self.store.connections_for(provider_name)
+        if "*" not in key.connections:
+            chosen = next((name for name in key.connections if name in available), None)
+        elif len(available) > 1:
+            raise InvalidRequest(f"Several connections serve provider '{provider_name}' "
+                                 f"({', '.join(available)}): name one with 'x-portkey-virtual-key'.",
+                                 param="x-portkey-virtual-key", code="ambiguous_connection")
+        else:
+            chosen = available[0] if available else None
+        return await self.store.get_connection(chosen) if chosen else None
 
     async def _custom_host(self, value: str | None) -> str | None:
         if not value:
