@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,6 +21,7 @@ from tunegate.api.common import Services
 from tunegate.config import Settings
 from tunegate.context import ContextResolver, new_trace_id
 from tunegate.errors import APIError, MethodNotAllowed, NotFound
+from tunegate.files import LocalDiskStore
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
 from tunegate.upstream import Upstream
@@ -151,7 +153,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         store = await Store.open(settings.resolved_database_url, box)
         upstream = Upstream()
-        app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream))
+        files = LocalDiskStore(settings.data_dir / "files")
+        await asyncio.to_thread(files.prepare)
+        app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
+                                      files)
         try:
             yield {}
         finally:

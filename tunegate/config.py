@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     max_json_body_bytes: int = 4 * MB
     validate_uploads: bool = True
     default_provider: str | None = None  # used when a request names no provider at all
+    # Where /v1/files requests that name no provider go; "tunegate" keeps them in the gateway's own store.
+    default_file_provider: str | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

@@ -21,6 +21,7 @@ import orjson
 
 from tunegate.config import RetryPolicy, Settings, Timeouts
 from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from tunegate.files import LocalDiskStore
 from tunegate.hosts import check_custom_host
 from tunegate.providers import REGISTRY
 from tunegate.providers.base import Provider
@@ -46,6 +47,7 @@ class RequestContext:
     base_url_override: str | None = None
     settings: Settings | None = None
     store: Store | None = None
+    files: LocalDiskStore | None = None
     upstream_status: int | None = None  # for the request log
     idempotent_create: bool = False  # set when tunegate holds an Idempotency-Key for this create
     idempotency_key: str | None = None  # the client's key, for providers that accept a token (Bedrock)
@@ -57,6 +59,12 @@ class RequestContext:
     @property
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
+
+    def require_store(self) -> tuple[Store, LocalDiskStore]:
+        """The database and the managed file store (providers that keep files in tunegate use both)."""
+        if self.store is None or self.files is None:
+            raise RuntimeError("this context has no storage")
+        return self.store, self.files
 
     def option(self, name: str, default: Any = None) -> Any:
         """A provider option such as ``azure_resource_name``: from the request's
@@ -113,13 +121,14 @@ def _parse_config(raw: str | None) -> dict[str, Any]:
 class ContextResolver:
     """Turns request headers (and an object id from the path) into a RequestContext."""
 
-    def __init__(self, settings: Settings, store: Store, upstream: Upstream) -> None:
+    def __init__(self, settings: Settings, store: Store, upstream: Upstream, files: LocalDiskStore) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream
+        self.files = files
 
     async def resolve(self, headers: Mapping[str, str], trace_id: str,
-                      ref: tuple[str, str] | None = None) -> RequestContext:
+                      ref: tuple[str, str] | None = None, default_provider: str | None = None) -> RequestContext:
         config = _parse_config(headers.get("x-portkey-config"))
         key, provider_key = await self._authenticate(headers)
 
@@ -127,7 +136,7 @@ class ContextResolver:
         recorded = await self._recorded(ref, key)
         provider_name = (headers.get("x-portkey-provider") or (connection.provider if connection else None)
                          or config.get("provider") or (recorded.provider if recorded else None)
-                         or self.settings.default_provider)
+                         or default_provider or self.settings.default_provider)
         if not provider_name:
             raise InvalidRequest("No provider given: send the 'x-portkey-provider' header (e.g. "
                                  "'x-portkey-provider: openai').", param="x-portkey-provider",
@@ -147,7 +156,7 @@ class ContextResolver:
 
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
                              policy=self._policy(headers, config), key=key, settings=self.settings,
-                             store=self.store)
+                             store=self.store, files=self.files)
         if connection is not None:
             if key is not None and not key.may_use(connection.name):
                 raise Forbidden(f"This key is not granted the connection '{connection.name}'.",

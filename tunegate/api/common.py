@@ -13,6 +13,7 @@ from starlette.responses import Response
 from tunegate.config import Settings
 from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import InvalidRequest, PayloadTooLarge
+from tunegate.files import LocalDiskStore
 from tunegate.providers.base import JSON, Page
 from tunegate.store import Store
 from tunegate.upstream import Upstream
@@ -26,14 +27,17 @@ class Services:
     store: Store
     upstream: Upstream
     resolver: ContextResolver
+    files: LocalDiskStore
 
 
 def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def context(request: Request, ref: tuple[str, str] | None = None) -> RequestContext:
-    ctx = await services(request).resolver.resolve(request.headers, request.scope["tunegate.trace_id"], ref)
+async def context(request: Request, ref: tuple[str, str] | None = None,
+                  default_provider: str | None = None) -> RequestContext:
+    ctx = await services(request).resolver.resolve(request.headers, request.scope["tunegate.trace_id"], ref,
+                                                   default_provider)
     request.scope["tunegate.ctx"] = ctx
     return ctx
 

@@ -79,8 +79,12 @@ async def read_form_file(request: Request, file_field: str, max_bytes: int) -> t
     raise missing_param(file_field)
 
 
+def _file_default(request: Request) -> str | None:
+    return services(request).settings.default_file_provider
+
+
 async def upload_file(request: Request) -> Response:
-    ctx = await context(request)
+    ctx = await context(request, default_provider=_file_default(request))
     max_bytes = services(request).settings.max_upload_bytes
     fields, reader, filename, content_type = await read_form_file(request, "file", max_bytes)
     purpose = fields.pop("purpose", None)
@@ -103,7 +107,7 @@ async def upload_file(request: Request) -> Response:
 
 
 async def list_files(request: Request) -> Response:
-    ctx = await context(request)
+    ctx = await context(request, default_provider=_file_default(request))
     listing = await ctx.provider.list_files(ctx, page(request, 10000, "purpose", "order"))
     return respond(await visible(ctx, "file", listing))
 

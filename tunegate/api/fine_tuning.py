@@ -11,8 +11,8 @@ from starlette.responses import Response
 
 from tunegate.api.common import context, json_body, page, remember, respond, visible
 from tunegate.context import RequestContext
-from tunegate.errors import APIError, InvalidRequest, missing_param
-from tunegate.providers.base import JSON
+from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
+from tunegate.providers.base import JSON, IncomingFile
 
 
 def validate_create(ctx: RequestContext, body: JSON) -> None:
@@ -54,6 +54,9 @@ async def create_job(request: Request) -> Response:
     ctx = await context(request)
     body = await json_body(request)
     validate_create(ctx, body)
+    for field in ("training_file", "validation_file"):
+        if isinstance(body.get(field), str):
+            body[field] = await managed_file_on_provider(ctx, body[field], field)
     idem_key = request.headers.get("idempotency-key")
     if not idem_key or ctx.store is None:
         job = await ctx.provider.create_job(ctx, body)
@@ -94,6 +97,28 @@ async def _create_once(ctx: RequestContext, idem_key: str, body: JSON) -> Respon
     await remember(ctx, "job", job)
     await ctx.store.finish_idempotency(scope, idem_key, 200, orjson.dumps(job))
     return respond(job)
+
+
+async def managed_file_on_provider(ctx: RequestContext, file_id: str, field: str) -> str:
+    """A gateway-managed file named in a job: the id the provider knows it by. The first use pushes a
+    copy through the provider's own upload (which converts it to the provider's format); later uses
+    of the same content on the same provider and connection reuse that copy."""
+    if ctx.provider.keeps_files or ctx.store is None or ctx.files is None:
+        return file_id
+    row = await ctx.store.get_managed_file(file_id)
+    if row is None:
+        return file_id  # a provider's own id
+    if ctx.key is not None and row["key_id"] not in (None, ctx.key.id):
+        raise NotFound(f"No such File object: '{file_id}'.", param=field, code="file_not_found")
+    copied = await ctx.store.file_copy(row["sha256"], ctx.provider_name, ctx.connection)
+    if copied is not None:
+        return copied
+    upload = IncomingFile(filename=row["filename"], purpose=row["purpose"], content_type="application/jsonl",
+                          chunks=ctx.files.read(row["location"]), size_hint=row["bytes"])
+    created = await ctx.provider.upload_file(ctx, upload)
+    await remember(ctx, "file", created)
+    await ctx.store.add_file_copy(row["sha256"], ctx.provider_name, ctx.connection, created["id"])
+    return str(created["id"])
 
 
 def _job_ref(request: Request) -> tuple[str, str]:

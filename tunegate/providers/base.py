@@ -65,6 +65,9 @@ class Provider:
     # Where this provider's credential comes from when a raw provider key is sent: the field name the
     # adapter reads from ctx.credentials.
     credential_field: ClassVar[str] = "api_key"
+    # True for providers whose files live in tunegate's own store (tunegate, local): a managed file id
+    # is used as is instead of being copied to the provider first.
+    keeps_files: ClassVar[bool] = False
 
     # ---- helpers shared by adapters ------------------------------------------------------------
 

@@ -19,7 +19,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tunegate.store import migrate
-from tunegate.store.schema import api_keys, connections, idempotency, objects, request_log
+from tunegate.store.schema import (
+    api_keys,
+    connections,
+    file_copies,
+    idempotency,
+    managed_files,
+    objects,
+    request_log,
+)
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
 
 __all__ = ["ApiKey", "Connection", "Store", "StoredObject"]
@@ -284,6 +292,57 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(idempotency.delete().where(
                 idempotency.c.scope == scope, idempotency.c.idem_key == idem_key))
+
+    # ---- gateway-managed files -----------------------------------------------------------------
+
+    async def add_managed_file(self, row: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(managed_files.insert().values(**row))
+
+    async def get_managed_file(self, file_id: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(managed_files).where(managed_files.c.id == file_id))).mappings().first()
+        return dict(row) if row else None
+
+    async def list_managed_files(self, *, limit: int, after: str | None, purpose: str | None,
+                                 ascending: bool, key_id: str | None) -> tuple[list[dict[str, Any]], bool]:
+        """A page of files (newest first unless ascending) and whether more follow."""
+        order = (managed_files.c.created_at, managed_files.c.id)
+        query = sa.select(managed_files)
+        if purpose:
+            query = query.where(managed_files.c.purpose == purpose)
+        if key_id is not None:
+            query = query.where(managed_files.c.key_id == key_id)
+        if after:
+            anchor = await self.get_managed_file(after)
+            if anchor is not None:
+                cursor = sa.tuple_(*order)
+                bound = sa.tuple_(sa.literal(anchor["created_at"]), sa.literal(anchor["id"]))
+                query = query.where(cursor > bound if ascending else cursor < bound)
+        query = query.order_by(*(c.asc() if ascending else c.desc() for c in order)).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        return rows[:limit], len(rows) > limit
+
+    async def delete_managed_file(self, file_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(managed_files.delete().where(managed_files.c.id == file_id))
+
+    async def file_copy(self, sha256: str, provider: str, connection: str | None) -> str | None:
+        """The provider's id for a copy of this content pushed earlier, if any."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(file_copies.c.remote_id).where(
+                file_copies.c.sha256 == sha256, file_copies.c.provider == provider,
+                file_copies.c.connection == (connection or ""), file_copies.c.target_format == provider))).first()
+        return row[0] if row else None
+
+    async def add_file_copy(self, sha256: str, provider: str, connection: str | None, remote_id: str) -> None:
+        stmt = self._dialect.insert(file_copies).values(
+            sha256=sha256, provider=provider, connection=connection or "", target_format=provider,
+            remote_id=remote_id, created_at=_now())
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=["sha256", "provider", "connection", "target_format"], set_=dict(remote_id=remote_id)))
 
     # ---- request log (batched, off the request path) ---------------------------------------------
 

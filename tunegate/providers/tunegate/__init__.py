@@ -1,0 +1,81 @@
+"""``tunegate``: files kept by the gateway itself, usable as training files on every provider.
+
+A file uploaded here is validated (by the upload route), written atomically to the managed store
+and recorded with its content hash. When a job on another provider names it, the gateway pushes a
+copy there (converted by that provider's own upload) once per content hash and reuses it after.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunegate import models
+from tunegate.errors import NotFound
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+
+if TYPE_CHECKING:
+    from tunegate.context import RequestContext
+
+
+def file_object(row: dict[str, Any]) -> JSON:
+    return models.file(id=row["id"], bytes=row["bytes"], created_at=row["created_at"], filename=row["filename"],
+                       purpose=row["purpose"], status="processed", expires_at=row["expires_at"])
+
+
+class ManagedFiles(Provider):
+    """File operations over the managed store; shared by providers that keep files in tunegate."""
+
+    keeps_files = True
+
+    async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
+        store, files = ctx.require_store()
+        # Milliseconds first, so ids sort in upload order (pagination orders by created_at, then id).
+        file_id = f"file-tg{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+        stored = await files.write(file_id, upload.chunks)
+        now = int(time.time())
+        seconds = upload.fields.get("expires_after[seconds]")
+        row = dict(id=file_id, key_id=ctx.key_id, filename=upload.filename, purpose=upload.purpose,
+                   bytes=stored.bytes, sha256=stored.sha256, location=stored.location, report=None,
+                   created_at=now, expires_at=now + int(seconds) if seconds and seconds.isdigit() else None)
+        await store.add_managed_file(row)
+        return file_object(row)
+
+    async def _row(self, ctx: RequestContext, file_id: str) -> dict[str, Any]:
+        store, _ = ctx.require_store()
+        row = await store.get_managed_file(file_id)
+        if row is None or (ctx.key is not None and row["key_id"] not in (None, ctx.key.id)):
+            raise NotFound(f"No such File object: '{file_id}'.", code="file_not_found")
+        return row
+
+    async def list_files(self, ctx: RequestContext, page: Page) -> JSON:
+        store, _ = ctx.require_store()
+        rows, more = await store.list_managed_files(
+            limit=page.limit, after=page.after, purpose=page.extra.get("purpose"),
+            ascending=page.extra.get("order") == "asc", key_id=ctx.key_id)
+        return models.page([file_object(r) for r in rows], more, with_ids=True)
+
+    async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        return file_object(await self._row(ctx, file_id))
+
+    async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        row = await self._row(ctx, file_id)
+        store, files = ctx.require_store()
+        await store.delete_managed_file(file_id)
+        await files.delete(row["location"])
+        return models.deleted(file_id)
+
+    async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
+        row = await self._row(ctx, file_id)
+        _, files = ctx.require_store()
+        return Download(files.read(row["location"]), media_type="application/octet-stream",
+                        headers={"Content-Length": str(row["bytes"])})
+
+
+class Tunegate(ManagedFiles):
+    name = "tunegate"
+
+    async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
+        raise self.unsupported("fine-tuning jobs (it only keeps files: create the job on a provider, e.g. "
+                               "x-portkey-provider: local or openai, with this file id as training_file)")
