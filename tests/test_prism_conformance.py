@@ -14,9 +14,9 @@ import openai
 import pytest
 
 from tests.gateway import Gateway
-from tunegate.config import ProviderSettings
 from tests.spec_schemas import assert_matches
 from tests.standins.prism import Prism, prism_binary
+from tunegate.config import ProviderSettings
 
 pytestmark = pytest.mark.skipif(prism_binary() is None, reason="prism not installed (cd .ci && npm ci)")
 
