@@ -5,11 +5,13 @@ from __future__ import annotations
 from tunegate.providers.azure_openai import AzureOpenAI
 from tunegate.providers.base import Provider
 from tunegate.providers.openai import OpenAI
+from tunegate.providers.together import Together
 
 REGISTRY: dict[str, Provider] = {
     p.name: p
     for p in (
         OpenAI(),
         AzureOpenAI(),
+        Together(),
     )
 }
