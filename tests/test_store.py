@@ -1,0 +1,159 @@
+"""The store on SQLite and on a real PostgreSQL server (TUNEGATE_TEST_POSTGRES_URL, which .ci/run
+sets after starting one): migrations, keys, encrypted connections, the registry, idempotency claims
+under concurrency, managed-file pagination and the request log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.gateway import _TEST_FERNET_KEY
+from tunegate.store import Store
+from tunegate.store.schema import metadata
+from tunegate.store.secretbox import SecretBox
+
+POSTGRES = os.environ.get("TUNEGATE_TEST_POSTGRES_URL")
+
+
+async def _reset_postgres(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.drop_all)
+        await conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+        for name in ("local_job_checkpoints", "local_job_events", "local_jobs"):
+            await conn.execute(sa.text(f"DROP TABLE IF EXISTS {name} CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "postgres":
+        if not POSTGRES:
+            pytest.skip("TUNEGATE_TEST_POSTGRES_URL not set (bash .ci/run starts a server)")
+        await _reset_postgres(POSTGRES)
+        url = POSTGRES
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    s = await Store.open(url, SecretBox(_TEST_FERNET_KEY))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_migrations_are_idempotent(store: Store) -> None:
+    again = await Store.open(store.url, store.box)  # upgrade to head a second time: nothing to do
+    assert await again.ping()
+    await again.close()
+
+
+async def test_keys(store: Store) -> None:
+    assert not await store.keys_exist()
+    key, full = await store.create_key("ci", ["conn-a"], allow_provider_keys=True)
+    store._any_keys = None
+    assert await store.keys_exist()
+    found = await store.authenticate(full)
+    assert found is not None and found.id == key.id and found.may_use("conn-a") and not found.may_use("conn-b")
+    assert await store.authenticate(full[:-1] + ("x" if full[-1] != "x" else "y")) is None
+    assert await store.authenticate("tg-nokey-secret") is None and await store.authenticate("sk-abc") is None
+    assert await store.revoke_key(key.id)
+    store._key_cache.clear()
+    assert await store.authenticate(full) is None
+    assert not await store.revoke_key(key.id)
+
+
+async def test_connections_are_encrypted(store: Store) -> None:
+    await store.add_connection("c1", "openai", {"api_key": "sk-super-secret-1"}, base_url="http://x",
+                               options={"openai_project": "p"})
+    got = await store.get_connection("c1")
+    assert got is not None and got.secrets == {"api_key": "sk-super-secret-1"} and got.options["openai_project"] == "p"
+    async with store.engine.connect() as conn:
+        raw = (await conn.execute(sa.text("SELECT secrets FROM connections"))).scalar_one()
+    assert "sk-super-secret-1" not in raw
+    assert [c["secret_fields"] for c in await store.list_connections()] == [["api_key"]]
+    assert await store.connections_for("openai") == ["c1"]
+    assert await store.remove_connection("c1") and await store.get_connection("c1") is None
+
+
+async def test_registry_first_owner_wins(store: Store) -> None:
+    await store.record("job", "ftjob-1", "openai", "c1", "key-a", "queued", {"id": "ftjob-1"})
+    await store.record("job", "ftjob-1", "openai", "c1", "key-b", "running", {"id": "ftjob-1", "status": "running"})
+    found = await store.lookup("job", "ftjob-1")
+    assert found is not None and found.key_id == "key-a" and found.status == "running"
+    await store.record_many("job", [("ftjob-1", "succeeded", None), ("ftjob-2", "queued", None)], "openai", None,
+                            "key-c")
+    assert await store.owners("job", ["ftjob-1", "ftjob-2", "ftjob-3"]) == {"ftjob-1": "key-a", "ftjob-2": "key-c"}
+    assert (await store.lookup("job", "ftjob-1")).status == "succeeded"  # type: ignore[union-attr]
+    await store.forget("job", "ftjob-2")
+    assert await store.lookup("job", "ftjob-2") is None
+
+
+async def test_idempotency_claim_is_atomic(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim_idempotency("scope", "key-1", "hash") for _ in range(8)))
+    assert sum(r is None for r in results) == 1  # exactly one claimant, whatever the interleaving
+    await store.finish_idempotency("scope", "key-1", 200, b'{"id": "ftjob-1"}')
+    done = await store.claim_idempotency("scope", "key-1", "hash")
+    assert done is not None and done["state"] == "done" and bytes(done["body"]) == b'{"id": "ftjob-1"}'
+    await store.release_idempotency("scope", "key-1")
+    assert await store.claim_idempotency("scope", "key-1", "hash") is None
+
+
+async def test_managed_file_pages(store: Store) -> None:
+    for n in range(5):
+        await store.add_managed_file(dict(id=f"file-tg{n}", key_id="k", filename=f"{n}.jsonl", purpose="fine-tune",
+                                          bytes=n, sha256="0" * 64, location=f"file-tg{n}", report=None,
+                                          created_at=1000 + n, expires_at=None))
+    rows, more = await store.list_managed_files(limit=2, after=None, purpose=None, ascending=False, key_id="k")
+    assert [r["id"] for r in rows] == ["file-tg4", "file-tg3"] and more
+    rows, more = await store.list_managed_files(limit=2, after="file-tg1", purpose=None, ascending=False, key_id="k")
+    assert [r["id"] for r in rows] == ["file-tg0"] and not more
+    rows, _ = await store.list_managed_files(limit=10, after=None, purpose=None, ascending=True, key_id="other")
+    assert rows == []
+    await store.add_file_copy("0" * 64, "openai", None, "file-remote")
+    assert await store.file_copy("0" * 64, "openai", None) == "file-remote"
+    assert await store.file_copy("0" * 64, "openai", "conn") is None
+
+
+async def test_request_log(store: Store) -> None:
+    for n in range(3):
+        store.log_request(dict(ts=float(n), trace_id=f"t{n}", key_id=None, provider="openai", operation="list_jobs",
+                               method="GET", path="/v1/fine_tuning/jobs", status=200, upstream_status=200,
+                               latency_ms=1.5))
+    await store.flush_log()
+    assert [r["trace_id"] for r in await store.recent_requests()] == ["t2", "t1", "t0"]
+
+
+@pytest.mark.postgres
+def test_gateway_end_to_end_on_postgres(tmp_path: Path) -> None:
+    """The whole gateway with its registry on PostgreSQL, as a scale-out deployment runs it."""
+    import io
+
+    import openai
+
+    from tests.gateway import Gateway
+    from tests.standins.openai_like import ServerThread, StandIn
+    from tests.test_errors import TRAINING
+
+    if not POSTGRES:
+        pytest.skip("TUNEGATE_TEST_POSTGRES_URL not set (bash .ci/run starts a server)")
+    asyncio.run(_reset_postgres(POSTGRES))
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "d", database_url=POSTGRES) as gw:
+        sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key=standin.api_key, max_retries=0, default_headers={
+            "x-portkey-provider": "openai", "x-portkey-custom-host": upstream.url})
+        f = sdk.files.create(file=("t.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
+        job = sdk.fine_tuning.jobs.create(training_file=f.id, model="gpt-4o-mini",
+                                          extra_headers={"Idempotency-Key": "pg-1"})
+        again = sdk.fine_tuning.jobs.create(training_file=f.id, model="gpt-4o-mini",
+                                            extra_headers={"Idempotency-Key": "pg-1"})
+        assert again.id == job.id and len(standin.jobs) == 1
+        assert [j.id for j in sdk.fine_tuning.jobs.list()] == [job.id]
+        assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+        recorded = gw.with_store(lambda s: s.lookup("job", job.id))
+        assert recorded is not None and recorded.status == "cancelled" and recorded.provider == "openai"
