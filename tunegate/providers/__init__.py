@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tunegate.providers.azure_openai import AzureOpenAI
 from tunegate.providers.base import Provider
+from tunegate.providers.fireworks import Fireworks
 from tunegate.providers.mistral import Mistral
 from tunegate.providers.openai import OpenAI
 from tunegate.providers.together import Together
@@ -13,6 +14,7 @@ REGISTRY: dict[str, Provider] = {
     for p in (
         OpenAI(),
         AzureOpenAI(),
+        Fireworks(),
         Together(),
         Mistral(),
     )

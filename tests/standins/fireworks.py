@@ -1,0 +1,354 @@
+"""A stateful stand-in for Fireworks AI's supervised fine-tuning jobs and datasets.
+
+Shapes come from ``../shared/specs/fireworks-finetuning-contract.md`` (written from the official SDK,
+``fireworks-ai==1.2.30``):
+- Transport: ``/v1/accounts/{account_id}/...``, ``Authorization: Bearer``, camelCase JSON, ``:verb`` custom
+  methods, list pagination by ``pageSize`` (default 50, max 200) / ``pageToken`` → ``nextPageToken``.
+- ``SupervisedFineTuningJob`` (create body table + "Job object" table; ``state`` = JobState enum;
+  ``status`` = Status {code, message}); create takes ``supervisedFineTuningJobId`` in the query string;
+  ``:cancel`` / ``:resume`` take ``{}``; the list envelope is ``{supervisedFineTuningJobs, nextPageToken}``.
+- ``Dataset`` (the Dataset table; ``state`` STATE_UNSPECIFIED/UPLOADING/READY; ``exampleCount`` as a
+  string); create body ``{datasetId, dataset}``; ``:upload`` multipart field ``file`` answering
+  ``DatasetUploadResponse`` (snake_case); the signed flow ``:getUploadEndpoint`` (``filenameToSize`` with
+  sizes as strings) → PUT with ``Content-Type: application/octet-stream`` and
+  ``X-Goog-Content-Length-Range: n,n`` and no credential → ``:validateUpload`` (refuses empty objects);
+  ``:getDownloadEndpoint`` → ``filenameToSignedUrls``.
+Not in the contract, hence assumed: error bodies in the gRPC-gateway shape
+``{"code": <google.rpc.Code number>, "message": str, "details": []}`` (Fireworks's control plane is a
+gRPC-gateway API: ``:verb`` methods, ``readMask``, ``nextPageToken``); the job lifecycle below; the
+signed URLs point back at this server (``/signed/...``, plain http on loopback).
+
+``tests/providers/test_fireworks.py`` validates the answers against schemas built from the contract's
+tables, so this server cannot drift from it. Every request is recorded (method, path, query, headers,
+body) so tests can assert what the gateway sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+GRPC = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
+        "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13, "UNAVAILABLE": 14,
+        "UNAUTHENTICATED": 16}
+STATUS_GRPC = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+               409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+# One state per GET: CREATING → VALIDATING → PENDING → RUNNING → WRITING_RESULTS → COMPLETED.
+LIFECYCLE = ["JOB_STATE_CREATING", "JOB_STATE_VALIDATING", "JOB_STATE_PENDING", "JOB_STATE_RUNNING",
+             "JOB_STATE_WRITING_RESULTS", "JOB_STATE_COMPLETED"]
+TERMINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+            "JOB_STATE_EARLY_STOPPED"}
+JOB_FIELDS = {"dataset", "baseModel", "warmStartFrom", "outputModel", "displayName", "epochs", "learningRate",
+              "learningRateWarmupSteps", "loraRank", "maxContextLength", "batchSize", "batchSizeSamples",
+              "gradientAccumulationSteps", "optimizerWeightDecay", "earlyStop", "evaluationDataset",
+              "evalAutoCarveout", "isTurbo", "jinjaTemplate", "nodes", "region"}
+
+
+def rfc3339(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FireworksStandIn:
+    api_key: str = "fw-standin-secret-0001"
+    account: str = "acme-ai"
+    requests: list[Recorded] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    contents: dict[str, dict[str, bytes]] = field(default_factory=dict)  # dataset id → filename → bytes
+    signed: dict[str, dict[str, Any]] = field(default_factory=dict)  # token → {dataset, filename, size, verb}
+    expected: dict[str, list[str]] = field(default_factory=dict)  # dataset id → files registered for upload
+    # scripted faults: path-substring → statuses to answer (in order) before behaving normally
+    faults: dict[str, list[int]] = field(default_factory=dict)
+    url: str = ""
+    lose_create_answers: int = 0  # create the job, then answer 503 (an answer lost on the way back)
+    _clock: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    # ---- helpers ----
+    def now(self) -> str:
+        # strictly increasing, so createTime orders objects as created
+        return rfc3339(time.time() + next(self._clock) / 1000)
+
+    @staticmethod
+    def error(status: int, message: str) -> web.Response:
+        name = STATUS_GRPC.get(status, "UNKNOWN")
+        return web.json_response({"code": GRPC.get(name, 2), "message": message, "details": []}, status=status)
+
+    def job_name(self, job_id: str) -> str:
+        return f"accounts/{self.account}/supervisedFineTuningJobs/{job_id}"
+
+    def dataset_name(self, dataset_id: str) -> str:
+        return f"accounts/{self.account}/datasets/{dataset_id}"
+
+    def advance(self, job: dict[str, Any]) -> None:
+        state = job["state"]
+        if state == "JOB_STATE_CANCELLING":
+            job.update(state="JOB_STATE_CANCELLED", completedTime=self.now(),
+                       status={"code": "CANCELLED", "message": "Cancelled by the user."})
+        elif state in LIFECYCLE[:-1]:
+            if job.get("baseModel", "").rsplit("/", 1)[-1].startswith("fail") and state == "JOB_STATE_VALIDATING":
+                job.update(state="JOB_STATE_FAILED", completedTime=self.now(),
+                           status={"code": "INVALID_ARGUMENT",
+                                   "message": "Dataset row 3: assistant message is missing."})
+            else:
+                job["state"] = LIFECYCLE[LIFECYCLE.index(state) + 1]
+                if job["state"] == "JOB_STATE_RUNNING":
+                    job["jobProgress"] = {"percent": 50, "epoch": 1}
+                if job["state"] == "JOB_STATE_COMPLETED":
+                    job.update(completedTime=self.now(), status={"code": "OK", "message": ""},
+                               jobProgress={"percent": 100, "epoch": job.get("epochs", 1), "inputTokens": 4096})
+        job["updateTime"] = self.now()
+
+    # ---- the app ----
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=1024**3)
+        r = app.router
+        base = "/v1/accounts/{account}"
+        r.add_post(f"{base}/supervisedFineTuningJobs", self.create_job)
+        r.add_get(f"{base}/supervisedFineTuningJobs", self.list_jobs)
+        r.add_get(f"{base}/supervisedFineTuningJobs/{{id}}", self.get_job)
+        r.add_delete(f"{base}/supervisedFineTuningJobs/{{id}}", self.delete_job)
+        r.add_post(f"{base}/supervisedFineTuningJobs/{{id}}", self.job_verb)
+        r.add_post(f"{base}/datasets", self.create_dataset)
+        r.add_get(f"{base}/datasets", self.list_datasets)
+        r.add_get(f"{base}/datasets/{{id}}", self.dataset_get_or_verb)
+        r.add_delete(f"{base}/datasets/{{id}}", self.delete_dataset)
+        r.add_post(f"{base}/datasets/{{id}}", self.dataset_verb)
+        r.add_put("/signed/{token}", self.signed_put)
+        r.add_get("/signed/{token}", self.signed_get)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        streamed = request.path.endswith(":upload") or request.path.startswith("/signed/")
+        body = b"" if streamed else await request.read()
+        self.requests.append(Recorded(request.method, request.path, dict(request.query), dict(request.headers),
+                                      body))
+        for needle, statuses in self.faults.items():
+            if needle in request.path and statuses:
+                status = statuses.pop(0)
+                headers = {"Retry-After": "0"} if status == 429 else {}
+                resp = self.error(status, f"scripted {status}")
+                resp.headers.update(headers)
+                return resp
+        if request.path.startswith("/signed/"):
+            return await handler(request)  # type: ignore[no-any-return]  # signed: no credential
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self.error(401, "unauthenticated: invalid API key")
+        if request.match_info.get("account") != self.account:
+            return self.error(403, f"permission denied on account '{request.match_info.get('account')}'")
+        return await handler(request)  # type: ignore[no-any-return]
+
+    # ---- pagination ----
+    def _page(self, items: list[dict[str, Any]], request: web.Request) -> tuple[list[dict[str, Any]], str]:
+        order = request.query.get("orderBy", "")
+        if order not in ("", "createTime", "createTime desc"):
+            raise web.HTTPBadRequest(text="unsupported orderBy")
+        items = sorted(items, key=lambda o: (o["createTime"], o["name"]), reverse=order.endswith("desc"))
+        size = int(request.query.get("pageSize") or 50)
+        if not 0 < size <= 200:
+            size = 200 if size > 200 else 50
+        token = request.query.get("pageToken")
+        start = int(base64.urlsafe_b64decode(token).decode()) if token else 0
+        page = items[start:start + size]
+        # Like many AIP servers, a full page always carries a token (the next page may be empty).
+        next_token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if len(page) == size else ""
+        return page, next_token
+
+    # ---- jobs ----
+    async def create_job(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        unknown = sorted(set(body) - JOB_FIELDS)
+        if unknown:
+            return self.error(400, f"unknown field '{unknown[0]}'")
+        job_id = request.query.get("supervisedFineTuningJobId") or str(uuid.uuid4())  # SDK: random UUID
+        if "supervisedFineTuningJobId" in request.query and not ID_RE.match(job_id):
+            return self.error(400, f"invalid supervisedFineTuningJobId '{job_id}'")
+        if job_id in self.jobs:
+            return self.error(409, f"supervised fine-tuning job '{job_id}' already exists")
+        if bool(body.get("baseModel")) == bool(body.get("warmStartFrom")):
+            return self.error(400, "exactly one of baseModel or warmStartFrom must be set")
+        for key in ("dataset", "evaluationDataset"):
+            if key in body:
+                ds = self.datasets.get(body[key].rsplit("/", 1)[-1])
+                if ds is None or ds["name"] != body[key]:
+                    return self.error(400, f"{key} '{body[key]}' not found")
+                if ds["state"] != "READY":
+                    return self.error(400, f"{key} '{body[key]}' is not READY")
+        now = self.now()
+        job = {**body, "name": self.job_name(job_id), "state": "JOB_STATE_CREATING",
+               "status": {"code": "OK", "message": ""}, "createTime": now, "updateTime": now,
+               "createdBy": "dev@acme.example", "outputModel": f"accounts/{self.account}/models/"
+               f"{body.get('outputModel') or job_id}"}
+        self.jobs[job_id] = job
+        if self.lose_create_answers > 0:
+            self.lose_create_answers -= 1
+            return self.error(503, "the answer was lost")
+        return web.json_response(job)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        page, token = self._page(list(self.jobs.values()), request)
+        out: dict[str, Any] = {"supervisedFineTuningJobs": page}
+        if token:
+            out["nextPageToken"] = token
+        return web.json_response(out)
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = self.jobs.get(request.match_info["id"])
+        if job is None:
+            return self.error(404, f"supervised fine-tuning job '{request.match_info['id']}' not found")
+        self.advance(job)
+        return web.json_response(job)
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        if self.jobs.pop(request.match_info["id"], None) is None:
+            return self.error(404, "not found")
+        return web.json_response({})
+
+    async def job_verb(self, request: web.Request) -> web.Response:
+        job_id, _, verb = request.match_info["id"].partition(":")
+        job = self.jobs.get(job_id)
+        if verb not in ("cancel", "resume"):
+            return self.error(404, f"unknown method ':{verb}'")
+        if job is None:
+            return self.error(404, f"supervised fine-tuning job '{job_id}' not found")
+        if not isinstance(await request.json(), dict):
+            return self.error(400, "body must be an object")
+        if verb == "cancel":
+            if job["state"] in TERMINAL or job["state"] == "JOB_STATE_CANCELLING":
+                return self.error(400, f"job is {job['state']} and cannot be cancelled")
+            job.update(state="JOB_STATE_CANCELLING", updateTime=self.now())
+            return web.json_response({})
+        if job["state"] not in ("JOB_STATE_CANCELLED", "JOB_STATE_FAILED", "JOB_STATE_PAUSED"):
+            return self.error(400, f"job is {job['state']} and cannot be resumed")
+        job.update(state="JOB_STATE_PENDING", updateTime=self.now(), status={"code": "OK", "message": ""})
+        job.pop("completedTime", None)
+        return web.json_response(job)
+
+    # ---- datasets ----
+    async def create_dataset(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        dataset_id = body.get("datasetId")
+        if not isinstance(dataset_id, str) or not ID_RE.match(dataset_id) or not isinstance(body.get("dataset"), dict):
+            return self.error(400, "datasetId and dataset are required; datasetId must be a valid id")
+        if dataset_id in self.datasets:
+            return self.error(409, f"dataset '{dataset_id}' already exists")
+        now = self.now()
+        ds = {**body["dataset"], "name": self.dataset_name(dataset_id), "state": "UPLOADING",
+              "status": {"code": "OK", "message": ""}, "createTime": now, "updateTime": now,
+              "createdBy": "dev@acme.example"}
+        self.datasets[dataset_id] = ds
+        self.contents[dataset_id] = {}
+        return web.json_response(ds)
+
+    async def list_datasets(self, request: web.Request) -> web.Response:
+        page, token = self._page(list(self.datasets.values()), request)
+        out: dict[str, Any] = {"datasets": page}
+        if token:
+            out["nextPageToken"] = token
+        return web.json_response(out)
+
+    async def dataset_get_or_verb(self, request: web.Request) -> web.Response:
+        dataset_id, _, verb = request.match_info["id"].partition(":")
+        ds = self.datasets.get(dataset_id)
+        if ds is None:
+            return self.error(404, f"dataset '{dataset_id}' not found")
+        if not verb:
+            return web.json_response(ds)
+        if verb != "getDownloadEndpoint":
+            return self.error(404, f"unknown method ':{verb}'")
+        urls = {}
+        for filename in self.contents[dataset_id]:
+            token = uuid.uuid4().hex
+            self.signed[token] = {"dataset": dataset_id, "filename": filename, "verb": "GET"}
+            urls[filename] = f"{self.url}/signed/{token}"
+        return web.json_response({"filenameToSignedUrls": urls})
+
+    async def delete_dataset(self, request: web.Request) -> web.Response:
+        dataset_id = request.match_info["id"]
+        if self.datasets.pop(dataset_id, None) is None:
+            return self.error(404, f"dataset '{dataset_id}' not found")
+        self.contents.pop(dataset_id, None)
+        return web.json_response({})
+
+    async def dataset_verb(self, request: web.Request) -> web.Response:
+        dataset_id, _, verb = request.match_info["id"].partition(":")
+        ds = self.datasets.get(dataset_id)
+        if ds is None:
+            return self.error(404, f"dataset '{dataset_id}' not found")
+        if verb == "upload":
+            reader = await request.multipart()
+            filename, data = "", b""
+            async for part in reader:
+                if getattr(part, "name", None) == "file":
+                    filename = part.filename or "data.jsonl"  # type: ignore[union-attr]
+                    data = bytes(await part.read())  # type: ignore[union-attr]
+            if not data:
+                return self.error(400, "multipart field 'file' is missing or empty")
+            self.contents[dataset_id] = {filename: data}
+            ds.update(state="READY", updateTime=self.now())
+            return web.json_response({"id": dataset_id, "bytes": len(data), "created_at": int(time.time()),
+                                      "filename": filename, "object": "file", "purpose": "fine-tune"})
+        body = await request.json()
+        if verb == "getUploadEndpoint":
+            sizes = body.get("filenameToSize")
+            if not isinstance(sizes, dict) or not sizes or not all(isinstance(v, str) for v in sizes.values()):
+                return self.error(400, "filenameToSize must map file names to sizes given as strings")
+            self.contents[dataset_id] = {}
+            urls = {}
+            for filename, size in sizes.items():
+                token = uuid.uuid4().hex
+                self.signed[token] = {"dataset": dataset_id, "filename": filename, "size": int(size), "verb": "PUT"}
+                urls[filename] = f"{self.url}/signed/{token}"
+            self.expected[dataset_id] = sorted(sizes)
+            return web.json_response({"filenameToSignedUrls": urls})
+        if verb == "validateUpload":
+            got = self.contents.get(dataset_id) or {}
+            expected = self.expected.get(dataset_id) or []
+            if not expected or sorted(got) != expected or not all(got.values()):
+                return self.error(400, "upload is incomplete or empty")
+            ds.update(state="READY", updateTime=self.now())
+            return web.json_response({})
+        return self.error(404, f"unknown method ':{verb}'")
+
+    async def signed_put(self, request: web.Request) -> web.Response:
+        grant = self.signed.get(request.match_info["token"])
+        if grant is None or grant["verb"] != "PUT":
+            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
+        size = grant["size"]
+        if (request.headers.get("Content-Type") != "application/octet-stream"
+                or request.headers.get("X-Goog-Content-Length-Range") != f"{size},{size}"
+                or "Authorization" in request.headers):
+            return web.Response(status=403, text="<Error><Code>SignatureDoesNotMatch</Code></Error>")
+        data = await request.read()
+        if len(data) != size:
+            return web.Response(status=400, text="<Error><Code>EntityTooLarge</Code></Error>")
+        self.contents.setdefault(grant["dataset"], {})[grant["filename"]] = data
+        return web.Response(status=200)
+
+    async def signed_get(self, request: web.Request) -> web.StreamResponse:
+        grant = self.signed.get(request.match_info["token"])
+        if grant is None or grant["verb"] != "GET" or "Authorization" in request.headers:
+            return web.Response(status=403, text="<Error><Code>AccessDenied</Code></Error>")
+        data = (self.contents.get(grant["dataset"]) or {}).get(grant["filename"])
+        if data is None:
+            return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
+        return web.Response(body=data, content_type="application/octet-stream")
