@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tunegate.providers.azure_openai import AzureOpenAI
 from tunegate.providers.base import Provider
+from tunegate.providers.bedrock import Bedrock
 from tunegate.providers.fireworks import Fireworks
 from tunegate.providers.mistral import Mistral
 from tunegate.providers.openai import OpenAI
@@ -14,6 +15,7 @@ REGISTRY: dict[str, Provider] = {
     for p in (
         OpenAI(),
         AzureOpenAI(),
+        Bedrock(),
         Fireworks(),
         Together(),
         Mistral(),

@@ -1,0 +1,419 @@
+"""Amazon Bedrock model customization: jobs on the Bedrock control plane, training files in S3.
+
+Jobs: CreateModelCustomizationJob / GetModelCustomizationJob / ListModelCustomizationJobs /
+StopModelCustomizationJob (rest-json, ``https://bedrock.{region}.amazonaws.com``), signed with SigV4
+(or a Bedrock API key as a bearer token). Files: objects under a prefix of an S3 bucket, uploaded with
+a streamed multipart upload. Ids are reversible: a job id wraps the job ARN, a file id wraps its
+``s3://bucket/key`` URI (``tunegate.providers.ids``). See MAPPING.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+
+from tunegate import models
+from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
+from tunegate.providers import ids
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.bedrock import aws, jobs, s3
+from tunegate.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from tunegate.context import RequestContext
+
+DEFAULT_PURPOSE = "fine-tune"
+LIST_DETAIL_CONCURRENCY = 4
+_FILE_KEY = re.compile(r"(?P<stamp>\d{13})[0-9a-f]{8}/(?P<purpose>[-!_*'().a-zA-Z0-9]+)/(?P<name>[-!_*'().a-zA-Z0-9]+)")
+_STAMP_MAX = 10**13 - 1  # keys hold (_STAMP_MAX - milliseconds): S3's ascending key order is newest first
+
+
+class Bedrock(Provider):
+    name = "bedrock"
+    # customModelName is 1–63 characters and must be unique: tunegate appends "-" and 8 characters.
+    suffix_max_length = 54
+
+    # ---- plumbing --------------------------------------------------------------------------------
+
+    def base_url(self, ctx: RequestContext) -> str:
+        if ctx.base_url_override:
+            return ctx.base_url_override.rstrip("/")
+        return aws.endpoint_from_env("bedrock") or f"https://bedrock.{aws.region(ctx)}.amazonaws.com"
+
+    def error_message(self, response: UpstreamResponse) -> tuple[str, str | None, str | None]:
+        """AWS errors: rest-json ``{"message"}`` with ``x-amzn-ErrorType``, or S3's XML ``<Error>``."""
+        code = (response.headers.get("x-amzn-ErrorType") or "").split(":", 1)[0] or None
+        body = response.body.lstrip()
+        if body.startswith(b"<"):
+            xml_code, message = s3.xml_error(body)
+            return (message or f"Amazon S3 answered with HTTP {response.status}."), None, xml_code or code
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            message = data.get("message") or data.get("Message")
+            code = code or (str(data["__type"]).rsplit("#", 1)[-1] if data.get("__type") else None)
+            if message:
+                return str(message), None, code
+        if response.status == 404 and not body:  # HEAD answers carry no body
+            return "Not found.", None, code or "NotFound"
+        text = body[:300].decode("utf-8", "replace")
+        return f"Bedrock answered with HTTP {response.status}. {text}".strip(), None, code
+
+    async def _bedrock(self, ctx: RequestContext, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                       body: JSON | None = None, idempotent: bool | None = None) -> Any:
+        url = self.base_url(ctx) + path
+        if query:
+            url += "?" + aws.query_string(query)
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        response = await aws.call(ctx, aws.auth(ctx), "bedrock", aws.region(ctx), method, url, headers=headers,
+                                  body=data, idempotent=method == "GET" if idempotent is None else idempotent)
+        return self.check(ctx, response)
+
+    def _base_rate(self, ctx: RequestContext) -> float | None:
+        raw = ctx.option("bedrock_base_learning_rate")
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = 0.0
+        if value <= 0:
+            raise InvalidRequest("x-portkey-bedrock-base-learning-rate must be a positive number.",
+                                 param="x-portkey-bedrock-base-learning-rate", code="invalid_provider_option")
+        return value
+
+    @staticmethod
+    def _arn(job_id: str) -> str:
+        arn = ids.decode("ftjob", job_id, "fine-tuning job")
+        if not arn.startswith("arn:"):
+            raise NotFound(f"No such fine-tuning job: '{job_id}'.")
+        return arn
+
+    @staticmethod
+    def _job_path(arn: str) -> str:
+        return "/model-customization-jobs/" + quote(arn, safe="")
+
+    async def _get(self, ctx: RequestContext, arn: str) -> JSON:
+        return await self._bedrock(ctx, "GET", self._job_path(arn))  # type: ignore[no-any-return]
+
+    # ---- jobs ------------------------------------------------------------------------------------
+
+    def _s3_uri(self, value: str, param: str) -> str:
+        try:
+            uri = value if value.startswith("s3://") else ids.decode("file", value, "file")
+        except NotFound:
+            raise InvalidRequest(f"No such file: '{value}'.", param=param, code="file_not_found") from None
+        if not jobs.S3_URI.fullmatch(uri) or len(uri) > 1024:
+            raise InvalidRequest(f"'{param}' must be a file uploaded through tunegate or an s3:// URI Bedrock "
+                                 "accepts.", param=param, code="invalid_file")
+        return uri
+
+    async def _check_format(self, ctx: RequestContext, file_value: str, uri: str, fam: jobs.Family | None,
+                            param: str) -> None:
+        """A file uploaded through tunegate records its data format: refuse a file converted for another
+        model family now, rather than as a failed job an hour later."""
+        credentials = aws.auth(ctx)
+        if file_value.startswith("s3://") or not credentials.sigv4:
+            return
+        bucket_name, key = s3.parse_uri(uri)
+        bucket = s3.Bucket(bucket_name, aws.region(ctx, "aws_s3_region"), aws.endpoint_from_env("s3"))
+        try:
+            head = await s3.S3(self, ctx, credentials, bucket).head(key, "file", file_value)
+        except NotFound:
+            raise InvalidRequest(f"No such file: '{file_value}'.", param=param, code="file_not_found") from None
+        except UpstreamError as exc:
+            if exc.status == 403:  # these keys may not read the bucket (Bedrock's role may): Bedrock will check
+                return
+            raise
+        recorded = head.headers.get("x-amz-meta-tunegate-format")
+        if fam is not None and recorded not in (None, "none", fam.data_format):
+            raise InvalidRequest(f"'{file_value}' was converted to '{recorded}', but {fam.name} models train on "
+                                 f"'{fam.data_format}': upload it again with 'x-portkey-bedrock-model' set to the "
+                                 "model.", param=param, code="invalid_training_file")
+
+    def _names(self, ctx: RequestContext, suffix: str | None) -> tuple[str, str, str]:
+        """(jobName, customModelName, clientRequestToken). Derived from the client's Idempotency-Key when
+        there is one, so a replayed create is the same request to Bedrock; random otherwise."""
+        if ctx.idempotency_key:
+            seed = f"{ctx.key_id or ''}:{ctx.connection or ''}:{ctx.idempotency_key}"
+            digest = hashlib.sha256(seed.encode()).hexdigest()
+            token, unique = digest, digest[:20]
+        else:
+            token, unique = secrets.token_hex(32), secrets.token_hex(10)
+        job_name = f"tunegate-{unique}"
+        model_name = f"{suffix or 'tunegate'}-{unique[:8]}"
+        return job_name, model_name, token
+
+    async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
+        unknown = sorted(k for k, v in body.items() if k not in jobs.CREATE_FIELDS and v is not None)
+        if unknown:
+            raise InvalidRequest(f"Provider 'bedrock' does not accept '{unknown[0]}'.", param=unknown[0],
+                                 code="unsupported_parameter")
+        if body.get("seed") is not None:
+            raise InvalidRequest("Bedrock model customization takes no seed.", param="seed",
+                                 code="unsupported_parameter")
+        if body.get("integrations"):
+            raise InvalidRequest("Bedrock has no training integrations (e.g. Weights & Biases).",
+                                 param="integrations", code="unsupported_parameter")
+        suffix = body.get("suffix")
+        if suffix is not None and not jobs.SUFFIX.fullmatch(suffix):
+            raise InvalidRequest("'suffix' may hold only letters and digits, single '-' or '_' between them "
+                                 "(Bedrock's customModelName).", param="suffix", code="invalid_suffix")
+        role_arn = ctx.option("aws_bedrock_role_arn")
+        if not role_arn:
+            raise InvalidRequest("Provider 'bedrock' needs the IAM role Bedrock assumes to read the data: send "
+                                 "'x-portkey-aws-bedrock-role-arn' (or a connection that sets "
+                                 "'aws_bedrock_role_arn').", param="x-portkey-aws-bedrock-role-arn",
+                                 code="missing_provider_option")
+        if not jobs.ROLE_ARN.fullmatch(str(role_arn)):
+            raise InvalidRequest(f"'{role_arn}' is not an IAM role ARN.", param="x-portkey-aws-bedrock-role-arn",
+                                 code="invalid_provider_option")
+        model = str(body["model"])
+        fam = jobs.family(model)
+        base_rate = self._base_rate(ctx)
+        hyper = jobs.hyper_parameters(body, fam, base_rate)
+        tags = jobs.job_tags(body.get("metadata"))
+        training = self._s3_uri(body["training_file"], "training_file")
+        validation = self._s3_uri(body["validation_file"], "validation_file") if body.get("validation_file") else None
+        bucket, prefix = s3.bucket_for(ctx)
+        await self._check_format(ctx, body["training_file"], training, fam, "training_file")
+        if validation:
+            await self._check_format(ctx, body["validation_file"], validation, fam, "validation_file")
+        job_name, model_name, token = self._names(ctx, suffix)
+        request: JSON = {
+            "jobName": job_name,
+            "customModelName": model_name,
+            "roleArn": str(role_arn),
+            "clientRequestToken": token,
+            "baseModelIdentifier": model,
+            "customizationType": "FINE_TUNING",
+            "trainingDataConfig": {"s3Uri": training},
+            "outputDataConfig": {"s3Uri": f"s3://{bucket.name}/{prefix}/outputs/{job_name}/"},
+            "hyperParameters": hyper,
+        }
+        if validation:
+            request["validationDataConfig"] = {"validators": [{"s3Uri": validation}]}
+        if tags:
+            request["jobTags"] = tags
+        if kms := ctx.option("aws_bedrock_kms_key_id"):
+            request["customModelKmsKeyId"] = str(kms)
+        # clientRequestToken makes the create idempotent on Bedrock's side: retrying it is safe.
+        created = await self._bedrock(ctx, "POST", "/model-customization-jobs", body=request, idempotent=True)
+        arn = str(created["jobArn"])
+        try:
+            raw = await self._get(ctx, arn)
+        except APIError as exc:
+            if exc.status != 404:
+                raise
+            raw = {"jobArn": arn, "jobName": job_name, "status": "InProgress",  # not readable yet
+                   "creationTime": datetime.now(UTC).isoformat(), "baseModelArn": model,
+                   "hyperParameters": hyper, "trainingDataConfig": request["trainingDataConfig"],
+                   "validationDataConfig": request.get("validationDataConfig"),
+                   "statusDetails": {"validationDetails": {"status": "InProgress"}}}
+        return jobs.to_job(raw, metadata=body.get("metadata"), base_override=base_rate)
+
+    async def retrieve_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        return jobs.to_job(await self._get(ctx, self._arn(job_id)), base_override=self._base_rate(ctx))
+
+    async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        arn = self._arn(job_id)
+        await self._bedrock(ctx, "POST", self._job_path(arn) + "/stop", idempotent=True)
+        return jobs.to_job(await self._get(ctx, arn), base_override=self._base_rate(ctx))
+
+    async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
+        """Newest first. ``after=<job id>``: the job's creation time narrows the listing
+        (creationTimeBefore), then the listing is read past that job — no cursor is kept anywhere."""
+        if page.extra.get("metadata"):
+            raise InvalidRequest("Bedrock cannot filter jobs by metadata (job tags are not listed).",
+                                 param="metadata", code="unsupported_parameter")
+        want = page.limit + 1
+        base = [("sortBy", "CreationTime"), ("sortOrder", "Descending")]
+        after_arn = self._arn(page.after) if page.after else None
+        after_time: int | None = None
+        if after_arn:
+            anchor = await self._get(ctx, after_arn)
+            after_time = jobs.timestamp(anchor.get("creationTime"))
+            if after_time is not None:  # inclusive of the anchor's own second: ties are read past below
+                before = datetime.fromtimestamp(after_time, UTC) + timedelta(seconds=1)
+                base.append(("creationTimeBefore", before.strftime("%Y-%m-%dT%H:%M:%SZ")))
+        seen: list[JSON] = []
+        found = after_arn is None
+        collected: list[JSON] = []
+        token: str | None = None
+        for _ in range(100):  # pages of up to 1000: a bound, not a limit anyone meets
+            query = [*base, ("maxResults", str(min(1000, max(1, want + (0 if found else 10)))))]
+            if token:
+                query.append(("nextToken", token))
+            answer = await self._bedrock(ctx, "GET", "/model-customization-jobs", query=query)
+            for summary in answer.get("modelCustomizationJobSummaries") or []:
+                seen.append(summary)
+                if not found:
+                    found = summary.get("jobArn") == after_arn
+                elif len(collected) < want:
+                    collected.append(summary)
+            token = answer.get("nextToken")
+            if len(collected) >= want or not token:
+                break
+        if not found:  # the anchor is gone: everything strictly older than it
+            collected = [s for s in seen if (jobs.timestamp(s.get("creationTime")) or 0) < (after_time or 0)][:want]
+        items = collected[:page.limit]
+        return models.page(await self._details(ctx, items), len(collected) > page.limit)
+
+    async def _details(self, ctx: RequestContext, summaries: list[JSON]) -> list[JSON]:
+        """Summaries lack the training file and hyperparameters: read each job (a few at a time)."""
+        gate = asyncio.Semaphore(LIST_DETAIL_CONCURRENCY)
+        base_rate = self._base_rate(ctx)
+
+        async def one(summary: JSON) -> JSON:
+            async with gate:
+                try:
+                    return jobs.to_job(await self._get(ctx, str(summary["jobArn"])), base_override=base_rate)
+                except APIError as exc:
+                    if exc.status != 404:
+                        raise
+                    return jobs.to_job(summary, base_override=base_rate)
+
+        return list(await asyncio.gather(*(one(s) for s in summaries)))
+
+    async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        raise self.unsupported("fine-tuning job events (Bedrock reports only the job's status and, when it "
+                               "ends, metrics files in the output S3 prefix)")
+
+    async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        raise self.unsupported("fine-tuning job checkpoints (Bedrock produces one custom model per job)")
+
+    # ---- files -----------------------------------------------------------------------------------
+
+    def _store(self, ctx: RequestContext) -> tuple[s3.S3, str]:
+        bucket, prefix = s3.bucket_for(ctx)
+        return s3.S3(self, ctx, aws.auth(ctx), bucket), f"{prefix}/files/"
+
+    def _locate(self, ctx: RequestContext, file_id: str) -> tuple[s3.S3, str]:
+        uri = ids.decode("file", file_id, "file")
+        try:
+            bucket_name, key = s3.parse_uri(uri)
+        except ValueError:
+            raise NotFound(f"No such file: '{file_id}'.") from None
+        bucket = s3.Bucket(bucket_name, aws.region(ctx, "aws_s3_region"), aws.endpoint_from_env("s3"))
+        return s3.S3(self, ctx, aws.auth(ctx), bucket), key
+
+    @staticmethod
+    def _file(bucket: str, key: str, size: int, fallback_time: Any = None) -> JSON | None:
+        head, _, tail = key.rpartition("/files/")
+        match = _FILE_KEY.fullmatch(tail)
+        if not head or not match:
+            return None
+        created = (_STAMP_MAX - int(match["stamp"])) // 1000
+        return models.file(id=ids.encode("file", f"s3://{bucket}/{key}"), bytes=size,
+                           created_at=created or jobs.timestamp(fallback_time) or 0, filename=match["name"],
+                           purpose=match["purpose"], status="processed")
+
+    def _data_format(self, ctx: RequestContext, purpose: str) -> str:
+        if purpose != "fine-tune":
+            return "none"
+        explicit = ctx.option("bedrock_data_format")
+        if explicit is not None:
+            from tunegate.data.converters import TARGETS
+
+            value = str(explicit)
+            if value != "none" and value not in TARGETS:
+                choices = ", ".join(["none", *(t for t in TARGETS if t.startswith("bedrock"))])
+                raise InvalidRequest(f"Unknown Bedrock data format '{value}' (one of: {choices}).",
+                                     param="x-portkey-bedrock-data-format", code="invalid_provider_option")
+            return value
+        model = ctx.option("bedrock_model")
+        fam = jobs.family(str(model)) if model else None
+        return fam.data_format if fam else jobs.DEFAULT_DATA_FORMAT
+
+    async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
+        if not s3.SEGMENT.fullmatch(upload.purpose):
+            raise InvalidRequest(f"'{upload.purpose}' is not a purpose tunegate can store in S3.", param="purpose")
+        store, prefix = self._store(ctx)
+        data_format = self._data_format(ctx, upload.purpose)
+        name = re.sub(r"[^-_.a-zA-Z0-9]", "_", upload.filename)[-200:].lstrip(".") or "upload.jsonl"
+        stamp = _STAMP_MAX - int(time.time() * 1000)
+        key = f"{prefix}{stamp:013d}{secrets.token_hex(4)}/{upload.purpose}/{name}"
+        chunks: AsyncIterator[bytes] = upload.chunks
+        if data_format != "none":
+            chunks = _converted(upload.chunks, data_format)
+        metadata = {"tunegate-format": data_format, "tunegate-filename": quote(upload.filename, safe="")}
+        size = await store.upload(key, chunks, metadata)
+        obj = self._file(store.bucket.name, key, size)
+        assert obj is not None
+        return obj
+
+    async def list_files(self, ctx: RequestContext, page: Page) -> JSON:
+        if page.extra.get("order") not in (None, "desc"):
+            raise InvalidRequest("Bedrock files (S3 objects) are listed newest first only.", param="order",
+                                 code="unsupported_parameter")
+        purpose = page.extra.get("purpose")
+        store, prefix = self._store(ctx)
+        start_after = None
+        if page.after:
+            other, start_after = self._locate(ctx, page.after)
+            if other.bucket.name != store.bucket.name:
+                raise InvalidRequest("'after' names a file in another bucket.", param="after")
+        want = page.limit + 1
+        found: list[JSON] = []
+        token = None
+        for _ in range(10000):
+            objects, token = await store.list(prefix, min(1000, max(want, 1)), start_after, token)
+            for obj in objects:
+                item = self._file(store.bucket.name, obj.get("Key", ""), int(obj.get("Size") or 0),
+                                  obj.get("LastModified"))
+                if item is not None and (not purpose or item["purpose"] == purpose):
+                    found.append(item)
+            if len(found) >= want or not token:
+                break
+        return models.page(found[:page.limit], len(found) > page.limit, with_ids=True)
+
+    async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        store, key = self._locate(ctx, file_id)
+        head = await store.head(key, "file", file_id)
+        obj = self._file(store.bucket.name, key, int(head.headers.get("Content-Length") or 0),
+                         head.headers.get("Last-Modified"))
+        if obj is None:
+            raise NotFound(f"No such file: '{file_id}'.")
+        return obj
+
+    async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        store, key = self._locate(ctx, file_id)
+        await store.head(key, "file", file_id)  # S3 deletes missing keys silently: OpenAI answers 404
+        await store.delete(key)
+        return models.deleted(file_id)
+
+    async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
+        store, key = self._locate(ctx, file_id)
+        url, headers = store.signed_get(key)
+        try:
+            return await self.download(ctx, aws.open_url(url), headers=headers)
+        except UpstreamError as exc:
+            if exc.status == 404:
+                raise NotFound(f"No such file: '{file_id}'.") from None
+            raise
+
+
+async def _converted(chunks: AsyncIterator[bytes], target: str) -> AsyncIterator[bytes]:
+    """The upload converted line by line; a line that cannot be converted is a 400 naming it."""
+    from tunegate.data.converters import ConversionError, aconvert
+
+    try:
+        async for line in aconvert(chunks, target):
+            yield line
+    except ConversionError as exc:
+        raise InvalidRequest(f"The training file cannot be converted to Bedrock's '{target}' format (line "
+                             f"{exc.line}): {exc.message}. Set 'x-portkey-bedrock-model' to the base model, or "
+                             "'x-portkey-bedrock-data-format: none' to store it as sent.", param="file",
+                             code="invalid_training_file") from None

@@ -1,0 +1,246 @@
+"""OpenAI fine-tuning job ⇄ Bedrock model-customization job: the request body, hyperparameters per model
+family, and the job object built from GetModelCustomizationJob / ListModelCustomizationJobs answers.
+
+Shapes: ``../shared/specs/bedrock-model-customization.json`` (botocore ``bedrock`` 2023-04-20,
+CreateModelCustomizationJobRequest, GetModelCustomizationJobResponse, ModelCustomizationJobSummary).
+Hyperparameter names, ranges and defaults: the Bedrock user guide's "Custom model hyperparameters" pages
+(cm-hp-nova-mm, cm-hp-anth-claude-3, cm-hp-meta-llama31, cm-hp-titan-text).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from tunegate import models
+from tunegate.errors import InvalidRequest
+from tunegate.providers import ids
+
+JSON = dict[str, Any]
+
+# Bedrock patterns (spec shapes of the same name).
+JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*")
+CUSTOM_MODEL_NAME = re.compile(r"([0-9a-zA-Z][_-]?){1,63}")
+ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+")
+S3_URI = re.compile(r"s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](?:/[-!_*'().a-z0-9A-Z]+(?:/[-!_*'().a-z0-9A-Z]+)*)?/?")
+TAG = re.compile(r"[a-zA-Z0-9\s._:/=+@-]*")
+SUFFIX = re.compile(r"[0-9a-zA-Z]([_-]?[0-9a-zA-Z])*")
+
+# Bedrock's FineTuningJobStatus / ModelCustomizationJobStatus → OpenAI (see MAPPING.md).
+JOB_STATUS = {"InProgress": "running", "Completed": "succeeded", "Failed": "failed", "Stopping": "running",
+              "Stopped": "cancelled"}
+TERMINAL = {"Completed", "Failed", "Stopped"}
+
+CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed", "method",
+                 "metadata", "integrations"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's data format and hyperparameters (Bedrock names, documented ranges)."""
+
+    name: str
+    data_format: str  # a tunegate.data.converters target
+    epochs: tuple[int, int] | None
+    batch: tuple[int, int] | None  # None: Bedrock does not let it be set for this family
+    base_learning_rate: float | None  # None: the family takes a multiplier (learningRateMultiplier)
+    learning_rate: tuple[float, float] | None  # the absolute (or multiplier) range Bedrock accepts
+
+
+FAMILIES: list[tuple[str, Family]] = [
+    # Nova Micro/Lite/Pro: Converse-style data; epochs 1–5 (default 2); learningRate 1e-6–1e-4 (default 1e-5).
+    ("amazon.nova-micro", Family("nova", "bedrock-conversation-2024", (1, 5), None, 1e-5, (1e-6, 1e-4))),
+    ("amazon.nova-lite", Family("nova", "bedrock-conversation-2024", (1, 5), None, 1e-5, (1e-6, 1e-4))),
+    ("amazon.nova-pro", Family("nova", "bedrock-conversation-2024", (1, 5), None, 1e-5, (1e-6, 1e-4))),
+    # Claude 3 Haiku: {system, messages}; epochs 1–10 (2); batchSize 4–256 (32); learningRateMultiplier 0.1–2 (1).
+    ("anthropic.claude-3-haiku", Family("claude", "bedrock-claude", (1, 10), (4, 256), None, (0.1, 2.0))),
+    # Llama 2/3.x: prompt/completion; epochs 1–10 (5); batchSize 1; learningRate 5e-6–0.1 (1e-4).
+    ("meta.llama", Family("llama", "bedrock-prompt-completion", (1, 10), (1, 1), 1e-4, (5e-6, 0.1))),
+    # Titan Text Premier: epochs 1–5 (2); batchSize 1; learningRate 1e-7–1e-5 (1e-6).
+    ("amazon.titan-text-premier", Family("titan-premier", "bedrock-prompt-completion", (1, 5), (1, 1), 1e-6,
+                                         (1e-7, 1e-5))),
+    # Titan Text Lite/Express: epochs 1–10 (5); batchSize 1–64 (1); learningRate 0–1 (1e-5).
+    ("amazon.titan-text-", Family("titan", "bedrock-prompt-completion", (1, 10), (1, 64), 1e-5, (0.0, 1.0))),
+]
+DEFAULT_DATA_FORMAT = "bedrock-conversation-2024"
+
+
+def model_id(model: str) -> str:
+    """``amazon.nova-micro-v1:0:128k`` from an id or a foundation-model ARN."""
+    return model.split(":foundation-model/", 1)[1] if ":foundation-model/" in model else model
+
+
+def family(model: str) -> Family | None:
+    mid = model_id(model)
+    for prefix, fam in FAMILIES:
+        if mid.startswith(prefix):
+            return fam
+    return None
+
+
+def plain(number: float) -> str:
+    """A number as Bedrock's string hyperparameters want it: no exponent ("0.00001", not "1e-05")."""
+    text = format(Decimal(repr(float(number))), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _int(value: Any, param: str, bounds: tuple[int, int] | None, fam: Family | None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"'{param}' must be an integer or 'auto'.", param=param, code="invalid_hyperparameter")
+    if bounds and not bounds[0] <= value <= bounds[1]:
+        raise InvalidRequest(f"'{param}' must be from {bounds[0]} to {bounds[1]} for Bedrock {fam.name if fam else ''} "
+                             "models.", param=param, code="invalid_hyperparameter")
+    return value
+
+
+def hyper_parameters(body: JSON, fam: Family | None, base_override: float | None) -> JSON:
+    """OpenAI hyperparameters → Bedrock ``hyperParameters`` (a map of strings)."""
+    method = body.get("method") or {}
+    hp = body.get("hyperparameters") or {}
+    prefix = "hyperparameters"
+    if method:
+        kind = method.get("type")
+        if kind != "supervised":
+            reason = ("Bedrock has no preference (DPO) customization type" if kind == "dpo" else
+                      "Bedrock reinforcement fine-tuning needs a Lambda grader, which OpenAI graders cannot be mapped to"
+                      if kind == "reinforcement" else f"unknown method type {kind!r}")
+            raise InvalidRequest(f"Provider 'bedrock' supports only method.type 'supervised' ({reason}).",
+                                 param="method.type", code="unsupported_method")
+        if hp:
+            raise InvalidRequest("Send hyperparameters either at the top level or in method.supervised, not both.",
+                                 param="hyperparameters")
+        hp = (method.get("supervised") or {}).get("hyperparameters") or {}
+        prefix = "method.supervised.hyperparameters"
+    if not isinstance(hp, dict):
+        raise InvalidRequest(f"'{prefix}' must be an object.", param=prefix, code="invalid_type")
+    out: JSON = {}
+    for name, value in hp.items():
+        param = f"{prefix}.{name}"
+        if value == "auto" or value is None:
+            continue
+        if name == "n_epochs":
+            out["epochCount"] = str(_int(value, param, fam.epochs if fam else None, fam))
+        elif name == "batch_size":
+            if fam is not None and fam.batch is None:
+                raise InvalidRequest(f"Bedrock {fam.name} models do not let the batch size be set; use 'auto'.",
+                                     param=param, code="invalid_hyperparameter")
+            out["batchSize"] = str(_int(value, param, fam.batch if fam else None, fam))
+        elif name == "learning_rate_multiplier":
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise InvalidRequest(f"'{param}' must be a positive number or 'auto'.", param=param,
+                                     code="invalid_hyperparameter")
+            if fam is not None and fam.base_learning_rate is None:  # the family takes a multiplier itself
+                low, high = fam.learning_rate or (0.0, float("inf"))
+                if not low <= value <= high:
+                    raise InvalidRequest(f"'{param}' must be from {plain(low)} to {plain(high)} for Bedrock "
+                                         f"{fam.name} models.", param=param, code="invalid_hyperparameter")
+                out["learningRateMultiplier"] = plain(value)
+                continue
+            base = base_override or (fam.base_learning_rate if fam else None)
+            if base is None:
+                raise InvalidRequest(f"No documented base learning rate for '{body.get('model')}': send "
+                                     "'x-portkey-bedrock-base-learning-rate' to scale the multiplier from.",
+                                     param=param, code="invalid_hyperparameter")
+            rate = value * base
+            if fam is not None and fam.learning_rate and not fam.learning_rate[0] <= rate <= fam.learning_rate[1]:
+                low, high = fam.learning_rate
+                raise InvalidRequest(f"'{param}' × {plain(base)} = {plain(rate)}, outside Bedrock's learningRate range "
+                                     f"{plain(low)}–{plain(high)} for {fam.name} models (multiplier "
+                                     f"{plain(low / base)}–{plain(high / base)}).", param=param,
+                                     code="invalid_hyperparameter")
+            out["learningRate"] = plain(rate)
+        else:
+            raise InvalidRequest(f"Bedrock has no hyperparameter for '{name}'.", param=param,
+                                 code="unsupported_parameter")
+    return out
+
+
+def job_tags(metadata: dict[str, str] | None) -> list[JSON]:
+    tags = []
+    for key, value in (metadata or {}).items():
+        if not (1 <= len(key) <= 128 and len(value) <= 256 and TAG.fullmatch(key) and TAG.fullmatch(value)):
+            raise InvalidRequest("Bedrock job tags (from 'metadata') take keys of 1–128 and values of up to 256 "
+                                 "characters from letters, digits, spaces and _.:/=+-@.", param="metadata",
+                                 code="invalid_metadata")
+        tags.append({"key": key, "value": value})
+    return tags
+
+
+def timestamp(value: Any) -> int | None:
+    """Bedrock's ISO 8601 timestamps (or epoch seconds) → unix seconds; naive times are UTC."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp())
+
+
+def status_of(raw: JSON) -> str:
+    native = raw.get("status") or "InProgress"
+    status = JOB_STATUS.get(native, "running")
+    if native == "InProgress":  # statusDetails say which phase: validation, data processing, training
+        details = raw.get("statusDetails") or {}
+        phase = {k: (details.get(k) or {}).get("status") for k in
+                 ("validationDetails", "dataProcessingDetails", "trainingDetails")}
+        if phase["validationDetails"] == "InProgress" or phase["dataProcessingDetails"] == "InProgress":
+            status = "validating_files"
+        elif phase["trainingDetails"] == "NotStarted":
+            status = "queued"
+    return status
+
+
+def file_id(uri: str | None) -> str | None:
+    return ids.encode("file", uri) if uri else None
+
+
+def to_job(raw: JSON, *, metadata: dict[str, str] | None = None, base_override: float | None = None) -> JSON:
+    """A GetModelCustomizationJobResponse (or a ModelCustomizationJobSummary) → an OpenAI job."""
+    native = raw.get("status") or "InProgress"
+    status = status_of(raw)
+    base_model = model_id(str(raw.get("baseModelArn") or raw.get("baseModelIdentifier") or ""))
+    fam = family(base_model)
+    hp_in = raw.get("hyperParameters") or {}
+    hp: JSON = {}
+    if "epochCount" in hp_in:
+        hp["n_epochs"] = int(hp_in["epochCount"])
+    if "batchSize" in hp_in:
+        hp["batch_size"] = int(hp_in["batchSize"])
+    if "learningRateMultiplier" in hp_in:
+        hp["learning_rate_multiplier"] = float(hp_in["learningRateMultiplier"])
+    elif "learningRate" in hp_in:
+        base = base_override or (fam.base_learning_rate if fam else None)
+        if base:
+            hp["learning_rate_multiplier"] = float(f"{float(hp_in['learningRate']) / base:.6g}")
+    validators = (raw.get("validationDataConfig") or {}).get("validators") or []
+    error = None
+    if native == "Failed":
+        error = models.job_error(str(raw.get("failureMessage") or "The Bedrock customization job failed."),
+                                 code="job_failed")
+    extra: JSON = {"provider_status": native}
+    if raw.get("customizationType"):
+        extra["customization_type"] = raw["customizationType"]
+    if (raw.get("trainingMetrics") or {}).get("trainingLoss") is not None and native == "Completed":
+        extra["training_loss"] = raw["trainingMetrics"]["trainingLoss"]
+    return models.job(
+        id=ids.encode("ftjob", str(raw["jobArn"])),
+        model=base_model,
+        status=status,
+        created_at=timestamp(raw.get("creationTime")) or 0,
+        finished_at=timestamp(raw.get("endTime")) if native in TERMINAL else None,
+        training_file=file_id((raw.get("trainingDataConfig") or {}).get("s3Uri")) or "",
+        validation_file=file_id(validators[0].get("s3Uri")) if validators else None,
+        fine_tuned_model=(raw.get("outputModelArn") or raw.get("customModelArn")) if native == "Completed" else None,
+        hyperparameters=hp,
+        error=error,
+        metadata=metadata,
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "batch_size": hp.get("batch_size", "auto"), "learning_rate_multiplier": hp.get(
+                "learning_rate_multiplier", "auto"), "n_epochs": hp.get("n_epochs", "auto")}}},
+        **extra,
+    )
