@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Optional, TypeVar
@@ -67,6 +69,9 @@ def serve(
     settings = _settings(config)
     if config:
         os.environ["TUNEGATE_CONFIG"] = str(config)  # worker processes load the same file
+    # Migrate in a short-lived process, so the server never loads Alembic (and workers never race).
+    subprocess.run([sys.executable, "-m", "tunegate", "migrate", *(["--config", str(config)] if config else [])],
+                   check=True, stdout=subprocess.DEVNULL)
     uvicorn.run("tunegate.server:app", factory=True, host=host or settings.host, port=port or settings.port,
                 workers=workers, log_level=settings.log_level, access_log=False, proxy_headers=False,
                 timeout_graceful_shutdown=30)

@@ -93,13 +93,22 @@ class Store:
             path = database_url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(migrate.upgrade, database_url)
         store = cls(database_url, box)
+        if await store.schema_revision() != migrate.head():
+            await asyncio.to_thread(migrate.upgrade, database_url)
         if store._dialect is sqlite:
             async with store.engine.begin() as conn:
                 # WAL lets the request log and readers proceed without blocking each other.
                 await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         return store
+
+    async def schema_revision(self) -> str | None:
+        """The revision the database is at (None for an empty database)."""
+        try:
+            async with self.engine.connect() as conn:
+                return (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+        except sa.exc.DBAPIError:
+            return None
 
     async def close(self) -> None:
         if self._flusher:

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import orjson
-from cryptography.fernet import Fernet, InvalidToken
 
 KEY_PREFIX = "tg-"
 
 
 class SecretBox:
-    """Fernet (AES-128-CBC + HMAC-SHA256) around JSON objects of secrets."""
+    """Fernet (AES-128-CBC + HMAC-SHA256) around JSON objects of secrets.
+
+    ``cryptography`` is imported on first use: a gateway that stores no connections never loads it."""
 
     def __init__(self, key: str | bytes) -> None:
-        self._fernet = Fernet(key)
+        self._key = key
+        self._cipher: Any = None
+
+    @property
+    def _fernet(self) -> Any:
+        if self._cipher is None:
+            from cryptography.fernet import Fernet
+
+            self._cipher = Fernet(self._key)
+        return self._cipher
 
     @classmethod
     def from_settings(cls, secret_key: str | None, data_dir: Path) -> SecretBox:
@@ -31,13 +43,15 @@ class SecretBox:
             data_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(Fernet.generate_key())
+                f.write(base64.urlsafe_b64encode(os.urandom(32)))  # a Fernet key
         return cls(path.read_bytes().strip())
 
     def seal(self, values: dict[str, str]) -> str:
         return self._fernet.encrypt(orjson.dumps(values)).decode()
 
     def open(self, token: str) -> dict[str, str]:
+        from cryptography.fernet import InvalidToken
+
         try:
             return orjson.loads(self._fernet.decrypt(token.encode()))  # type: ignore[no-any-return]
         except InvalidToken as exc:
