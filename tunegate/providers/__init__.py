@@ -9,6 +9,7 @@ from tunegate.providers.fireworks import Fireworks
 from tunegate.providers.mistral import Mistral
 from tunegate.providers.openai import OpenAI
 from tunegate.providers.together import Together
+from tunegate.providers.vertex_ai import VertexAI
 
 REGISTRY: dict[str, Provider] = {
     p.name: p
@@ -19,5 +20,6 @@ REGISTRY: dict[str, Provider] = {
         Fireworks(),
         Together(),
         Mistral(),
+        VertexAI(),
     )
 }

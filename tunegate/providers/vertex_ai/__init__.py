@@ -1,0 +1,279 @@
+"""Vertex AI: Gemini tuning jobs (aiplatform v1 ``projects.locations.tuningJobs``) and training data in Cloud
+Storage. See MAPPING.md for every field, status and the pagination scheme."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+from tunegate import models
+from tunegate.errors import InvalidRequest
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.vertex_ai import jobs
+from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
+from tunegate.providers.vertex_ai.gcs import (
+    DEFAULT_PREFIX,
+    Storage,
+    new_object_name,
+    object_from_id,
+    object_url,
+    to_file,
+)
+from tunegate.upstream import UpstreamResponse
+
+if TYPE_CHECKING:
+    from tunegate.context import RequestContext
+
+DEFAULT_REGION = "us-central1"
+LIST_PAGE = 100  # pageSize while walking tuningJobs.list to find `after`
+MAX_LIST_PAGES = 200  # give up looking for `after` after this many upstream pages (20,000 jobs)
+CANCEL_POLLS = (0.25, 0.5, 1.0)  # re-reads after :cancel while the job is still JOB_STATE_CANCELLING
+CONVERTED_PURPOSES = ("fine-tune",)
+
+
+class VertexAI(Provider):
+    name = "vertex-ai"
+    suffix_max_length: ClassVar[int] = 128  # tunedModelDisplayName: up to 128 characters
+
+    def __init__(self) -> None:
+        self.tokens = TokenSource()
+        self.storage = Storage(self)
+
+    # ---- where and who -------------------------------------------------------------------------
+
+    def project(self, ctx: RequestContext) -> str:
+        project = ctx.option("vertex_project_id")
+        if project is None:
+            info = service_account_info(ctx)
+            project = info.get("project_id") if info else None
+        if not project:
+            ctx.require_option("vertex_project_id")
+        return str(project)
+
+    def region(self, ctx: RequestContext) -> str:
+        return str(ctx.option("vertex_region", DEFAULT_REGION))
+
+    def api_root(self, ctx: RequestContext, location: str) -> str:
+        """Up to and including ``/v1``: the custom host when one is given, else the location's endpoint."""
+        if ctx.base_url_override:
+            return ctx.base_url_override.rstrip("/")
+        if location == "global":
+            return "https://aiplatform.googleapis.com/v1"
+        return f"https://{location}-aiplatform.googleapis.com/v1"
+
+    def parent(self, ctx: RequestContext) -> tuple[str, str]:
+        region = self.region(ctx)
+        return region, f"projects/{self.project(ctx)}/locations/{region}"
+
+    async def auth(self, ctx: RequestContext) -> dict[str, str]:
+        """The Authorization header for Vertex AI and Cloud Storage alike (cloud-platform scope)."""
+        info = service_account_info(ctx)
+        if info is not None:
+            token = await self.tokens.token(info)
+            ctx.credentials["access_token"] = token  # so ctx.redact hides it should a provider echo it
+            return {"Authorization": f"Bearer {token}"}
+        if key := ctx.credentials.get(self.credential_field):  # an access token sent as the provider key
+            return {"Authorization": f"Bearer {key}"}
+        return {}
+
+    def error_message(self, response: UpstreamResponse) -> tuple[str, str | None, str | None]:
+        """Google's errors: ``{"error": {"code": 404, "message", "status": "NOT_FOUND", "errors": [{reason}]}}``."""
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            code = err.get("status")
+            if not code and isinstance(err.get("errors"), list) and err["errors"]:
+                code = err["errors"][0].get("reason")
+            return str(err["message"]), None, str(code).lower() if code else None
+        if response.status == 404:
+            return "The provider found no such object (HTTP 404).", None, "not_found"
+        return super().error_message(response)
+
+    async def call(self, ctx: RequestContext, method: str, url: str, *, params: list[tuple[str, str]] | None = None,
+                   json: Any = None, idempotent: bool) -> Any:
+        response = await ctx.upstream.request(method, url, ctx.policy, headers=await self.auth(ctx), params=params,
+                                              json=json, idempotent=idempotent)
+        ctx.upstream_status = response.status
+        if response.status == 401 and (info := service_account_info(ctx)) is not None:
+            self.tokens.forget(info)  # the next request mints a fresh token
+        return self.check(ctx, response)
+
+    # ---- jobs ----------------------------------------------------------------------------------
+
+    async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
+        native = jobs.create_body(body)
+        region, parent = self.parent(ctx)
+        raw = await self.call(ctx, "POST", f"{self.api_root(ctx, region)}/{parent}/tuningJobs", json=native,
+                              idempotent=ctx.idempotent_create)
+        return jobs.to_job(raw)
+
+    async def _get(self, ctx: RequestContext, name: str) -> JSON:
+        url = f"{self.api_root(ctx, jobs.job_location(name))}/{name}"
+        return await self.call(ctx, "GET", url, idempotent=True)  # type: ignore[no-any-return]
+
+    async def retrieve_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        return jobs.to_job(await self._get(ctx, jobs.job_name(job_id)))
+
+    async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        name = jobs.job_name(job_id)
+        # tuningJobs.cancel answers google.protobuf.Empty and cancels asynchronously: read the job back (and again,
+        # briefly, while it is still CANCELLING) to answer with it, as OpenAI does.
+        await self.call(ctx, "POST", f"{self.api_root(ctx, jobs.job_location(name))}/{name}:cancel", json={},
+                        idempotent=True)
+        raw = await self._get(ctx, name)
+        for delay in CANCEL_POLLS:
+            if raw.get("state") != "JOB_STATE_CANCELLING":
+                break
+            await asyncio.sleep(delay)
+            raw = await self._get(ctx, name)
+        return jobs.to_job(raw)
+
+    async def _walk_jobs(self, ctx: RequestContext, page_size: int) -> AsyncIterator[JSON]:
+        region, parent = self.parent(ctx)
+        url = f"{self.api_root(ctx, region)}/{parent}/tuningJobs"
+        token = None
+        for _ in range(MAX_LIST_PAGES):
+            params = [("pageSize", str(page_size))] + ([("pageToken", token)] if token else [])
+            raw = await self.call(ctx, "GET", url, params=params, idempotent=True) or {}
+            for job in raw.get("tuningJobs") or []:
+                yield job
+            token = raw.get("nextPageToken")
+            if not token:
+                return
+        raise InvalidRequest(f"Listing stopped after {MAX_LIST_PAGES} pages of tuning jobs without reaching the "
+                             "requested 'after' job.", param="after", code="after_not_found")
+
+    async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
+        """Vertex paginates with opaque page tokens; OpenAI's ``after`` is a job id. The list is walked from its
+        start (Vertex's own order, newest first) until the ``after`` job, then ``limit`` + 1 jobs are read: the
+        extra one tells ``has_more``. Stateless, so any gateway instance answers any ``after``."""
+        after = jobs.job_name(page.after) if page.after else None
+        wanted = page.extra.get("metadata") or {}
+        unknown = sorted(k for k in page.extra if k != "metadata")
+        if unknown:
+            raise InvalidRequest(f"Vertex AI cannot filter tuning jobs by '{unknown[0]}'.", param=unknown[0])
+        scanning = after is not None or bool(wanted)
+        page_size = LIST_PAGE if scanning else max(1, min(LIST_PAGE, page.limit + 1))
+        found: list[JSON] = []
+        seen_after = after is None
+        async for raw in self._walk_jobs(ctx, page_size):
+            if not seen_after:
+                seen_after = raw.get("name") == after
+                continue
+            labels = raw.get("labels") or {}
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                continue
+            found.append(jobs.to_job(raw))
+            if len(found) > page.limit:
+                return models.page(found[:page.limit], True)
+        if not seen_after:
+            raise InvalidRequest(f"'after' names a job that is not in this project's tuning job list: "
+                                 f"'{page.after}'.", param="after", code="after_not_found")
+        return models.page(found, False)
+
+    async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        """``tunedModel.checkpoints`` (present when the job kept intermediate checkpoints), paged locally."""
+        items = jobs.checkpoints(await self._get(ctx, jobs.job_name(job_id)))
+        if page.after:
+            at = [c["id"] for c in items]
+            if page.after not in at:
+                raise InvalidRequest(f"No checkpoint '{page.after}' in this job.", param="after")
+            items = items[at.index(page.after) + 1:]
+        return models.page(items[:page.limit], len(items) > page.limit, with_ids=True)
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def bucket(self, ctx: RequestContext) -> str:
+        return str(ctx.require_option("vertex_storage_bucket_name"))
+
+    def prefix(self, ctx: RequestContext) -> str:
+        prefix = str(ctx.option("vertex_storage_prefix", DEFAULT_PREFIX))
+        return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+    async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
+        bucket = self.bucket(ctx)
+        name = new_object_name(self.prefix(ctx), upload.filename)
+        chunks = upload.chunks
+        content_type = upload.content_type or "application/octet-stream"
+        if upload.purpose in CONVERTED_PURPOSES:
+            chunks = await _converted(chunks)
+            content_type = "application/jsonl"
+        obj = await self.storage.upload(ctx, bucket, name, content_type,
+                                        {"purpose": upload.purpose, "filename": upload.filename}, chunks)
+        return to_file(obj)
+
+    async def list_files(self, ctx: RequestContext, page: Page) -> JSON:
+        return await self.storage.list(ctx, self.bucket(ctx), self.prefix(ctx), page)
+
+    async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        return to_file(await self.storage.get(ctx, *object_from_id(file_id)))
+
+    async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
+        await self.storage.delete(ctx, *object_from_id(file_id))
+        return models.deleted(file_id)
+
+    async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
+        bucket, name = object_from_id(file_id)
+        return await self.download(ctx, object_url(bucket, name), headers=await self.auth(ctx),
+                                   params=[("alt", "media")])
+
+
+async def _converted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """OpenAI JSONL → Gemini JSONL, streamed. The first example decides the target: preference (DPO) lines go to
+    ``vertex-gemini-preference``, everything else to ``vertex-gemini``."""
+    from tunegate.data.converters import ConversionError, aconvert
+
+    head = bytearray()
+    source = chunks.__aiter__()
+    exhausted = False
+    while not _first_line(head):
+        try:
+            head += await source.__anext__()
+        except StopAsyncIteration:
+            exhausted = True
+            break
+    target = "vertex-gemini-preference" if _is_preference(_first_line(head) or bytes(head)) else "vertex-gemini"
+
+    async def replay() -> AsyncIterator[bytes]:
+        if head:
+            yield bytes(head)
+        if not exhausted:
+            async for chunk in source:
+                yield chunk
+
+    async def guarded() -> AsyncIterator[bytes]:
+        try:
+            async for line in aconvert(replay(), target):
+                yield line
+        except ConversionError as exc:
+            raise InvalidRequest(f"The training file cannot be converted to Vertex AI's Gemini format "
+                                 f"({target}): line {exc.line}: {exc.message}", param="file",
+                                 code="invalid_training_file") from None
+
+    return guarded()
+
+
+def _first_line(buffer: bytearray) -> bytes | None:
+    """The first non-blank complete line in the buffer, if it holds one."""
+    start = 0
+    while (end := buffer.find(b"\n", start)) >= 0:
+        line = bytes(buffer[start:end])
+        if line.strip():
+            return line
+        start = end + 1
+    return None
+
+
+def _is_preference(line: bytes) -> bool:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "preferred_output" in obj and "input" in obj
+
