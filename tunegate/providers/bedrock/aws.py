@@ -94,9 +94,13 @@ def sign(credentials: AwsAuth, service: str, region_name: str, method: str, url:
                                "itself): send 'x-portkey-aws-access-key-id' and 'x-portkey-aws-secret-access-key'.",
                                param="x-portkey-aws-access-key-id")
         return {**headers, "Authorization": f"Bearer {credentials.bearer}"}
-    from botocore.auth import S3SigV4Auth, SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
+    try:
+        from botocore.auth import S3SigV4Auth, SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+    except ImportError:  # the optional extra: tunegate[cloud]
+        raise NotSupported("AWS signing needs botocore on the gateway (install 'tunegate[cloud]').",
+                           code="provider_dependency_missing") from None
 
     creds = Credentials(credentials.access_key, credentials.secret_key, credentials.session_token)
     signer = S3SigV4Auth(creds, "s3", region_name) if service == "s3" else SigV4Auth(creds, service, region_name)
