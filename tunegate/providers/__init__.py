@@ -9,12 +9,14 @@ from tunegate.providers.fireworks import Fireworks
 from tunegate.providers.mistral import Mistral
 from tunegate.providers.openai import OpenAI
 from tunegate.providers.together import Together
+from tunegate.providers.tunegate import Tunegate
 from tunegate.providers.vertex_ai import VertexAI
 
 REGISTRY: dict[str, Provider] = {
     p.name: p
     for p in (
         OpenAI(),
+        Tunegate(),
         AzureOpenAI(),
         Bedrock(),
         Fireworks(),
