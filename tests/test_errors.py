@@ -283,3 +283,30 @@ def test_request_log_has_no_secrets(env: tuple[StandIn, str, Gateway]) -> None:
     assert entry["provider"] == "openai" and entry["operation"] == "list_jobs" and entry["status"] == 200
     assert entry["upstream_status"] == 200 and entry["latency_ms"] > 0
     assert "sk-standin-secret-0001" not in json.dumps(rows)
+
+
+def test_oversized_headers_are_431(env: tuple[StandIn, str, Gateway]) -> None:
+    _, upstream, gw = env
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream, **{"x-big": "a" * 40000}))
+    assert_error(resp, 431, code="headers_too_large")
+
+
+def test_concurrent_uploads_limited(tmp_path: Path) -> None:
+    import socket
+
+    with Gateway(tmp_path / "d", max_concurrent_uploads=1) as gw:
+        boundary = "bnd"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", gw.port)) as held:
+            held.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nx-portkey-provider: tunegate\r\n"
+                          f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000\r\n\r\n"
+                          ).encode() + head + b"{}\n" * 100)
+            time.sleep(0.3)  # the first upload is now streaming, and holds the only slot
+            resp = requests.post(gw.url + "/v1/files", headers={"x-portkey-provider": "tunegate"},
+                                 data={"purpose": "batch"}, files={"file": ("y.jsonl", b"{}\n")})
+            assert_error(resp, 429, code="too_many_concurrent_uploads")
+        time.sleep(0.3)
+        ok = requests.post(gw.url + "/v1/files", headers={"x-portkey-provider": "tunegate"},
+                           data={"purpose": "batch"}, files={"file": ("y.jsonl", b"{}\n")})
+        assert ok.status_code == 200, ok.text

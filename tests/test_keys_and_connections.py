@@ -167,3 +167,56 @@ def test_connections_cli_never_prints_secrets(managed: tuple[StandIn, Gateway, P
     assert standin.api_key not in out and "sk-other-key-000000" not in out
     cli(data, "connections", "remove", "other-openai")
     assert "other-openai" not in cli(data, "connections", "list", "--json")
+
+
+def test_result_files_belong_to_the_jobs_owner(managed: tuple[StandIn, Gateway, Path]) -> None:
+    standin, gw, data = managed
+    a, b = sdk(gw, make_key(data, "alice", "team-openai")), sdk(gw, make_key(data, "bob", "team-openai"))
+    f = a.files.create(file=("t.jsonl", io.BytesIO(TRAINING)), purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(training_file=f.id, model="gpt-4o-mini")
+    while (job := a.fine_tuning.jobs.retrieve(job.id)).status != "succeeded":
+        pass
+    (result,) = job.result_files
+    assert a.files.content(result).read().startswith(b"step,train_loss")
+    with pytest.raises(openai.NotFoundError):
+        b.files.content(result)  # the provider's id is known to the gateway as alice's
+
+
+def test_rate_limit_per_key(managed: tuple[StandIn, Gateway, Path]) -> None:
+    _, gw, data = managed
+    key = make_key(data, "slow", "team-openai", extra=("--rate-limit", "2"))
+    h = {"x-portkey-api-key": key, "x-portkey-provider": "openai"}
+    assert [requests.get(gw.url + "/v1/fine_tuning/jobs", headers=h).status_code for _ in range(2)] == [200, 200]
+    resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=h)
+    assert_error(resp, 429, code="rate_limit_exceeded")
+    assert int(resp.headers["Retry-After"]) >= 1
+
+
+def test_connection_timeouts(tmp_path: Path) -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+
+    app = web.Application()
+    app.router.add_get("/fine_tuning/jobs", slow)
+    data = tmp_path / "d"
+    with ServerThread(app) as upstream:
+        cli(data, "connections", "add", "impatient", "--provider", "openai", "--base-url", upstream.url,
+            "--api-key", "sk-x-000000", "--option", 'timeouts={"connect": 0.2, "first_byte": 0.3}')
+        cli(data, "connections", "add", "patient", "--provider", "openai", "--base-url", upstream.url,
+            "--api-key", "sk-x-000000")
+        with Gateway(data) as gw:
+            no_retry = {"x-portkey-config": '{"retry": {"attempts": 0}}'}
+            resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers={"x-portkey-virtual-key": "impatient",
+                                                                           **no_retry})
+            assert_error(resp, 504, code="upstream_timeout")
+            resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers={"x-portkey-virtual-key": "patient"})
+            assert resp.status_code == 200
+            # A request's own timeout wins over its connection's.
+            resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers={
+                "x-portkey-virtual-key": "impatient", "x-portkey-request-timeout": "5000"})
+            assert resp.status_code == 200

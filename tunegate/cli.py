@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunegate.client import files_app, jobs_app
 from tunegate.config import Settings
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
@@ -24,6 +25,8 @@ keys_app = typer.Typer(help="Manage tunegate keys.", no_args_is_help=True)
 connections_app = typer.Typer(help="Manage stored provider connections.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(connections_app, name="connections")
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -66,15 +69,19 @@ def serve(
 
     import uvicorn
 
+    from tunegate.logs import uvicorn_log_config
+    from tunegate.metrics import prepare_multiprocess
+
     settings = _settings(config)
     if config:
         os.environ["TUNEGATE_CONFIG"] = str(config)  # worker processes load the same file
     # Migrate in a short-lived process, so the server never loads Alembic (and workers never race).
     subprocess.run([sys.executable, "-m", "tunegate", "migrate", *(["--config", str(config)] if config else [])],
                    check=True, stdout=subprocess.DEVNULL)
+    prepare_multiprocess(workers)  # /metrics then merges every worker's counters
     uvicorn.run("tunegate.server:app", factory=True, host=host or settings.host, port=port or settings.port,
                 workers=workers, log_level=settings.log_level, access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, log_config=uvicorn_log_config(settings.log_level))
 
 
 @app.command()
@@ -193,7 +200,8 @@ def _pairs(items: list[str]) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         if not sep or not name:
             fail(f"expected NAME=VALUE, got {item!r}")
-        pairs[name.strip()] = value
+        # Structured values (e.g. timeouts={"connect": 5}) are given as JSON.
+        pairs[name.strip()] = json.loads(value) if value[:1] in "{[" and value else value
     return pairs
 
 

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     allowed_custom_hosts: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
     max_upload_bytes: int = 512 * MB
     max_json_body_bytes: int = 4 * MB
+    max_header_bytes: int = 32 * 1024  # all request headers together; more is a 431
+    rate_limit_per_min: int | None = None  # default for keys without their own limit (None: unlimited)
+    max_concurrent_uploads: int = 8  # per key (per gateway process when open)
     validate_uploads: bool = True
+    local_concurrency: int = 1  # `local` provider: training processes per gateway instance (0: none here)
     default_provider: str | None = None  # used when a request names no provider at all
     # Where /v1/files requests that name no provider go; "tunegate" keeps them in the gateway's own store.
     default_file_provider: str | None = None

@@ -23,6 +23,7 @@ from tunegate.config import RetryPolicy, Settings, Timeouts
 from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tunegate.files import LocalDiskStore
 from tunegate.hosts import check_custom_host
+from tunegate.limits import RateLimiter
 from tunegate.providers import REGISTRY
 from tunegate.providers.base import Provider
 from tunegate.store import ApiKey, Connection, Store, StoredObject
@@ -126,11 +127,14 @@ class ContextResolver:
         self.store = store
         self.upstream = upstream
         self.files = files
+        self.rates = RateLimiter()
 
     async def resolve(self, headers: Mapping[str, str], trace_id: str,
                       ref: tuple[str, str] | None = None, default_provider: str | None = None) -> RequestContext:
         config = _parse_config(headers.get("x-portkey-config"))
         key, provider_key = await self._authenticate(headers)
+        if key is not None and (limit := key.rate_limit_per_min or self.settings.rate_limit_per_min):
+            self.rates.check(key.id, limit)
 
         connection = await self._named_connection(headers.get("x-portkey-virtual-key") or config.get("virtual_key"))
         recorded = await self._recorded(ref, key)
@@ -155,7 +159,7 @@ class ContextResolver:
             connection = await self._granted_connection(key, provider_name)
 
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
-                             policy=self._policy(headers, config), key=key, settings=self.settings,
+                             policy=self._policy(headers, config, connection), key=key, settings=self.settings,
                              store=self.store, files=self.files)
         if connection is not None:
             if key is not None and not key.may_use(connection.name):
@@ -165,6 +169,7 @@ class ContextResolver:
             ctx.credentials = dict(connection.secrets)
             ctx.options = dict(connection.options)
             ctx.base_url_override = connection.base_url
+
         if provider_key and (key is None or key.allow_provider_keys):
             ctx.credentials[provider.credential_field] = provider_key
         elif key is not None and connection is None:
@@ -229,8 +234,16 @@ class ContextResolver:
             return None
         return await check_custom_host(value, self.settings.allowed_custom_hosts)
 
-    def _policy(self, headers: Mapping[str, str], config: dict[str, Any]) -> CallPolicy:
+    def _policy(self, headers: Mapping[str, str], config: dict[str, Any],
+                connection: Connection | None) -> CallPolicy:
+        """Timeouts: the request's own, else the connection's (option ``timeouts``), else the settings'."""
         timeouts = self.settings.timeouts
+        if connection is not None and isinstance(connection.options.get("timeouts"), dict):
+            try:
+                timeouts = timeouts.model_copy(update={k: float(v) for k, v in connection.options["timeouts"].items()
+                                                       if k in Timeouts.model_fields})
+            except (TypeError, ValueError):
+                pass  # a malformed stored option falls back to the defaults
         raw_timeout = headers.get("x-portkey-request-timeout") or config.get("request_timeout")
         if raw_timeout:
             try:

@@ -88,6 +88,13 @@ class StandIn:
                 job["finished_at"] = int(time.time())
                 job["fine_tuned_model"] = f"ft:{job['model']}:org:{job.get('_suffix') or 'x'}:{job['id'][-6:]}"
                 job["trained_tokens"] = 12345
+                result_id = self.next_id("file")
+                csv = b"step,train_loss\n1,1.5\n2,0.9\n"
+                self.files[result_id] = {"object": "file", "id": result_id, "bytes": len(csv),
+                                         "created_at": int(time.time()), "filename": "step_metrics.csv",
+                                         "purpose": "fine-tune-results", "status": "processed"}
+                self.contents[result_id] = csv
+                job["result_files"] = [result_id]
 
     # ---- the app ----
     def app(self) -> web.Application:

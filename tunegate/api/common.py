@@ -3,7 +3,7 @@ and keeping the registry up to date (with per-key visibility)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -14,6 +14,7 @@ from tunegate.config import Settings
 from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import InvalidRequest, PayloadTooLarge
 from tunegate.files import LocalDiskStore
+from tunegate.limits import UploadSlots
 from tunegate.providers.base import JSON, Page
 from tunegate.store import Store
 from tunegate.upstream import Upstream
@@ -28,6 +29,7 @@ class Services:
     upstream: Upstream
     resolver: ContextResolver
     files: LocalDiskStore
+    uploads: UploadSlots = field(default_factory=UploadSlots)
 
 
 def services(request: Request) -> Services:
@@ -95,10 +97,17 @@ def page(request: Request, default_limit: int, *extra: str) -> Page:
 
 
 async def remember(ctx: RequestContext, kind: str, obj: JSON) -> None:
-    """Record an object created through tunegate (synchronously: ownership must hold at once)."""
+    """Record an object created through tunegate (synchronously: ownership must hold at once). A job's
+    result files belong to the job's owner, so another key cannot download them by id."""
     if ctx.store and isinstance(obj.get("id"), str):
         await ctx.store.record(kind, obj["id"], ctx.provider_name, ctx.connection, ctx.key_id,
                                obj.get("status"), obj)
+        results = [f for f in obj.get("result_files") or [] if isinstance(f, str)] if kind == "job" else []
+        if results:
+            owner = (await ctx.store.owners("job", [obj["id"]])).get(obj["id"], ctx.key_id)
+            known = await ctx.store.owners("file", results)
+            await ctx.store.record_many("file", [(f, None, None) for f in results if f not in known],
+                                        ctx.provider_name, ctx.connection, owner)
 
 
 async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:

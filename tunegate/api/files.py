@@ -94,8 +94,10 @@ async def upload_file(request: Request) -> Response:
     guarded = GuardedChunks(reader.chunks(), _validator_for(ctx, purpose, max_bytes))
     incoming = IncomingFile(filename=filename, purpose=purpose, content_type=content_type,
                             chunks=guarded.__aiter__(), fields=fields)
+    slots = services(request).uploads
     try:
-        created = await ctx.provider.upload_file(ctx, incoming)
+        with slots.hold(ctx.key_id or "open", services(request).settings.max_concurrent_uploads):
+            created = await ctx.provider.upload_file(ctx, incoming)
     except APIError:
         if isinstance(guarded.error, APIError):
             raise guarded.error from None
