@@ -4,6 +4,7 @@ operations (checkpoint permissions, graders) passed to providers that have them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.requests import Request
@@ -125,32 +126,24 @@ def _job_ref(request: Request) -> tuple[str, str]:
     return ("job", request.path_params["job_id"])
 
 
-async def retrieve_job(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    job = await ctx.provider.retrieve_job(ctx, request.path_params["job_id"])
-    await remember(ctx, "job", job)
-    return respond(job)
+def _job_operation(operation: str) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint for an operation on one job (retrieve, cancel, pause, resume): resolve the context
+    from the job id, call the provider, remember the answer."""
+
+    async def endpoint(request: Request) -> Response:
+        ctx = await context(request, _job_ref(request))
+        job = await getattr(ctx.provider, operation)(ctx, request.path_params["job_id"])
+        await remember(ctx, "job", job)
+        return respond(job)
+
+    endpoint.__name__ = operation  # the request log names the operation by its endpoint
+    return endpoint
 
 
-async def cancel_job(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    job = await ctx.provider.cancel_job(ctx, request.path_params["job_id"])
-    await remember(ctx, "job", job)
-    return respond(job)
-
-
-async def pause_job(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    job = await ctx.provider.pause_job(ctx, request.path_params["job_id"])
-    await remember(ctx, "job", job)
-    return respond(job)
-
-
-async def resume_job(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    job = await ctx.provider.resume_job(ctx, request.path_params["job_id"])
-    await remember(ctx, "job", job)
-    return respond(job)
+retrieve_job = _job_operation("retrieve_job")
+cancel_job = _job_operation("cancel_job")
+pause_job = _job_operation("pause_job")
+resume_job = _job_operation("resume_job")
 
 
 async def list_events(request: Request) -> Response:
