@@ -69,8 +69,10 @@ def test_full_lifecycle_sync(setup: tuple[StandIn, Gateway, dict[str, str]]) -> 
     checkpoints = sdk.fine_tuning.jobs.checkpoints.list(job.id)
     assert checkpoints.data[0].step_number == 10 and checkpoints.data[0].metrics.train_loss == 0.5
 
-    files = sdk.files.list()
+    files = sdk.files.list(purpose="fine-tune")
     assert [f.id for f in files.data] == [uploaded.id]
+    (result_file,) = done.result_files  # the stand-in's metrics CSV of the succeeded job
+    assert sdk.files.content(result_file).read().startswith(b"step,train_loss")
     assert sdk.files.retrieve(uploaded.id).filename == "train.jsonl"
     assert sdk.files.content(uploaded.id).read() == EXAMPLES
     assert sdk.files.delete(uploaded.id).deleted is True
