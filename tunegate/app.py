@@ -13,9 +13,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tunegate import logs, metrics, tracing, ui
 from tunegate.api import files, fine_tuning, health, uploads
 from tunegate.api.common import Services
 from tunegate.config import Settings
@@ -71,8 +72,12 @@ class TraceAndLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        trace_id = _header(scope, b"x-portkey-trace-id") or new_trace_id()
+        traceparent = _header(scope, b"traceparent")
+        trace_id = (_header(scope, b"x-portkey-trace-id") or tracing.trace_id_from_traceparent(traceparent)
+                    or new_trace_id())
         scope["tunegate.trace_id"] = trace_id
+        receive = metrics.count_upload(scope, receive)
+        span = tracing.start_request(scope, trace_id, traceparent) if tracing.enabled() else None
         status = 500
         started_response = False
 
@@ -99,7 +104,11 @@ class TraceAndLog:
                                     status=500, type="server_error", code="internal_error").response()
                 await response(scope, receive, send_with_trace)
         finally:
-            self._log(scope, status, (time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            self._log(scope, status, elapsed * 1000)
+            self._observe(scope, status, elapsed)
+            if span is not None:
+                tracing.end_request(span, scope, status)
 
     @staticmethod
     def _log(scope: Scope, status: int, latency_ms: float) -> None:
@@ -113,6 +122,20 @@ class TraceAndLog:
             provider=ctx.provider_name if ctx else None, operation=getattr(endpoint, "__name__", None),
             method=scope["method"], path=scope["path"][:500], status=status,
             upstream_status=ctx.upstream_status if ctx else None, latency_ms=round(latency_ms, 3)))
+
+    @staticmethod
+    def _observe(scope: Scope, status: int, seconds: float) -> None:
+        """Metrics and the JSON request line (never a header, query string or body)."""
+        try:
+            metrics.observe(scope, status, seconds)
+            ctx = scope.get("tunegate.ctx")
+            logs.log_request(scope["tunegate.trace_id"], scope["method"], scope["path"], status, seconds * 1000,
+                             key_id=ctx.key_id if ctx else None, provider=ctx.provider_name if ctx else None,
+                             operation=getattr(scope.get("endpoint"), "__name__", None),
+                             upstream_status=ctx.upstream_status if ctx else None,
+                             attempts=ctx.policy.stats["attempts"] if ctx else None)
+        except Exception as exc:  # observability must never fail a request
+            log.warning("metrics/log hook failed: %s", type(exc).__name__)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -163,7 +186,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await upstream.close()
             await store.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers={
+    tracing.setup()
+    logs.ensure_request_handler()
+    routes = [*ROUTES, Route("/metrics", metrics.metrics_endpoint, methods=["GET"], name="metrics"),
+              Mount("/ui", routes=ui.routes(), name="ui")]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _disconnect})
     app.add_middleware(TraceAndLog)
     return app

@@ -1,0 +1,91 @@
+"""Structured JSON logs: one object per line, and one ``request`` line per HTTP request.
+
+The request line carries the request id (the trace id echoed as ``x-portkey-trace-id``), the key *id*,
+provider, operation, method, path, statuses and latency. It never carries a header value, a query
+string or a body: secrets travel in those, so they are not read here at all.
+
+``tunegate serve`` passes :func:`uvicorn_log_config` to uvicorn, so every worker process writes JSON
+(``TUNEGATE_LOG_FORMAT=text`` switches back to plain text for local debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import orjson
+
+REQUEST_LOGGER = "tunegate.request"
+request_log = logging.getLogger(REQUEST_LOGGER)
+
+# LogRecord attributes that are not "extra" fields.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "msg", ...extra}`` on one line. Tracebacks are reduced to the
+    exception's type: the message of a foreign exception may hold request data."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                entry[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc_type"] = record.exc_info[0].__name__
+        return orjson.dumps(entry, default=str).decode()
+
+
+def json_enabled() -> bool:
+    return os.environ.get("TUNEGATE_LOG_FORMAT", "json").lower() != "text"
+
+
+def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn (applied in every worker process): everything —
+    tunegate's loggers, uvicorn's own and the request lines — goes to stderr as JSON."""
+    formatter: dict[str, Any] = ({"()": "tunegate.logs.JsonFormatter"} if json_enabled() else
+                                 {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"})
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": False},  # tunegate writes its own request line
+        },
+    }
+
+
+def ensure_request_handler() -> None:
+    """Make request lines visible even when nothing configured logging (e.g. the app embedded in
+    another server): a JSON handler on stderr, added once, only if no handler would receive them."""
+    if request_log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+
+
+def log_request(trace_id: str, method: str, path: str, status: int, latency_ms: float,
+                key_id: str | None = None, provider: str | None = None, operation: str | None = None,
+                upstream_status: int | None = None, attempts: int | None = None) -> None:
+    """Write the one line for a finished request (cheap when INFO is disabled)."""
+    if not request_log.isEnabledFor(logging.INFO):
+        return
+    request_log.info("request", extra={
+        "request_id": trace_id, "method": method, "path": path[:500], "status": status,
+        "latency_ms": round(latency_ms, 3), "key_id": key_id, "provider": provider, "operation": operation,
+        "upstream_status": upstream_status, "upstream_attempts": attempts
+    })

@@ -1,0 +1,259 @@
+"""The dashboard, mounted at ``/ui``: server-rendered pages (Jinja2) and one small self-written SVG
+chart script, all served by the gateway itself (no CDN; works offline).
+
+Access follows the API: with no tunegate key configured the gateway is open and so is the
+dashboard; once a key exists, a page needs one. The key is entered in a login form (or passed once
+as ``?key=``, which is swapped for the cookie and dropped from the URL); the browser then holds an
+HttpOnly, SameSite=Lax cookie with the key sealed by the gateway's secret (Fernet, so the raw key
+is never stored in the browser and the session expires). Every page re-authenticates the key, so a
+revoked key loses the dashboard within a second. ``/ui/api/…`` answers JSON for the CLI, with the key
+in ``x-portkey-api-key`` or ``Authorization: Bearer`` as for the API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from tunegate.api.common import Services, services
+from tunegate.errors import APIError
+from tunegate.store.secretbox import KEY_PREFIX
+from tunegate.ui import data
+from tunegate.ui.data import JOB_STATUSES, JobFilters, Viewer
+
+HERE = Path(__file__).parent
+COOKIE = "tunegate_ui"
+SESSION_SECONDS = 12 * 3600
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float) or isinstance(ts, bool) or ts <= 0:
+        return "—"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "—"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(n)
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["when"] = _when
+templates.env.filters["size"] = _size
+
+
+# ---- who is looking ------------------------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    pass
+
+
+def _header_key(request: Request) -> str | None:
+    value = request.headers.get("x-portkey-api-key")
+    if not value:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        value = token.strip() if scheme.lower() == "bearer" else None
+    return value if value and value.startswith(KEY_PREFIX) else None
+
+
+def _cookie_key(request: Request, svc: Services) -> str | None:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        return None
+    try:
+        sealed = svc.store.box.open(token)
+    except RuntimeError:
+        return None
+    issued = sealed.get("t")
+    if not isinstance(issued, int | float) or time.time() - issued > SESSION_SECONDS:
+        return None
+    key = sealed.get("k")
+    return key if isinstance(key, str) else None
+
+
+async def viewer(request: Request) -> Viewer:
+    svc = services(request)
+    if not await svc.store.keys_exist():
+        return Viewer(key=None)
+    full = _header_key(request) or _cookie_key(request, svc)
+    if full:
+        key = await svc.store.authenticate(full)
+        if key is not None:
+            return Viewer(key=key, full_key=full)
+    raise LoginRequired
+
+
+def _session_cookie(response: Response, request: Request, svc: Services, full_key: str) -> None:
+    token = svc.store.box.seal({"k": full_key, "t": int(time.time())})  # type: ignore[dict-item]
+    response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, path="/ui", httponly=True, samesite="lax",
+                        secure=request.url.scheme == "https")
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and target.startswith("/ui") and not target.startswith("//") else "/ui/jobs"
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    response = templates.TemplateResponse(request, name, {"viewer": context.pop("viewer", None), **context},
+                                          status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def page(handler: Any) -> Any:
+    """Wrap a page handler: handle ``?key=``, require a login when keys exist."""
+
+    async def wrapped(request: Request) -> Response:
+        svc = services(request)
+        once = request.query_params.get("key")
+        if once:
+            key = await svc.store.authenticate(once) if once.startswith(KEY_PREFIX) else None
+            if key is None:
+                return _render(request, "login.html", {"error": "That key is not valid.", "next": request.url.path},
+                               status=401)
+            rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
+            response = RedirectResponse(request.url.path + ("?" + urlencode(rest) if rest else ""), status_code=303)
+            _session_cookie(response, request, svc, once)
+            return response
+        try:
+            who = await viewer(request)
+        except LoginRequired:
+            query = urlencode({"next": request.url.path + (f"?{request.url.query}" if request.url.query else "")})
+            return RedirectResponse(f"/ui/login?{query}", status_code=303)
+        return await handler(request, who)  # type: ignore[no-any-return]
+
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+# ---- pages ---------------------------------------------------------------------------------------
+
+
+async def login_form(request: Request) -> Response:
+    return _render(request, "login.html", {"next": _safe_next(request.query_params.get("next")), "error": None})
+
+
+async def login(request: Request) -> Response:
+    svc = services(request)
+    form = await request.form()
+    full = str(form.get("key") or "").strip()
+    target = _safe_next(str(form.get("next") or ""))
+    key = await svc.store.authenticate(full) if full.startswith(KEY_PREFIX) else None
+    if key is None:
+        return _render(request, "login.html", {"next": target, "error": "That key is not valid."}, status=401)
+    response = RedirectResponse(target, status_code=303)
+    _session_cookie(response, request, svc, full)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/ui/jobs", status_code=307)
+
+
+@page
+async def ui_jobs(request: Request, who: Viewer) -> Response:
+    svc = services(request)
+    filters = JobFilters.from_query(request.query_params)
+    jobs = await data.list_jobs(svc, who, filters)
+    return _render(request, "jobs.html", {
+        "viewer": who, "jobs": jobs, "filters": filters, "statuses": JOB_STATUSES,
+        "providers": await data.providers_seen(svc, who), "open": who.key is None})
+
+
+@page
+async def ui_job(request: Request, who: Viewer) -> Response:
+    detail = await data.job_detail(services(request), who, request.path_params["job_id"])
+    if detail is None:
+        return _render(request, "missing.html", {"viewer": who, "what": "job", "id": request.path_params["job_id"]},
+                       status=404)
+    return _render(request, "job.html", {"viewer": who, "d": detail, "job": detail.job, "open": who.key is None})
+
+
+@page
+async def ui_files(request: Request, who: Viewer) -> Response:
+    svc = services(request)
+    provider = request.query_params.get("provider") or None
+    return _render(request, "files.html", {
+        "viewer": who, "files": await data.list_files(svc, who, provider), "provider": provider,
+        "providers": await data.providers_seen(svc, who, "file"), "open": who.key is None})
+
+
+@page
+async def ui_file(request: Request, who: Viewer) -> Response:
+    svc = services(request)
+    file_id = request.path_params["file_id"]
+    found = await data.registry_object(svc, who, "file", file_id)
+    if found is None:
+        return _render(request, "missing.html", {"viewer": who, "what": "file", "id": file_id}, status=404)
+    error = None
+    report = await data.stored_report(svc, file_id)
+    if request.query_params.get("validate"):
+        method = request.query_params.get("method") or "supervised"
+        try:
+            report = await data.validate_file(svc, who, file_id, method if method in
+                                              ("supervised", "dpo", "reinforcement") else "supervised")
+        except APIError as exc:
+            error = f"{exc.status}: {exc.message}"
+    return _render(request, "file.html", {"viewer": who, "file": found, "report": report, "error": error,
+                                          "open": who.key is None})
+
+
+# ---- JSON for the CLI ----------------------------------------------------------------------------
+
+
+async def api_jobs(request: Request) -> Response:
+    """Jobs across providers from the registry: ``GET /ui/api/jobs?provider=&status=&model=&since=&until=``."""
+    try:
+        who = await viewer(request)
+    except LoginRequired:
+        return APIError("This gateway requires a tunegate key.", status=401, type="invalid_request_error",
+                        code="missing_api_key").response()
+    jobs = await data.list_jobs(services(request), who, JobFilters.from_query(request.query_params))
+    return JSONResponse({"object": "list", "data": [
+        {**j["snapshot"], "id": j["id"], "status": j["status"] or j["snapshot"].get("status"),
+         "provider": j["provider"], "connection": j["connection"], "created_at": j["created_at"]} for j in jobs],
+        "has_more": False})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", home, methods=["GET"], name="ui_home"),
+        Route("/login", login_form, methods=["GET"], name="ui_login_form"),
+        Route("/login", login, methods=["POST"], name="ui_login"),
+        Route("/logout", logout, methods=["POST"], name="ui_logout"),
+        Route("/jobs", ui_jobs, methods=["GET"], name="ui_jobs"),
+        Route("/jobs/{job_id}", ui_job, methods=["GET"], name="ui_job"),
+        Route("/files", ui_files, methods=["GET"], name="ui_files"),
+        Route("/files/{file_id}", ui_file, methods=["GET"], name="ui_file"),
+        Route("/api/jobs", api_jobs, methods=["GET"], name="ui_api_jobs"),
+        Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="ui_static"),
+    ]
