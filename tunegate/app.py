@@ -23,6 +23,7 @@ from tunegate.config import Settings
 from tunegate.context import ContextResolver, new_trace_id
 from tunegate.errors import APIError, MethodNotAllowed, NotFound
 from tunegate.files import LocalDiskStore
+from tunegate.localjobs import start_scheduler
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
 from tunegate.upstream import Upstream
@@ -180,9 +181,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await asyncio.to_thread(files.prepare)
         app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
                                       files)
+        app.state.local_jobs = await start_scheduler(settings, store, files)  # the `local` provider's worker
         try:
             yield {}
         finally:
+            await app.state.local_jobs.stop()
             await upstream.close()
             await store.close()
 

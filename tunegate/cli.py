@@ -108,6 +108,14 @@ def validate(
 # ---- keys ------------------------------------------------------------------------------------
 
 
+@app.command()
+def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Work here (default: a new temp dir).")) -> None:
+    """Fine-tune a tiny model on this machine through the gateway's own API (local provider, ~1 min on a CPU)."""
+    from tunegate.localjobs.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir))
+
+
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Option(..., help="A label for the key."),

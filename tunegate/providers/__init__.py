@@ -6,6 +6,7 @@ from tunegate.providers.azure_openai import AzureOpenAI
 from tunegate.providers.base import Provider
 from tunegate.providers.bedrock import Bedrock
 from tunegate.providers.fireworks import Fireworks
+from tunegate.providers.local import Local
 from tunegate.providers.mistral import Mistral
 from tunegate.providers.openai import OpenAI
 from tunegate.providers.together import Together
@@ -23,5 +24,6 @@ REGISTRY: dict[str, Provider] = {
         Together(),
         Mistral(),
         VertexAI(),
+        Local(),
     )
 }

@@ -104,3 +104,68 @@ file_copies = sa.Table(
     sa.Column("remote_id", sa.Text, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
+
+# ---- the `local` provider's job queue (tunegate.localjobs) --------------------------------------
+
+# One row per fine-tuning job trained on this gateway's own hardware. `status` is OpenAI's; a paused
+# job is `queued` with `paused` set. A worker claims a job by setting `claimed_by` in a conditional
+# UPDATE (status='queued' AND claimed_by IS NULL), so instances sharing a database never run it twice.
+local_jobs = sa.Table(
+    "local_jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # ftjob-<ms hex><random>: sorts by creation
+    sa.Column("key_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("training_file", sa.String(64), nullable=False),
+    sa.Column("validation_file", sa.String(64), nullable=True),
+    sa.Column("method", sa.JSON, nullable=False),  # {"type": "supervised"|"dpo", "<type>": {"hyperparameters": …}}
+    sa.Column("hyperparameters", sa.JSON, nullable=False),  # as requested, then resolved numbers
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("suffix", sa.String(64), nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("fine_tuned_model", sa.Text, nullable=True),
+    sa.Column("trained_tokens", sa.BigInteger, nullable=True),
+    sa.Column("error", sa.JSON, nullable=True),
+    sa.Column("result_files", sa.JSON, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=True),
+    sa.Column("finished_at", sa.BigInteger, nullable=True),
+    sa.Column("estimated_finish", sa.BigInteger, nullable=True),
+    sa.Column("claimed_by", sa.String(200), nullable=True),  # worker instance id while validating/running
+    sa.Column("heartbeat_at", sa.Float, nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),  # training child process of the claiming instance
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),  # training runs started
+    sa.Column("resume_from", sa.Text, nullable=True),  # checkpoint directory the next run continues from
+    sa.Column("output_dir", sa.Text, nullable=True),  # the current run's directory
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("pause_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_local_jobs_status", "status"),
+    sa.Index("ix_local_jobs_key_id", "key_id"),
+)
+
+# Events of local jobs; `seq` is increasing across the table (the event id is derived from it).
+local_job_events = sa.Table(
+    "local_job_events",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("level", sa.String(8), nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),  # message | metrics
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("data", sa.JSON, nullable=True),
+    sa.Index("ix_local_job_events_job", "job_id", "seq"),
+)
+
+# End-of-epoch checkpoints of local jobs (each directory is a PEFT adapter and a valid resume point).
+local_job_checkpoints = sa.Table(
+    "local_job_checkpoints",
+    metadata,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,28 @@
+"""The ``local`` provider's job queue: jobs in the gateway's database, trained by a scheduler task in
+each gateway instance that runs ``tunegate.trainer`` children (see ``scheduler.py``), plus the
+``tunegate demo`` command (``demo.py``).
+
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tunegate.localjobs.db import JobDB
+from tunegate.localjobs.scheduler import Scheduler, job_dir, wake_all
+
+if TYPE_CHECKING:
+    from tunegate.config import Settings
+    from tunegate.files import LocalDiskStore
+    from tunegate.store import Store
+
+__all__ = ["JobDB", "Scheduler", "job_dir", "start_scheduler", "wake_all"]
+
+
+async def start_scheduler(settings: Settings, store: Store, files: LocalDiskStore) -> Scheduler:
+    """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown)."""
+    scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency)
+    await scheduler.start()
+    return scheduler
