@@ -33,6 +33,7 @@ log = logging.getLogger("tunegate")
 ROUTES = [
     Route("/healthz", health.healthz, methods=["GET"]),
     Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/openapi.json", health.openapi, methods=["GET"]),
     Route("/v1/fine_tuning/jobs", fine_tuning.list_jobs, methods=["GET"], name="list_jobs"),
     Route("/v1/fine_tuning/jobs", fine_tuning.create_job, methods=["POST"], name="create_job"),
     Route("/v1/fine_tuning/jobs/{job_id}", fine_tuning.retrieve_job, methods=["GET"], name="retrieve_job"),
@@ -73,6 +74,12 @@ class TraceAndLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        services: Services | None = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        limit = services.settings.max_header_bytes if services else 32 * 1024
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > limit:
+            await APIError(f"The request headers are larger than {limit} bytes.", status=431,
+                           code="headers_too_large").response()(scope, receive, send)
+            return
         traceparent = _header(scope, b"traceparent")
         trace_id = (_header(scope, b"x-portkey-trace-id") or tracing.trace_id_from_traceparent(traceparent)
                     or new_trace_id())
