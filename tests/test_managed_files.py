@@ -30,6 +30,8 @@ def test_upload_list_retrieve_download_delete(tmp_path: Path) -> None:
         assert first.id.startswith("file-tg") and first.bytes == len(TRAINING) and first.status == "processed"
         assert second.expires_at == second.created_at + 3600
         assert sdk.files.retrieve(first.id).filename == "a.jsonl"
+        stored = gw.with_store(lambda s: s.get_managed_file(first.id))
+        assert stored is not None and stored["report"]["ok"] and stored["report"]["stats"]["examples"] == 10
         assert sdk.files.content(first.id).read() == TRAINING
         assert [f.id for f in sdk.files.list(purpose="fine-tune")] == [first.id]
         page = sdk.files.list(limit=1, order="asc")

@@ -4,6 +4,7 @@ streamed downloads."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -26,6 +27,7 @@ class GuardedChunks:
         self._chunks = chunks
         self._validator = validator
         self.error: BaseException | None = None
+        self.report: Any = None  # the validator's report, once the whole file has passed
         self.bytes = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -36,7 +38,7 @@ class GuardedChunks:
                     self._validator.feed(chunk)  # type: ignore[attr-defined]
                 yield chunk
             if self._validator is not None:
-                report = self._validator.finish()  # type: ignore[attr-defined]
+                report = self.report = self._validator.finish()  # type: ignore[attr-defined]
                 if not report.ok:
                     raise InvalidRequest("The training file is not valid: " + report.summary(),
                                          param="file", code="invalid_training_file")
@@ -105,6 +107,8 @@ async def upload_file(request: Request) -> Response:
     if isinstance(guarded.error, BaseException):  # an adapter swallowed it: never register a bad file
         raise guarded.error
     await remember(ctx, "file", created)
+    if ctx.provider.keeps_files and guarded.report is not None and ctx.store is not None:
+        await ctx.store.set_managed_report(created["id"], guarded.report.to_dict())  # shown in the dashboard
     return respond(created)
 
 

@@ -333,6 +333,10 @@ class Store:
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
         return rows[:limit], len(rows) > limit
 
+    async def set_managed_report(self, file_id: str, report: dict[str, Any]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(managed_files.update().where(managed_files.c.id == file_id).values(report=report))
+
     async def delete_managed_file(self, file_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(managed_files.delete().where(managed_files.c.id == file_id))
