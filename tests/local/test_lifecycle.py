@@ -42,7 +42,8 @@ def test_full_lifecycle(sdk: Any, gateway: Any, training_file: str, tiny_model: 
 
     final = wait_until(done, timeout=90, interval=0.05)
     assert final.status == "succeeded", final.error
-    assert seen[0] == "validating_files" and seen[-1] == "succeeded" and "running" in seen
+    order = ["validating_files", "queued", "running", "succeeded"]
+    assert seen == sorted(seen, key=order.index) and seen[-1] == "succeeded" and "running" in seen
     assert final.fine_tuned_model == f"ft:tiny-llama:quiz:{job.id}"
     assert final.hyperparameters.n_epochs == 3 and final.hyperparameters.batch_size == 4
     assert final.hyperparameters.learning_rate_multiplier == 10
