@@ -209,7 +209,7 @@ class ContextResolver:
     async def _recorded(self, ref: tuple[str, str] | None, key: ApiKey | None) -> StoredObject | None:
         if ref is None:
             return None
-        recorded = await self.store.lookup(*ref)
+        recorded = await self.store.placement(*ref)
         if recorded is not None and key is not None and recorded.key_id not in (None, key.id):
             # Another key's object: answer as if it did not exist, so ids cannot be probed.
             raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")

@@ -90,7 +90,8 @@ def test_a_job_whose_instance_died_resumes_from_its_checkpoint(sdk: Any, gateway
     from tunegate.localjobs import JobDB, Scheduler
 
     job = sdk.fine_tuning.jobs.create(model=tiny_model, training_file=training_file, seed=5,
-                                      hyperparameters={"n_epochs": 3, "batch_size": 1})  # 48 steps, 16 per epoch
+                                      hyperparameters={"n_epochs": 8, "batch_size": 1})  # 128 steps, 16 per epoch
+    # (long enough that the job cannot finish before the simulated crash, even on a loaded machine)
     running_pid(gateway, job.id)
     wait_until(lambda: list(sdk.fine_tuning.jobs.checkpoints.list(job.id)), timeout=60, interval=0.02)
     old = gateway.app.state.local_jobs
@@ -121,4 +122,4 @@ def test_a_job_whose_instance_died_resumes_from_its_checkpoint(sdk: Any, gateway
     step = int(requeued.split("checkpoint at step ")[1].split(":")[0])
     assert step >= 16 and step % 16 == 0
     assert f"Resuming from checkpoint at step {step}" in messages
-    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id)] == [48, 32, 16]
+    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id)] == list(range(128, 0, -16))

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from tunegate.api.common import context, json_body, page, remember, respond, visible
 from tunegate.context import RequestContext
 from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
+from tunegate.files import is_managed_file_id
 from tunegate.providers.base import JSON, IncomingFile
 
 
@@ -104,7 +105,7 @@ async def managed_file_on_provider(ctx: RequestContext, file_id: str, field: str
     """A gateway-managed file named in a job: the id the provider knows it by. The first use pushes a
     copy through the provider's own upload (which converts it to the provider's format); later uses
     of the same content on the same provider and connection reuse that copy."""
-    if ctx.provider.keeps_files or ctx.store is None or ctx.files is None:
+    if ctx.provider.keeps_files or ctx.store is None or ctx.files is None or not is_managed_file_id(file_id):
         return file_id
     row = await ctx.store.get_managed_file(file_id)
     if row is None:

@@ -12,11 +12,23 @@ import contextlib
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1024 * 1024
+MANAGED_PREFIX = "file-tg"
+
+
+def new_file_id() -> str:
+    """An id for a managed file: milliseconds first, so ids sort in upload order (pagination orders
+    by created_at, then id)."""
+    return f"{MANAGED_PREFIX}{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+
+
+def is_managed_file_id(file_id: str) -> bool:
+    return file_id.startswith(MANAGED_PREFIX)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegate.files import LocalDiskStore
+from tunegate.files import LocalDiskStore, new_file_id
 from tunegate.localjobs.db import JobDB, Row, now
 from tunegate.store import Store
 
@@ -465,7 +465,7 @@ class Scheduler:
                                (f"{run.job_id}-adapter.tar", archive)):
             if not path.is_file():
                 continue
-            file_id = f"file-tg{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+            file_id = new_file_id()
             stored = await self.files.write(file_id, _file_chunks(path))
             row = dict(id=file_id, key_id=run.row["key_id"], filename=filename, purpose="fine-tune-results",
                        bytes=stored.bytes, sha256=stored.sha256, location=stored.location, report=None,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -80,9 +81,17 @@ class Store:
         kwargs: dict[str, Any] = {}
         if database_url.startswith("postgresql"):
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        else:
+            # A fixed pool: opening SQLite connections under load costs a thread each.
+            kwargs.update(pool_size=16, max_overflow=0)
         self.engine: AsyncEngine = create_async_engine(database_url, **kwargs)
+        if not database_url.startswith("postgresql"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._dialect = postgresql if database_url.startswith("postgresql") else sqlite
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
+        # Where each known object lives and who owns it never changes after its first record, so it is
+        # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
+        self._placements: dict[tuple[str, str], StoredObject] = {}
         self._any_keys: tuple[float, bool] | None = None
         self._log_queue: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -96,10 +105,6 @@ class Store:
         store = cls(database_url, box)
         if await store.schema_revision() != migrate.head():
             await asyncio.to_thread(migrate.upgrade, database_url)
-        if store._dialect is sqlite:
-            async with store.engine.begin() as conn:
-                # WAL lets the request log and readers proceed without blocking each other.
-                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         return store
 
     async def schema_revision(self) -> str | None:
@@ -225,15 +230,34 @@ class Store:
                      key_id: str | None, status: str | None = None,
                      snapshot: dict[str, Any] | None = None) -> None:
         """Remember an object. The first key to record an object owns it; later sightings only
-        refresh its status and snapshot."""
+        refresh its status and snapshot (and are skipped while the status is unchanged)."""
+        known = self._placements.get((kind, object_id))
+        if known is not None and known.status == status and status is not None:
+            return
         now = _now()
         stmt = self._dialect.insert(objects).values(
             kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
             status=status, snapshot=snapshot, created_at=now, updated_at=now)
         stmt = stmt.on_conflict_do_update(index_elements=["kind", "id"],
                                           set_=dict(status=status, snapshot=snapshot, updated_at=now))
+        stmt = stmt.returning(objects.c.provider, objects.c.connection, objects.c.key_id)
         async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+            row = (await conn.execute(stmt)).one()
+        self._place(StoredObject(kind, object_id, row[0], row[1], row[2], status, None))
+
+    def _place(self, found: StoredObject) -> None:
+        if len(self._placements) > 200_000:
+            self._placements.clear()
+        self._placements[(found.kind, found.id)] = found
+
+    async def placement(self, kind: str, object_id: str) -> StoredObject | None:
+        """Provider, connection and owner of a known object (cached; status and snapshot may be old)."""
+        found = self._placements.get((kind, object_id))
+        if found is None:
+            found = await self.lookup(kind, object_id)
+            if found is not None:
+                self._place(found)
+        return found
 
     async def record_many(self, kind: str, items: Sequence[tuple[str, str | None, dict[str, Any] | None]],
                           provider: str, connection: str | None, key_id: str | None) -> None:
@@ -249,6 +273,8 @@ class Store:
                                                     updated_at=now))
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
+        for object_id, _status, _snap in items:
+            self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
 
     async def lookup(self, kind: str, object_id: str) -> StoredObject | None:
         async with self.engine.connect() as conn:
@@ -262,14 +288,20 @@ class Store:
 
     async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
         """id → owning key id, for the ids the registry knows."""
-        if not ids:
-            return {}
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(objects.c.id, objects.c.key_id)
-                                      .where(objects.c.kind == kind, objects.c.id.in_(ids)))
-            return {r[0]: r[1] for r in rows}
+        found = {i: p.key_id for i in ids if (p := self._placements.get((kind, i))) is not None}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(sa.select(objects.c.id, objects.c.provider, objects.c.connection,
+                                                    objects.c.key_id, objects.c.status)
+                                          .where(objects.c.kind == kind, objects.c.id.in_(missing)))
+                for r in rows:
+                    self._place(StoredObject(kind, r[0], r[1], r[2], r[3], r[4], None))
+                    found[r[0]] = r[3]
+        return found
 
     async def forget(self, kind: str, object_id: str) -> None:
+        self._placements.pop((kind, object_id), None)
         async with self.engine.begin() as conn:
             await conn.execute(objects.delete().where(objects.c.kind == kind, objects.c.id == object_id))
 
@@ -378,6 +410,16 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(sa.select(request_log).order_by(request_log.c.id.desc()).limit(limit))
             return [dict(r) for r in rows.mappings()]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the request log and readers proceed without blocking each other; in WAL mode
+    # synchronous=NORMAL survives process crashes (only an OS crash can lose the last commits).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
 
 
 def _key(row: Any) -> ApiKey:

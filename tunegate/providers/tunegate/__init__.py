@@ -7,12 +7,12 @@ copy there (converted by that provider's own upload) once per content hash and r
 
 from __future__ import annotations
 
-import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
 from tunegate import models
 from tunegate.errors import NotFound
+from tunegate.files import new_file_id
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 
 if TYPE_CHECKING:
@@ -31,8 +31,7 @@ class ManagedFiles(Provider):
 
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
         store, files = ctx.require_store()
-        # Milliseconds first, so ids sort in upload order (pagination orders by created_at, then id).
-        file_id = f"file-tg{time.time_ns() // 1_000_000:012x}{secrets.token_hex(6)}"
+        file_id = new_file_id()
         stored = await files.write(file_id, upload.chunks)
         now = int(time.time())
         seconds = upload.fields.get("expires_after[seconds]")
