@@ -105,6 +105,10 @@ def _check(case: schemathesis.Case, rig: tuple[StandIn, str, Gateway], failures:
 
 def _fuzz(api_schema: Any, rig: tuple[StandIn, str, Gateway], examples: int) -> None:
     failures: list[str] = []
+    for key in ("cases", "5xx", "gateway_5xx", "500"):
+        STATS[key] = 0
+    STATS_STATUS.clear()
+    FIVE_XX.clear()
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 15, [o.label for o in operations]
     for operation in operations:
@@ -116,7 +120,8 @@ def _fuzz(api_schema: Any, rig: tuple[StandIn, str, Gateway], examples: int) -> 
             _check(case, rig, failures)
 
         run()
-    print(f"\nschemathesis {schemathesis.__version__}: {len(operations)} operations, {STATS['cases']} cases, "
+    source = "the gateway's /openapi.json" if STATS.get("own_openapi") else "openai-openapi.yaml (fallback)"
+    print(f"\nschemathesis {schemathesis.__version__} on {source}: {len(operations)} operations, {STATS['cases']} cases, "
           f"{STATS['5xx']} 5xx ({STATS['gateway_5xx']} the gateway's own, {STATS['500']} 500s); "
           f"statuses {dict(sorted(STATS_STATUS.items()))}; 5xx seen: {sorted(set(FIVE_XX))[:20]}")
     assert not failures, "\n".join(failures[:20])
