@@ -31,6 +31,7 @@ from tunegate.store.secretbox import KEY_PREFIX
 from tunegate.upstream import CallPolicy, Upstream
 
 # x-portkey-* headers the context itself consumes; every other one is a provider option.
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "service_account")
 _CONTEXT_HEADERS = {"provider", "api-key", "virtual-key", "config", "custom-host", "trace-id",
                     "request-timeout"}
 
@@ -82,8 +83,10 @@ class RequestContext:
         return value
 
     def redact(self, text: str) -> str:
-        """Remove every credential value from a text (providers sometimes echo keys back)."""
-        for value in self.credentials.values():
+        """Remove every credential value from a text (providers sometimes echo keys back): the
+        credentials, and options whose names say they are secret (e.g. x-portkey-aws-session-token)."""
+        secret_options = [v for k, v in self.options.items() if any(w in k for w in _SECRET_WORDS)]
+        for value in [*self.credentials.values(), *secret_options]:
             if isinstance(value, str) and len(value) >= 6 and value in text:
                 text = text.replace(value, "***")
         return text

@@ -75,6 +75,10 @@ class MultipartReader:
         disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
+        if any(c < 0x20 or c == 0x7F for c in params.get(b"name", b"") + (filename or b"")):
+            # They would end up verbatim in the header of the part sent upstream.
+            raise InvalidRequest("Form field names and filenames must not contain control characters.",
+                                 code="invalid_multipart")
         content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
         self._events.append(("part", PartInfo(name, filename.decode("utf-8", "replace") if filename is not None
                                              else None, content_type)))
@@ -136,7 +140,9 @@ class MultipartReader:
 
 
 def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    # Control characters cannot appear in a header; the reader refuses them, this is the backstop.
+    value = "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in value)
+    return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
 class MultipartWriter:

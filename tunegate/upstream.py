@@ -55,8 +55,12 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:  # an HTTP date
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):
+        return None  # unreadable: as if absent
+    return max(0.0, parsed.timestamp() - time.time())
 
 
 class Upstream:
@@ -72,6 +76,11 @@ class Upstream:
             self._session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
                 json_serialize=lambda o: orjson.dumps(o).decode())
+            # aiohttp silently re-sends a GET/DELETE once when a kept-alive connection closes before
+            # the answer; tunegate's own retry policy must be the only one, so attempts are counted
+            # (and bounded) in one place. There is no public switch for this in aiohttp 3.x.
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     async def close(self) -> None:

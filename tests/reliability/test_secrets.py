@@ -144,15 +144,9 @@ def test_no_secret_in_logs_data_dir_or_error_bodies(tmp_path: Path) -> None:
             if secret in resp.text or any(secret in v for v in resp.headers.values()):
                 leaks.append(f"answer: {secret!r} in {resp.request.method} {resp.request.url} -> "
                              f"{resp.status_code} {resp.text[:300]}")
-    # Known and tested on its own below (xfail): botocore's own DEBUG lines carry the session token.
-    leaks = [x for x in leaks if not (x.startswith("log: ") and "botocore" in x and AWS_TOKEN in x)]
     assert not leaks, "\n".join(leaks)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG tunegate/server.py app() (logging.basicConfig at settings.log_level) / tunegate/logs.py "
-    "uvicorn_log_config: at log level debug the root logger lets botocore.auth write its SigV4 "
-    "CanonicalRequest, which contains x-amz-security-token (the AWS session token) in clear"))
 def test_debug_log_has_no_aws_session_token(tmp_path: Path) -> None:
     with ServerThread(echo_app()) as echo, LoggedServe(tmp_path / "d", tmp_path / "serve.log",
                                                        env={"TUNEGATE_LOG_LEVEL": "debug"}) as gw:
@@ -165,13 +159,7 @@ def test_debug_log_has_no_aws_session_token(tmp_path: Path) -> None:
     assert AWS_TOKEN not in log, [x for x in log.splitlines() if AWS_TOKEN in x][0][:300]
 
 
-OPTION_BUG = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG tunegate/context.py RequestContext.redact: only ctx.credentials values are removed from upstream "
-    "error messages; AWS secrets sent as x-portkey-aws-* headers live in ctx.options, so an upstream that "
-    "echoes X-Amz-Security-Token gets the session token into the client's error body"))
-
-
-@pytest.mark.parametrize("secret", [pytest.param(AWS_TOKEN, id="session-token", marks=OPTION_BUG),
+@pytest.mark.parametrize("secret", [pytest.param(AWS_TOKEN, id="session-token"),
                                     pytest.param(AWS_SECRET, id="secret-access-key")])
 def test_option_secret_echoed_by_upstream_is_redacted(tmp_path: Path, secret: str) -> None:
     """Secrets that arrive as provider *options* (x-portkey-aws-* headers, open gateway) rather than as

@@ -40,9 +40,10 @@ class OpenAICompatible(Provider):
     # ---- plumbing ------------------------------------------------------------------------------
 
     async def call(self, ctx: RequestContext, method: str, path: str, *, params: list[tuple[str, str]] | None = None,
-                   json: Any = None, idempotent: bool | None = None) -> Any:
+                   json: Any = None, idempotent: bool | None = None,
+                   headers: dict[str, str] | None = None) -> Any:
         response = await ctx.upstream.request(
-            method, self.url(ctx, path), ctx.policy, headers=self.headers(ctx),
+            method, self.url(ctx, path), ctx.policy, headers={**self.headers(ctx), **(headers or {})},
             params=self.query(ctx) + (params or []), json=json,
             idempotent=method in ("GET", "DELETE") if idempotent is None else idempotent)
         ctx.upstream_status = response.status
@@ -68,8 +69,11 @@ class OpenAICompatible(Provider):
 
     async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
         # A create is never replayed blindly: retried only when tunegate holds an idempotency key.
+        # The client's Idempotency-Key goes upstream too, so a retry after a lost answer finds the job
+        # the first try created instead of starting another.
         raw = await self.call(ctx, "POST", "/fine_tuning/jobs", json=self.to_create_body(ctx, body),
-                              idempotent=ctx.idempotent_create)
+                              idempotent=ctx.idempotent_create,
+                              headers={"Idempotency-Key": ctx.idempotency_key} if ctx.idempotency_key else None)
         return self.to_job(ctx, raw)
 
     async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
