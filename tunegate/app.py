@@ -22,7 +22,7 @@ from tunegate.api.common import Services
 from tunegate.config import Settings
 from tunegate.context import ContextResolver, new_trace_id
 from tunegate.errors import APIError, MethodNotAllowed, NotFound
-from tunegate.files import LocalDiskStore
+from tunegate.files import open_file_store
 from tunegate.localjobs import start_scheduler
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
@@ -184,7 +184,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         store = await Store.open(settings.resolved_database_url, box)
         upstream = Upstream()
-        files = LocalDiskStore(settings.data_dir / "files")
+        files_upstream = Upstream()  # the file store's own session (S3), outside any request
+        files = open_file_store(settings, files_upstream)
         await asyncio.to_thread(files.prepare)
         app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
                                       files)
@@ -194,6 +195,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             await app.state.local_jobs.stop()
             await upstream.close()
+            await files_upstream.close()
             await store.close()
 
     tracing.setup()

@@ -7,7 +7,7 @@ Nested values use ``__`` in the environment, e.g. ``TUNEGATE_TIMEOUTS__CONNECT=5
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     default_provider: str | None = None  # used when a request names no provider at all
     # Where /v1/files requests that name no provider go; "tunegate" keeps them in the gateway's own store.
     default_file_provider: str | None = None
+    # Where managed files' bytes live: "local" (data_dir/files) or "s3" (a bucket several instances share;
+    # keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, endpoint from
+    # AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL).
+    file_store: Literal["local", "s3"] = "local"
+    file_store_s3_bucket: str | None = None
+    file_store_s3_prefix: str = "tunegate/files"
+    file_store_s3_region: str | None = None  # default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

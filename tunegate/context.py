@@ -21,7 +21,7 @@ import orjson
 
 from tunegate.config import RetryPolicy, Settings, Timeouts
 from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
-from tunegate.files import LocalDiskStore
+from tunegate.files import FileStore
 from tunegate.hosts import check_custom_host
 from tunegate.limits import RateLimiter
 from tunegate.providers import REGISTRY
@@ -49,7 +49,7 @@ class RequestContext:
     base_url_override: str | None = None
     settings: Settings | None = None
     store: Store | None = None
-    files: LocalDiskStore | None = None
+    files: FileStore | None = None
     upstream_status: int | None = None  # for the request log
     idempotent_create: bool = False  # set when tunegate holds an Idempotency-Key for this create
     idempotency_key: str | None = None  # the client's key, for providers that accept a token (Bedrock)
@@ -62,7 +62,7 @@ class RequestContext:
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
 
-    def require_store(self) -> tuple[Store, LocalDiskStore]:
+    def require_store(self) -> tuple[Store, FileStore]:
         """The database and the managed file store (providers that keep files in tunegate use both)."""
         if self.store is None or self.files is None:
             raise RuntimeError("this context has no storage")
@@ -125,7 +125,7 @@ def _parse_config(raw: str | None) -> dict[str, Any]:
 class ContextResolver:
     """Turns request headers (and an object id from the path) into a RequestContext."""
 
-    def __init__(self, settings: Settings, store: Store, upstream: Upstream, files: LocalDiskStore) -> None:
+    def __init__(self, settings: Settings, store: Store, upstream: Upstream, files: FileStore) -> None:
         self.settings = settings
         self.store = store
         self.upstream = upstream

@@ -13,7 +13,7 @@ from starlette.responses import Response
 from tunegate.config import Settings
 from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import InvalidRequest, PayloadTooLarge
-from tunegate.files import LocalDiskStore
+from tunegate.files import FileStore
 from tunegate.limits import UploadSlots
 from tunegate.providers.base import JSON, Page
 from tunegate.store import Store
@@ -28,7 +28,7 @@ class Services:
     store: Store
     upstream: Upstream
     resolver: ContextResolver
-    files: LocalDiskStore
+    files: FileStore
     uploads: UploadSlots = field(default_factory=UploadSlots)
 
 

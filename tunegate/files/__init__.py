@@ -1,5 +1,8 @@
 """The gateway-managed file store: bytes tunegate keeps itself ("upload once, train anywhere").
 
+Two implementations of ``FileStore``: ``LocalDiskStore`` (below, the default) and ``S3Store``
+(``tunegate.files.s3``, ``file_store = "s3"``: an S3-compatible bucket shared by several instances).
+
 Writes are atomic: a temporary file in the same directory, fsync, then rename — so a client that
 disconnects mid-upload, or a process killed mid-write, never leaves a partial file under a real name.
 Disk I/O runs in worker threads, never on the event loop.
@@ -16,6 +19,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tunegate.config import Settings
+    from tunegate.upstream import Upstream
 
 CHUNK = 1024 * 1024
 MANAGED_PREFIX = "file-tg"
@@ -36,6 +44,38 @@ class Stored:
     location: str
     bytes: int
     sha256: str
+
+
+class FileStore(Protocol):
+    """Where managed files' bytes live. ``location`` is the store's own name for an object (kept in the
+    database row); a write is all-or-nothing: a failed or abandoned write leaves nothing behind."""
+
+    def prepare(self) -> None:
+        """Blocking set-up at startup (run in a worker thread)."""
+
+    async def write(self, name: str, chunks: AsyncIterator[bytes]) -> Stored: ...
+
+    def read(self, location: str) -> AsyncIterator[bytes]: ...
+
+    def path(self, location: str) -> Path:
+        """A local file holding the object, when one exists without I/O (see ``local_path``)."""
+        ...
+
+    async def local_path(self, location: str) -> Path:
+        """A local file holding the object (downloaded first where the store is remote): for the local
+        trainer, which reads files from disk."""
+        ...
+
+    async def delete(self, location: str) -> None: ...
+
+
+def open_file_store(settings: Settings, upstream: Upstream) -> FileStore:
+    """The store ``settings.file_store`` names; ``upstream`` is the store's own HTTP session (remote stores)."""
+    if settings.file_store == "s3":
+        from tunegate.files.s3 import S3Store
+
+        return S3Store.from_settings(settings, upstream)
+    return LocalDiskStore(settings.data_dir / "files")
 
 
 class LocalDiskStore:
@@ -85,6 +125,9 @@ class LocalDiskStore:
         if path.parent != self.objects.resolve():
             raise ValueError("location outside the store")
         return path
+
+    async def local_path(self, location: str) -> Path:
+        return self.path(location)
 
     async def delete(self, location: str) -> None:
         await asyncio.to_thread(self.path(location).unlink, True)

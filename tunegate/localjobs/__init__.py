@@ -15,13 +15,13 @@ from tunegate.localjobs.scheduler import Scheduler, job_dir, wake_all
 
 if TYPE_CHECKING:
     from tunegate.config import Settings
-    from tunegate.files import LocalDiskStore
+    from tunegate.files import FileStore
     from tunegate.store import Store
 
 __all__ = ["JobDB", "Scheduler", "job_dir", "start_scheduler", "wake_all"]
 
 
-async def start_scheduler(settings: Settings, store: Store, files: LocalDiskStore) -> Scheduler:
+async def start_scheduler(settings: Settings, store: Store, files: FileStore) -> Scheduler:
     """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown)."""
     scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency)
     await scheduler.start()

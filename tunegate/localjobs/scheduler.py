@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunegate.files import LocalDiskStore, new_file_id
+from tunegate.files import FileStore, new_file_id
 from tunegate.localjobs.db import JobDB, Row, now
 from tunegate.store import Store
 
@@ -172,7 +172,7 @@ def _default_runner(spec: Any, on_event: Callable[[dict[str, Any]], None]) -> An
 
 
 class Scheduler:
-    def __init__(self, store: Store, files: LocalDiskStore, data_dir: Path, *, concurrency: int = 1,
+    def __init__(self, store: Store, files: FileStore, data_dir: Path, *, concurrency: int = 1,
                  interval: float = 0.5, heartbeat_interval: float = 5.0, stale_after: float = 60.0,
                  max_attempts: int = 3, shutdown_grace: float = 15.0,
                  runner: Callable[[Any, Callable[[dict[str, Any]], None]], Any] | None = None,
@@ -278,7 +278,7 @@ class Scheduler:
         paths = []
         for name in ("training_file", "validation_file"):
             found = await self.store.get_managed_file(row[name]) if row[name] else None
-            paths.append(self.files.path(found["location"]) if found else None)
+            paths.append(await self.files.local_path(found["location"]) if found else None)
         try:
             resolved, error = await asyncio.to_thread(validate_job, row["model"], method, requested, paths[0],
                                                       paths[1], bool(row["validation_file"]))
@@ -340,7 +340,7 @@ class Scheduler:
         paths: list[str | None] = []
         for name in ("training_file", "validation_file"):
             found = await self.store.get_managed_file(row[name]) if row[name] else None
-            paths.append(str(self.files.path(found["location"])) if found else None)
+            paths.append(str(await self.files.local_path(found["location"])) if found else None)
         if paths[0] is None:
             await self._finish(row["id"], {"status": "failed", "error": {
                 "code": "invalid_training_file", "message": "The training file no longer exists.",

@@ -1,0 +1,120 @@
+"""A 300 MiB training-file upload through ``tunegate serve`` into each provider's object store — Bedrock
+to S3 (moto in server mode) and Vertex AI to Cloud Storage (gcp-storage-emulator) — converted and
+streamed on the way, without the gateway's memory growing with the file: its RSS stays under 100 MiB.
+The emulators run in this test process (they may hold the whole object in memory); only the gateway
+subprocess is measured."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import boto3
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+from tests.process import PeakRSS, ServeProcess
+from tests.standins import bedrock as bedrock_standin
+from tests.standins.openai_like import ServerThread, free_port
+from tests.standins.vertex import VertexStandIn, make_service_account
+from tests.test_upload_memory import multipart_stream
+from tunegate.data.converters import convert_lines
+from tunegate.providers.bedrock.jobs import DEFAULT_DATA_FORMAT
+
+gcp_storage_emulator = pytest.importorskip("gcp_storage_emulator.server")
+
+SIZE = 300 * 1024 * 1024
+LIMIT_KIB = 100 * 1024
+BUCKET = "tunegate-big"
+LINE = (json.dumps({"messages": [{"role": "system", "content": "Answer in one word."},
+                                 {"role": "user", "content": "What is the capital of France?"},
+                                 {"role": "assistant", "content": "Paris."}]}) + "\n").encode()
+BOUNDARY = "tunegate-object-store-boundary"
+# Measured when this test was written: the gateway starts at ~85 MiB and peaks at ~118 MiB (Bedrock: 8 MiB
+# parts, copied for signing and sending) and ~139 MiB (Vertex: 8 MiB resumable chunks sliced out of a
+# bytearray). The uploads do stream (the peak does not grow with the file), but not under 100 MiB yet.
+OVER_BUDGET = pytest.mark.xfail(strict=True, reason="peak RSS above 100 MiB (118 MiB Bedrock, 139 MiB Vertex)")
+
+
+def lines_sent() -> int:
+    per_block = 1024 * 1024 // len(LINE)
+    blocks = -(-SIZE // (per_block * len(LINE)))
+    return blocks * per_block
+
+
+def expected_size(target: str) -> int:
+    return len(b"".join(convert_lines([LINE.rstrip(b"\n")], target))) * lines_sent()
+
+
+def upload(url: str, headers: dict[str, str], pid: int) -> tuple[dict[str, object], PeakRSS]:
+    with PeakRSS(pid) as rss:
+        resp = requests.post(url + "/v1/files", data=multipart_stream(BOUNDARY, LINE, SIZE), timeout=600,
+                             headers={**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert resp.status_code == 200, resp.text[:500]
+    return resp.json(), rss
+
+
+def report(name: str, rss: PeakRSS, size: int) -> None:
+    print(f"{name}: gateway RSS start {rss.start / 1024:.1f} MiB, peak {rss.peak / 1024:.1f} MiB "
+          f"during a {SIZE / 2**20:.0f} MiB upload ({size / 2**20:.0f} MiB stored)")
+    assert rss.peak < LIMIT_KIB, f"{name}: peak RSS {rss.peak} KiB"
+
+
+@pytest.fixture
+def moto_url() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@OVER_BUDGET
+def test_bedrock_300_mib_upload_to_s3_keeps_gateway_rss_under_100_mib(tmp_path: Path, moto_url: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="AKIAMOTO",
+                      aws_secret_access_key="moto-secret")
+    s3.create_bucket(Bucket=BUCKET)
+    headers = {"x-portkey-provider": "bedrock", "x-portkey-aws-region": "us-east-1",
+               "x-portkey-aws-access-key-id": bedrock_standin.ACCESS_KEY,
+               "x-portkey-aws-secret-access-key": bedrock_standin.SECRET,
+               "x-portkey-aws-s3-bucket": f"{BUCKET}/big"}
+    env = {"AWS_ENDPOINT_URL": moto_url, "AWS_ENDPOINT_URL_S3": moto_url}
+    with ServeProcess(tmp_path / "d", env=env) as gw:
+        assert gw.proc is not None
+        uploaded, rss = upload(gw.url, headers, gw.proc.pid)
+    objects = s3.list_objects_v2(Bucket=BUCKET, Prefix="big/").get("Contents", [])
+    assert len(objects) == 1 and objects[0]["Size"] == uploaded["bytes"] == expected_size(DEFAULT_DATA_FORMAT)
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    report("bedrock -> S3 (moto)", rss, int(objects[0]["Size"]))
+
+
+@OVER_BUDGET
+def test_vertex_300_mib_upload_to_gcs_keeps_gateway_rss_under_100_mib(tmp_path: Path) -> None:
+    port = free_port()
+    gcs = gcp_storage_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    gcs.start()
+    gcs_url = f"http://127.0.0.1:{port}"
+    standin = VertexStandIn()
+    try:
+        with ServerThread(standin.app()) as upstream, \
+                ServeProcess(tmp_path / "d", env={"STORAGE_EMULATOR_HOST": gcs_url}) as gw:
+            assert gw.proc is not None
+            standin.url = upstream.url
+            info, public_key = make_service_account(standin.token_uri)
+            standin.register(info, public_key)
+            headers = {"x-portkey-provider": "vertex-ai", "x-portkey-custom-host": upstream.url + "/v1",
+                       "x-portkey-vertex-project-id": "tg-project", "x-portkey-vertex-region": "us-central1",
+                       "x-portkey-vertex-service-account-json": json.dumps(info),
+                       "x-portkey-vertex-storage-bucket-name": BUCKET}
+            uploaded, rss = upload(gw.url, headers, gw.proc.pid)
+        listing = requests.get(f"{gcs_url}/storage/v1/b/{BUCKET}/o", timeout=30).json().get("items", [])
+        assert len(listing) == 1
+        meta = requests.get(f"{gcs_url}/storage/v1/b/{BUCKET}/o/{quote(listing[0]['name'], safe='')}",
+                            timeout=30).json()
+        assert int(meta["size"]) == uploaded["bytes"] == expected_size("vertex-gemini")
+        report("vertex-ai -> GCS (gcp-storage-emulator)", rss, int(meta["size"]))
+    finally:
+        gcs.stop()
