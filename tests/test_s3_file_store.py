@@ -96,7 +96,7 @@ def test_files_round_trip_through_s3(s3: Any, gw: Gateway) -> None:
 
 
 def test_multi_part_upload_and_local_path(s3: Any, gw: Gateway) -> None:
-    """More than one 8 MiB part; the local trainer's copy is downloaded into the data dir."""
+    """More than one part; the local trainer's copy is downloaded into the data dir."""
     big = LINE * (20 * 1024 * 1024 // len(LINE))
     uploaded = sdk(gw).files.create(file=("big.jsonl", io.BytesIO(big)), purpose="fine-tune")
     assert s3.head_object(Bucket=BUCKET, Key=f"{PREFIX}/{uploaded.id}")["ContentLength"] == len(big)

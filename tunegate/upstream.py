@@ -104,7 +104,11 @@ class Upstream:
         ``Retry-After``. Non-idempotent calls (creates, uploads) are sent exactly once."""
         attempts = policy.retry.attempts if idempotent else 1
         body = orjson.dumps(json) if json is not None else data
+        if isinstance(body, bytes | bytearray) and len(body) > _SLICE:
+            body = _Slices(body)
         send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        if isinstance(body, _Slices):
+            send_headers.setdefault("Content-Length", str(len(body.data)))  # sent as is, not chunked
         if json is not None:
             send_headers.setdefault("Content-Type", "application/json")
         for attempt in range(1, max(1, attempts) + 1):
@@ -161,6 +165,23 @@ class Upstream:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
+
+
+_SLICE = 256 * 1024
+
+
+class _Slices:
+    """A large in-memory body (an 8 MiB upload part, say) written in 256 KiB slices. Handed whole to
+    the socket, the event loop would copy the unsent remainder into its buffer: a second copy of the
+    part in memory. Re-iterable, so a retried request sends it again from the start."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> Any:
+        view = memoryview(self.data)  # the caller does not resize the body while it is sent
+        for start in range(0, len(view), _SLICE):
+            yield view[start:start + _SLICE]
 
 
 def _backoff(policy: RetryPolicy, attempt: int, retry_after: float | None) -> float:

@@ -29,6 +29,7 @@ from tests.gateway import Gateway
 from tests.standins import bedrock as standin_mod
 from tests.standins.bedrock import BedrockStandIn
 from tests.standins.openai_like import ServerThread
+from tunegate.aws.s3 import PART_SIZE
 from tunegate.providers import ids
 
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "bedrock-model-customization.json"
@@ -175,11 +176,11 @@ def test_moto_file_listing_pages_newest_first(aws: Any, gw: Gateway) -> None:
 
 def test_multipart_upload_in_parts_over_5_mib(aws: Any, gw: Gateway) -> None:
     line = json.dumps({"custom_id": "x" * 1000}).encode() + b"\n"
-    body = line * (17 * 1024 * 1024 // len(line) + 1)  # > 2 parts of 8 MiB
+    body = line * (17 * 1024 * 1024 // len(line) + 1)  # more than 2 parts of PART_SIZE (6 MiB)
     client = sdk(gw, aws_headers())
     uploaded = client.files.create(file=("big.jsonl", io.BytesIO(body)), purpose="batch")
     head = aws.head_object(Bucket=BUCKET, Key=s3_key(uploaded.id), PartNumber=1)
-    assert head["PartsCount"] == 3 and head["ContentLength"] == 8 * 1024 * 1024
+    assert head["PartsCount"] == 3 and head["ContentLength"] == PART_SIZE
     assert uploaded.bytes == len(body)
     assert aws.get_object(Bucket=BUCKET, Key=s3_key(uploaded.id))["Body"].read() == body
     assert client.files.content(uploaded.id).read() == body

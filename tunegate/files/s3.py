@@ -1,6 +1,6 @@
 """``S3Store``: managed files in an S3-compatible bucket, for deployments with several gateway instances.
 
-- ``write`` streams into a multipart upload (8 MiB parts, at most one part in memory) and hashes the
+- ``write`` streams into a multipart upload (PART_SIZE parts, at most one part in memory) and hashes the
   bytes as they pass; any failure — an S3 error, a bad upload, a client that disconnects — aborts the
   multipart upload, so no object and no dangling parts are left behind.
 - ``read`` streams GetObject; ``delete`` is DeleteObject.

@@ -108,17 +108,25 @@ class Storage:
         offset = 0
         try:
             async for piece in chunks:
-                buffer += piece
-                while len(buffer) > CHUNK:  # more than a chunk: the first CHUNK bytes are not the last ones
-                    persisted = await self._put(ctx, session, bytes(buffer[:CHUNK]), offset, None)
-                    del buffer[:persisted - offset]
-                    offset = persisted
-            return await self._finish(ctx, session, bytes(buffer), offset)
+                view = memoryview(piece)
+                while view:
+                    if len(buffer) == CHUNK:  # full, and more follows: so not the last chunk
+                        # Hand the buffer over (no copy); GCS may keep fewer bytes than sent, and the
+                        # rest starts the next chunk.
+                        part, buffer = buffer, bytearray()
+                        persisted = await self._put(ctx, session, part, offset, None)
+                        buffer += memoryview(part)[persisted - offset:]
+                        offset = persisted
+                    take = min(len(view), CHUNK - len(buffer))
+                    buffer += view[:take]
+                    view = view[take:]
+            return await self._finish(ctx, session, buffer, offset)
         except BaseException:
             await asyncio.shield(self._abandon(ctx, session))
             raise
 
-    async def _put(self, ctx: RequestContext, session: str, data: bytes, offset: int, total: int | None) -> int:
+    async def _put(self, ctx: RequestContext, session: str, data: bytes | bytearray, offset: int,
+                   total: int | None) -> int:
         """One intermediate chunk; returns how many bytes GCS holds now (it may keep fewer than sent)."""
         end = offset + len(data) - 1
         resp = await self._call(ctx, "PUT", session, data=data, idempotent=True,
@@ -135,7 +143,7 @@ class Storage:
                                 code="upstream_invalid_response")
         return min(persisted, end + 1)
 
-    async def _finish(self, ctx: RequestContext, session: str, data: bytes, offset: int) -> JSON:
+    async def _finish(self, ctx: RequestContext, session: str, data: bytes | bytearray, offset: int) -> JSON:
         total = offset + len(data)
         content_range = f"bytes {offset}-{total - 1}/{total}" if data else f"bytes */{total}"
         resp = await self._call(ctx, "PUT", session, data=data, idempotent=True,
