@@ -30,3 +30,15 @@ def standin() -> Iterator[tuple[StandIn, str]]:
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     with Gateway(tmp_path / "data", database_url=os.environ.get("TUNEGATE_TEST_DATABASE_URL")) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto in server mode: a real HTTP server speaking the AWS protocols (S3, Bedrock), on loopback."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

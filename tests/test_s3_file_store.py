@@ -18,7 +18,6 @@ import boto3
 import openai
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from tests.gateway import Gateway
 from tunegate.config import Settings
@@ -31,15 +30,6 @@ PREFIX = "shared/managed"
 LINE = (json.dumps({"messages": [{"role": "user", "content": "What is 2+2?"},
                                  {"role": "assistant", "content": "4"}]}) + "\n").encode()
 CHAT = LINE * 50
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ import openai
 import pytest
 import requests
 from moto.bedrock.models import BedrockBackend, bedrock_backends
-from moto.server import ThreadedMotoServer
 
 from tests.gateway import Gateway
 from tests.standins import bedrock as standin_mod
@@ -44,15 +43,6 @@ NO_RETRY = json.dumps({"retry": {"attempts": 0}})
 
 
 # ---- moto -----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
 
 @pytest.fixture
 def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:

@@ -12,14 +12,12 @@ subprocess is measured."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import boto3
 import pytest
 import requests
-from moto.server import ThreadedMotoServer
 
 from tests.process import PeakRSS, ServeProcess
 from tests.standins import bedrock as bedrock_standin
@@ -65,18 +63,10 @@ def report(name: str, rss: PeakRSS, size: int) -> None:
     assert rss.peak - rss.start < GROWTH_LIMIT_KIB, f"{name}: RSS grew {rss.peak - rss.start} KiB"
 
 
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 def test_bedrock_300_mib_upload_to_s3_streams(tmp_path: Path, moto_url: str) -> None:
     s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="AKIAMOTO",
                       aws_secret_access_key="moto-secret")
+    requests.post(moto_url + "/moto-api/reset", timeout=5)  # moto is shared by the session
     s3.create_bucket(Bucket=BUCKET)
     headers = {"x-portkey-provider": "bedrock", "x-portkey-aws-region": "us-east-1",
                "x-portkey-aws-access-key-id": bedrock_standin.ACCESS_KEY,

@@ -36,6 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.standins.openai_like import Recorded
+
 GRPC = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
         "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13, "UNAVAILABLE": 14,
         "UNAUTHENTICATED": 16}
@@ -55,15 +57,6 @@ JOB_FIELDS = {"dataset", "baseModel", "warmStartFrom", "outputModel", "displayNa
 
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass
