@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ class Connection:
     options: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     kind: str
     id: str
@@ -245,10 +246,14 @@ class Store:
             row = (await conn.execute(stmt)).one()
         self._place(StoredObject(kind, object_id, row[0], row[1], row[2], status, None))
 
+    PLACEMENTS_CACHED = 20_000  # ~6 MiB; the oldest entries make room (they are re-read on use)
+
     def _place(self, found: StoredObject) -> None:
-        if len(self._placements) > 200_000:
-            self._placements.clear()
-        self._placements[(found.kind, found.id)] = found
+        key = (found.kind, found.id)
+        self._placements.pop(key, None)
+        while len(self._placements) >= self.PLACEMENTS_CACHED:
+            del self._placements[next(iter(self._placements))]
+        self._placements[key] = dataclasses.replace(found, snapshot=None) if found.snapshot else found
 
     async def placement(self, kind: str, object_id: str) -> StoredObject | None:
         """Provider, connection and owner of a known object (cached; status and snapshot may be old)."""
