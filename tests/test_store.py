@@ -157,3 +157,14 @@ def test_gateway_end_to_end_on_postgres(tmp_path: Path) -> None:
         assert sdk.fine_tuning.jobs.cancel(job.id).status == "cancelled"
         recorded = gw.with_store(lambda s: s.lookup("job", job.id))
         assert recorded is not None and recorded.status == "cancelled" and recorded.provider == "openai"
+
+
+async def test_placement_cache_is_bounded(store: Store) -> None:
+    store.PLACEMENTS_CACHED = 50  # type: ignore[misc]
+    for n in range(120):
+        await store.record("job", f"ftjob-{n}", "openai", None, "key-a", "queued",
+                           {"id": f"ftjob-{n}", "big": "x" * 100})
+    assert len(store._placements) == 50
+    assert all(p.snapshot is None for p in store._placements.values())
+    found = await store.placement("job", "ftjob-0")  # evicted long ago: read back from the database
+    assert found is not None and found.key_id == "key-a" and found.provider == "openai"
