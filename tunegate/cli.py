@@ -67,21 +67,17 @@ def serve(
     """Run the gateway."""
     import os
 
-    import uvicorn
-
-    from tunegate.logs import uvicorn_log_config
-    from tunegate.metrics import prepare_multiprocess
-
     settings = _settings(config)
     if config:
         os.environ["TUNEGATE_CONFIG"] = str(config)  # worker processes load the same file
     # Migrate in a short-lived process, so the server never loads Alembic (and workers never race).
     subprocess.run([sys.executable, "-m", "tunegate", "migrate", *(["--config", str(config)] if config else [])],
                    check=True, stdout=subprocess.DEVNULL)
-    prepare_multiprocess(workers)  # /metrics then merges every worker's counters
-    uvicorn.run("tunegate.server:app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers, log_level=settings.log_level, access_log=False, proxy_headers=False,
-                timeout_graceful_shutdown=30, log_config=uvicorn_log_config(settings.log_level))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Become the server (same pid, so signals and supervisors see one process), without this CLI's modules.
+    os.execv(sys.executable, [sys.executable, "-m", "tunegate.server", "--host", host or settings.host,
+                              "--port", str(port or settings.port), "--workers", str(workers)])
 
 
 @app.command()

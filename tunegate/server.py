@@ -31,3 +31,46 @@ def app() -> Starlette:
     for noisy in ("botocore", "boto3", "urllib3", "google.auth", "aiohttp.client", "s3transfer"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger(noisy).level))
     return create_app(settings)
+
+
+def run(host: str, port: int, workers: int = 1) -> None:
+    """Serve the gateway with uvicorn until a signal stops it.
+
+    `tunegate serve` replaces its own process with this one (``python -m tunegate.server``), so the
+    command line's libraries (typer, click, rich, the HTTP client) never stay resident in a serving
+    process. uvicorn's ``run()`` helper is avoided for the same reason: it imports click and the reload
+    supervisor (watchfiles). No WebSocket protocol is loaded: the API has no WebSocket route."""
+    import uvicorn
+
+    from tunegate.logs import uvicorn_log_config
+    from tunegate.metrics import prepare_multiprocess
+
+    settings = Settings.load(os.environ.get("TUNEGATE_CONFIG") or None)
+    prepare_multiprocess(workers)  # /metrics then merges every worker's counters
+    config = uvicorn.Config("tunegate.server:app", factory=True, host=host, port=port, workers=workers,
+                            log_level=settings.log_level, access_log=False, proxy_headers=False, ws="none",
+                            timeout_graceful_shutdown=30, log_config=uvicorn_log_config(settings.log_level))
+    server = uvicorn.Server(config)
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the port was taken or the app failed to start
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tunegate.server", description=run.__doc__)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    run(args.host, args.port, args.workers)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,21 +13,24 @@ in ``x-portkey-api-key`` or ``Authorization: Bearer`` as for the API.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 
 from tunegate.api.common import Services, services
 from tunegate.errors import APIError
 from tunegate.store.secretbox import KEY_PREFIX
 from tunegate.ui import data
+
+if TYPE_CHECKING:
+    from starlette.templating import Jinja2Templates
 from tunegate.ui.data import JOB_STATUSES, JobFilters, Viewer
 
 HERE = Path(__file__).parent
@@ -59,9 +62,15 @@ def _size(n: Any) -> str:
     return str(n)
 
 
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-templates.env.filters["when"] = _when
-templates.env.filters["size"] = _size
+@functools.cache
+def _templates() -> Jinja2Templates:
+    """Built on the first page view, so a gateway nobody opens the dashboard of never loads Jinja2."""
+    from starlette.templating import Jinja2Templates
+
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["when"] = _when
+    templates.env.filters["size"] = _size
+    return templates
 
 
 # ---- who is looking ------------------------------------------------------------------------------
@@ -117,7 +126,7 @@ def _safe_next(target: str | None) -> str:
 
 
 def _render(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
-    response = templates.TemplateResponse(request, name, {"viewer": context.pop("viewer", None), **context},
+    response = _templates().TemplateResponse(request, name, {"viewer": context.pop("viewer", None), **context},
                                           status_code=status)
     response.headers.update(SECURITY_HEADERS)
     return response
