@@ -37,20 +37,22 @@ def _listed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
     return False
 
 
-async def check_custom_host(url: str, allowed: list[str]) -> str:
-    """Validate a custom host URL; returns it normalised (no trailing slash) or raises a 400."""
+async def check_custom_host(url: str, allowed: list[str], param: str = "x-portkey-custom-host",
+                            what: str = "x-portkey-custom-host") -> str:
+    """Validate a client-chosen URL; returns it normalised (no trailing slash) or raises a 400.
+
+    ``what`` names the URL in messages and ``param`` in the error's ``param`` (the same rule also guards
+    other URLs a client hands the gateway, such as a service account's ``token_uri``)."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     if parts.scheme not in ("http", "https") or not host:
-        raise InvalidRequest("x-portkey-custom-host must be an http(s) URL with a host.",
-                             param="x-portkey-custom-host", code="invalid_custom_host")
+        raise InvalidRequest(f"{what} must be an http(s) URL with a host.", param=param, code="invalid_custom_host")
     if parts.username or parts.password:
-        raise InvalidRequest("x-portkey-custom-host must not carry credentials.",
-                             param="x-portkey-custom-host", code="invalid_custom_host")
+        raise InvalidRequest(f"{what} must not carry credentials.", param=param, code="invalid_custom_host")
     refused = InvalidRequest(
-        f"x-portkey-custom-host '{host}' points at a private, loopback, link-local or metadata address, "
+        f"{what} '{host}' points at a private, loopback, link-local or metadata address, "
         "which this gateway does not allow (the operator can list it in allowed_custom_hosts).",
-        param="x-portkey-custom-host", code="custom_host_not_allowed")
+        param=param, code="custom_host_not_allowed")
     if host in METADATA_NAMES and not _listed(host, None, allowed):
         raise refused
     try:
@@ -63,8 +65,8 @@ async def check_custom_host(url: str, allowed: list[str]) -> str:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise InvalidRequest(f"x-portkey-custom-host '{host}' does not resolve.",
-                                 param="x-portkey-custom-host", code="invalid_custom_host") from exc
+            raise InvalidRequest(f"{what} '{host}' does not resolve.", param=param,
+                                 code="invalid_custom_host") from exc
         addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in addresses:
         if not _is_public(address) and not _listed(host, address, allowed):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -463,3 +465,64 @@ def test_a_bad_signature_is_refused_by_the_token_endpoint(env: Env) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         env.sdk(**{"x-portkey-vertex-service-account-json": "{not json"}).fine_tuning.jobs.list()
     assert bad.value.body["param"] == "x-portkey-vertex-service-account-json"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("token_uri", ["http://169.254.169.254/computeMetadata/v1/token",
+                                       "http://10.1.2.3/token", "http://metadata.google.internal/token"])
+def test_a_token_uri_on_a_private_address_is_refused(env: Env, token_uri: str) -> None:
+    # The token_uri is the client's choice: the gateway must not become a way to POST into its own network.
+    info, public_key = make_service_account(token_uri)
+    env.standin.register(info, public_key)
+    with pytest.raises(openai.BadRequestError) as exc:
+        env.sdk(**{"x-portkey-vertex-service-account-json": json.dumps(info)}).fine_tuning.jobs.list()
+    body: dict[str, Any] = exc.value.body  # type: ignore[assignment]
+    assert body["code"] == "custom_host_not_allowed"
+    assert body["param"] == "x-portkey-vertex-service-account-json"
+    assert "token_uri" in body["message"] and "PRIVATE KEY" not in body["message"]
+    assert env.standin.mints == {} and env.standin.vertex_requests() == []
+
+
+def test_token_endpoint_failures_are_openai_errors(env: Env) -> None:
+    # Nothing listens on this loopback port: the child process cannot reach it -> 502, no secret in the message.
+    info, _ = make_service_account(f"http://127.0.0.1:{free_port()}/token")
+    with pytest.raises(openai.APIStatusError) as down:
+        env.sdk(**{"x-portkey-vertex-service-account-json": json.dumps(info)}).fine_tuning.jobs.list()
+    assert down.value.status_code == 502
+    assert "token endpoint" in down.value.body["message"]  # type: ignore[index]
+    # A JSON whose private key is not a key: 400 naming the header, the key never echoed.
+    broken = {**info, "private_key": "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"}
+    with pytest.raises(openai.BadRequestError) as bad:
+        env.sdk(**{"x-portkey-vertex-service-account-json": json.dumps(broken)}).fine_tuning.jobs.list()
+    assert bad.value.body["code"] == "invalid_service_account"  # type: ignore[index]
+    assert "bm90IGEga2V5" not in json.dumps(bad.value.body)
+    assert env.standin.vertex_requests() == []
+
+
+def _mint_children() -> list[int]:
+    """Pids of this process's token-minting children still alive."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit():
+                continue
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"vertex_ai.mint" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return pids
+
+
+async def test_a_hanging_token_endpoint_times_out_and_leaves_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunegate.errors import UpstreamTimeout
+    from tunegate.providers.vertex_ai import auth
+
+    with socket.socket() as listener:  # accepts connections (backlog) and never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        info, _ = make_service_account(f"http://127.0.0.1:{listener.getsockname()[1]}/token")
+        monkeypatch.setattr(auth, "MINT_TIMEOUT", 3.0)
+        source = auth.TokenSource()
+        with pytest.raises(UpstreamTimeout):
+            await source.token(info, ["127.0.0.1"])
+    assert source.mints == 0 and _mint_children() == []

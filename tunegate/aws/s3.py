@@ -26,7 +26,7 @@ from tunegate.errors import NotFound, UpstreamError
 from tunegate.upstream import UpstreamResponse
 
 MIN_PART = 5 * 1024 * 1024
-PART_SIZE = 6 * 1024 * 1024  # buffered per part: never more than this in memory (S3 minimum: 5 MiB)
+PART_SIZE = 5 * 1024 * 1024  # buffered per part: never more than this in memory (the S3 minimum)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class VertexAI(Provider):
         """The Authorization header for Vertex AI and Cloud Storage alike (cloud-platform scope)."""
         info = service_account_info(ctx)
         if info is not None:
-            token = await self.tokens.token(info)
+            assert ctx.settings is not None
+            token = await self.tokens.token(info, ctx.settings.allowed_custom_hosts)
             ctx.credentials["access_token"] = token  # so ctx.redact hides it should a provider echo it
             return {"Authorization": f"Bearer {token}"}
         if key := ctx.credentials.get(self.credential_field):  # an access token sent as the provider key

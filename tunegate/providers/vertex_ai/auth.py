@@ -7,9 +7,11 @@ Where the credential comes from, first match wins:
 2. an access token sent as the provider key (``Authorization: Bearer ya29…``), used as is.
 
 A service account's token is minted with google-auth (``Credentials.from_service_account_info(..., scopes=
-[cloud-platform])`` then ``refresh``). ``refresh`` is a blocking HTTP call to the JSON's ``token_uri``: it runs in a
-worker thread. Tokens are cached per service account (client e-mail, key id, token URI) until
-``REFRESH_MARGIN`` seconds before they expire; a per-account lock makes concurrent requests mint once.
+[cloud-platform])`` then ``refresh``, a blocking HTTP call to the JSON's ``token_uri``) in a short-lived child
+process (``mint.py`` says why). The ``token_uri`` is a URL the client chose, so it passes the same check as
+``x-portkey-custom-host`` before anything is sent there. Tokens are cached per service account (client e-mail,
+key id, token URI) until ``REFRESH_MARGIN`` seconds before they expire; a per-account lock makes concurrent
+requests mint once.
 """
 
 from __future__ import annotations
@@ -18,22 +20,23 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import sys
 import threading
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tunegate.errors import APIError, InvalidRequest, Unauthorized, UpstreamUnreachable
+from tunegate.errors import APIError, InvalidRequest, Unauthorized, UpstreamTimeout, UpstreamUnreachable
+from tunegate.hosts import check_custom_host
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is minted again
+MINT_TIMEOUT = 30.0  # seconds for the child: start-up, google-auth, the token endpoint
 SA_OPTION = "vertex_service_account_json"
 SA_SECRETS = ("service_account_json", "vertex_service_account_json")
 SA_HEADER = "x-portkey-vertex-service-account-json"
@@ -107,7 +110,8 @@ class TokenSource:
         """Drop a cached token (after the provider refused it)."""
         self._tokens.pop(self.cache_key(info), None)
 
-    async def token(self, info: dict[str, Any]) -> str:
+    async def token(self, info: dict[str, Any], allowed_hosts: list[str]) -> str:
+        """A valid access token for ``info``; ``allowed_hosts`` is the operator's custom-host list."""
         key = self.cache_key(info)
         cached = self._tokens.get(key)
         if cached and cached.expires_at - REFRESH_MARGIN > time.time():
@@ -116,46 +120,44 @@ class TokenSource:
             cached = self._tokens.get(key)  # another request may have minted it while we waited
             if cached and cached.expires_at - REFRESH_MARGIN > time.time():
                 return cached.value
-            minted = await asyncio.to_thread(_mint, info)
+            await check_custom_host(str(info["token_uri"]), allowed_hosts, param=SA_HEADER,
+                                    what="The service account's token_uri")
+            minted = await _mint(info)
             self.mints += 1
             self._tokens[key] = minted
             return minted.value
 
 
-def _transport() -> Any:
+async def _mint(info: dict[str, Any]) -> _Token:
+    """Run ``mint.py`` in a child process and read its answer."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tunegate.providers.vertex_ai.mint", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)  # stderr could quote the key
     try:
-        from google.auth.transport.requests import Request
-
-        return Request()
-    except ImportError:  # google-auth without its `requests` extra: urllib3 is always there with it
-        import urllib3
-        from google.auth.transport.urllib3 import Request as Urllib3Request
-
-        return Urllib3Request(urllib3.PoolManager())
-
-
-def _mint(info: dict[str, Any]) -> _Token:
-    """Blocking: build the credentials and call the token endpoint (runs in a worker thread)."""
+        async with asyncio.timeout(MINT_TIMEOUT):
+            out, _ = await child.communicate(orjson.dumps(info))
+    except TimeoutError:
+        raise UpstreamTimeout("The service account's token endpoint did not answer in time.") from None
+    finally:  # timed out, or the request was cancelled: the child must not outlive it
+        if child.returncode is None:
+            child.kill()
+            await asyncio.shield(child.wait())
     try:
-        from google.auth import exceptions as gexc
-        from google.oauth2 import service_account
-    except ImportError as exc:  # pragma: no cover - the `cloud` extra is missing
-        raise APIError("Vertex AI service-account auth needs google-auth (pip install 'tunegate[cloud]').",
-                       status=500, code="missing_dependency") from exc
-    try:
-        creds = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidRequest(f"The service-account JSON is not usable: {type(exc).__name__}.", param=SA_HEADER,
-                             code="invalid_service_account") from None
-    try:
-        creds.refresh(_transport())
-    except gexc.RefreshError as exc:
-        # RefreshError carries the token endpoint's error (e.g. "invalid_grant: Invalid JWT Signature.").
-        reason = str(exc.args[0]) if exc.args else "refused"
-        raise Unauthorized(f"Google refused the service account's token request: {reason}",
-                           code="invalid_service_account") from None
-    except gexc.TransportError as exc:
-        raise UpstreamUnreachable("Could not reach the service account's token endpoint.") from exc
-    expiry = creds.expiry  # naive UTC datetime
-    expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else time.time() + 3600
-    return _Token(str(creds.token), expires_at)
+        answer = orjson.loads(out)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise APIError("Minting the service account's access token failed unexpectedly.", status=502,
+                       code="token_mint_failed")
+    if "token" in answer:
+        return _Token(str(answer["token"]), float(answer["expires_at"]))
+    kind, message = answer.get("error"), str(answer.get("message", ""))
+    if kind == "invalid":
+        raise InvalidRequest(message, param=SA_HEADER, code="invalid_service_account")
+    if kind == "refused":
+        raise Unauthorized(f"Google refused the service account's token request: {message}",
+                           code="invalid_service_account")
+    if kind == "unreachable":
+        raise UpstreamUnreachable(message)
+    raise APIError(message or "Minting the access token failed.", status=500,
+                   code="missing_dependency" if kind == "missing_dependency" else "token_mint_failed")

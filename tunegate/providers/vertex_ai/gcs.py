@@ -117,6 +117,7 @@ class Storage:
                         persisted = await self._put(ctx, session, part, offset, None)
                         buffer += memoryview(part)[persisted - offset:]
                         offset = persisted
+                        del part  # else the sent chunk stays alive while the next one fills: two in memory
                     take = min(len(view), CHUNK - len(buffer))
                     buffer += view[:take]
                     view = view[take:]
