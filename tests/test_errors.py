@@ -4,7 +4,10 @@ that should not be there."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +146,40 @@ def test_upload_form_errors(env: tuple[StandIn, str, Gateway]) -> None:
                                files={"purpose": (None, "fine-tune")}), 400, "file")
     assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream),
                                files={"file": ("t.jsonl", TRAINING)}), 400, "purpose")
+
+
+def _open_spools() -> int:
+    """Anonymous temporary files (spools) open in this process, where the in-thread gateway runs."""
+    tmp = tempfile.gettempdir()
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            count += target.startswith(tmp) and target.endswith("(deleted)")
+    return count
+
+
+def test_file_before_purpose_is_accepted(env: tuple[StandIn, str, Gateway]) -> None:
+    standin, upstream, gw = env
+    before = _open_spools()
+    # `file` first, as the openai Node SDK (v6) sends it: parked on disk until `purpose` arrives.
+    resp = requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                         files=[("file", ("t.jsonl", TRAINING)), ("purpose", (None, "fine-tune"))])
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["purpose"] == "fine-tune" and list(standin.contents.values()) == [TRAINING]
+    # Still validated: a bad file is refused and nothing reaches the provider.
+    bad = TRAINING.replace(b'"assistant"', b'"robot"', 1)
+    resp = requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                         files=[("file", ("t.jsonl", bad)), ("purpose", (None, "fine-tune"))])
+    assert_error(resp, 400, "file", "invalid_training_file")
+    # Too large, or no purpose at all after the file: clear errors, and the spool is gone each time.
+    big = b'{"prompt": "x", "completion": "y"}\n' * 200
+    assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                               files=[("file", ("b.jsonl", big)), ("purpose", (None, "batch"))]), 413)
+    assert_error(requests.post(gw.url + "/v1/files", headers=headers(upstream),
+                               files=[("file", ("t.jsonl", TRAINING)), ("other", (None, "x"))]), 400, "purpose")
+    assert len(standin.files) == 1
+    assert _open_spools() == before
 
 
 def test_pause_on_azure_ga_is_400(env: tuple[StandIn, str, Gateway]) -> None:

@@ -4,6 +4,7 @@ streamed downloads."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -14,6 +15,7 @@ from tunegate.context import RequestContext
 from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge, missing_param
 from tunegate.multipart import MultipartReader
 from tunegate.providers.base import JSON, IncomingFile
+from tunegate.spool import Spool
 
 FILE_FIELD_LIMIT = 64 * 1024
 
@@ -61,24 +63,53 @@ def services_settings(ctx: RequestContext):  # type: ignore[no-untyped-def]
     return ctx.settings
 
 
-async def read_form_file(request: Request, file_field: str, max_bytes: int) -> tuple[dict[str, str], MultipartReader,
-                                                                                       str, str]:
-    """Read the form's text fields up to the file part; returns (fields, reader positioned at the file's
-    bytes, filename, content type). Fields must come before the file (as the SDKs and OpenAI's curl
-    examples send them), so the file can stream on without being stored."""
+@dataclass
+class FormFile:
+    """The file part of a multipart form, ready to stream, and the form's text fields."""
+
+    fields: dict[str, str]
+    chunks: AsyncIterator[bytes]
+    filename: str
+    content_type: str
+    spool: Spool | None = None  # set when the file had to wait on disk for a later field
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+async def read_form_file(request: Request, file_field: str, max_bytes: int, needs: tuple[str, ...] = ()) -> FormFile:
+    """Read a multipart form up to its file part. When the fields the upload ``needs`` come first (as the
+    Python SDK and OpenAI's curl examples send them), the file streams on from the request without being
+    stored. When the file comes first (the Node SDK's order), it is spooled to disk while the rest of the
+    form is read. The caller closes the returned form."""
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
         raise PayloadTooLarge(f"The upload is larger than this gateway's limit of {max_bytes} bytes.", param=file_field)
     reader = MultipartReader(request.stream(), content_type, max_bytes)
     fields: dict[str, str] = {}
-    while (part := await reader.next_part()) is not None:
-        if part.name == file_field and part.filename is not None:
-            return fields, reader, part.filename or "upload", part.content_type
-        if part.filename is not None:
-            raise InvalidRequest(f"Unexpected file field '{part.name}'.", param=part.name)
-        fields[part.name] = await reader.text(FILE_FIELD_LIMIT)
-    raise missing_param(file_field)
+    file: tuple[str, str] | None = None  # (filename, content type)
+    spooled: Spool | None = None
+    try:
+        while (part := await reader.next_part()) is not None:
+            if part.name == file_field and part.filename is not None and file is None:
+                file = (part.filename or "upload", part.content_type)
+                if all(fields.get(name) for name in needs):
+                    return FormFile(fields, reader.chunks(), *file)
+                spooled = Spool()
+                await spooled.fill(reader.chunks())
+                continue
+            if part.filename is not None:
+                raise InvalidRequest(f"Unexpected file field '{part.name}'.", param=part.name, code="invalid_multipart")
+            fields[part.name] = await reader.text(FILE_FIELD_LIMIT)
+    except BaseException:
+        if spooled is not None:
+            spooled.close()
+        raise
+    if file is None or spooled is None:
+        raise missing_param(file_field)
+    return FormFile(fields, spooled.chunks(), *file, spool=spooled)
 
 
 def _file_default(request: Request) -> str | None:
@@ -88,28 +119,36 @@ def _file_default(request: Request) -> str | None:
 async def upload_file(request: Request) -> Response:
     ctx = await context(request, default_provider=_file_default(request))
     max_bytes = services(request).settings.max_upload_bytes
-    fields, reader, filename, content_type = await read_form_file(request, "file", max_bytes)
-    purpose = fields.pop("purpose", None)
-    if not purpose:
-        raise InvalidRequest("Missing required parameter: 'purpose' (send it before 'file').", param="purpose",
-                             code="missing_required_parameter")
-    guarded = GuardedChunks(reader.chunks(), _validator_for(ctx, purpose, max_bytes))
-    incoming = IncomingFile(filename=filename, purpose=purpose, content_type=content_type,
-                            chunks=guarded.__aiter__(), fields=fields)
     slots = services(request).uploads
+    with slots.hold(ctx.key_id or "open", services(request).settings.max_concurrent_uploads):
+        form = await read_form_file(request, "file", max_bytes, needs=("purpose",))
+        try:
+            created, report = await _upload(ctx, form, max_bytes)
+        finally:
+            form.close()
+    await remember(ctx, "file", created)
+    if ctx.provider.keeps_files and report is not None and ctx.store is not None:
+        await ctx.store.set_managed_report(created["id"], report.to_dict())  # shown in the dashboard
+    return respond(created)
+
+
+async def _upload(ctx: RequestContext, form: FormFile, max_bytes: int) -> tuple[JSON, Any]:
+    """Send the form's file to the provider, validated on the way: (the file object, the validation report)."""
+    purpose = form.fields.pop("purpose", None)
+    if not purpose:
+        raise missing_param("purpose")
+    guarded = GuardedChunks(form.chunks, _validator_for(ctx, purpose, max_bytes))
+    incoming = IncomingFile(filename=form.filename, purpose=purpose, content_type=form.content_type,
+                            chunks=guarded.__aiter__(), fields=form.fields)
     try:
-        with slots.hold(ctx.key_id or "open", services(request).settings.max_concurrent_uploads):
-            created = await ctx.provider.upload_file(ctx, incoming)
+        created = await ctx.provider.upload_file(ctx, incoming)
     except APIError:
         if isinstance(guarded.error, APIError):
             raise guarded.error from None
         raise
     if isinstance(guarded.error, BaseException):  # an adapter swallowed it: never register a bad file
         raise guarded.error
-    await remember(ctx, "file", created)
-    if ctx.provider.keeps_files and guarded.report is not None and ctx.store is not None:
-        await ctx.store.set_managed_report(created["id"], guarded.report.to_dict())  # shown in the dashboard
-    return respond(created)
+    return created, guarded.report
 
 
 async def list_files(request: Request) -> Response:

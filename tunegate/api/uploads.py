@@ -35,9 +35,12 @@ async def create_upload(request: Request) -> Response:
 
 async def add_part(request: Request) -> Response:
     ctx = await context(request, _upload_ref(request))
-    _fields, reader, filename, content_type = await read_form_file(request, "data", MAX_PART_BYTES)
-    part = IncomingFile(filename=filename, purpose="", content_type=content_type, chunks=reader.chunks())
-    return respond(await ctx.provider.add_upload_part(ctx, request.path_params["upload_id"], part))
+    form = await read_form_file(request, "data", MAX_PART_BYTES)
+    part = IncomingFile(filename=form.filename, purpose="", content_type=form.content_type, chunks=form.chunks)
+    try:
+        return respond(await ctx.provider.add_upload_part(ctx, request.path_params["upload_id"], part))
+    finally:
+        form.close()
 
 
 async def complete_upload(request: Request) -> Response:
