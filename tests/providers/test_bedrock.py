@@ -28,6 +28,7 @@ from tests.gateway import Gateway
 from tests.standins import bedrock as standin_mod
 from tests.standins.bedrock import BedrockStandIn
 from tests.standins.openai_like import ServerThread
+from tests.standins.sts import StsStandIn
 from tunegate.aws.s3 import PART_SIZE
 from tunegate.providers import ids
 
@@ -554,3 +555,70 @@ def test_standin_answers_match_the_botocore_model(standin: tuple[BedrockStandIn,
     assert listing["nextToken"] and len(listing["modelCustomizationJobSummaries"]) == 1
     statuses = {fake.jobs[ids.decode("ftjob", j.id)]["status"] for j in jobs}
     assert statuses == {"Stopped", "Failed"}
+
+
+# ---- assumed roles (STS AssumeRole) ----------------------------------------------------------------
+
+ASSUMED = "arn:aws:iam::123456789012:role/tunegate-caller"
+
+
+@pytest.fixture
+def sts(standin: tuple[BedrockStandIn, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[StsStandIn]:
+    fake, _ = standin
+    service = StsStandIn(keys=fake.keys)  # what STS issues, the Bedrock stand-in accepts
+    with ServerThread(service.app()) as server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", server.url)
+        yield service
+
+
+def test_assumed_role_signs_with_temporary_credentials(standin: tuple[BedrockStandIn, str], sts: StsStandIn,
+                                                       gw: Gateway) -> None:
+    fake, url = standin
+    sts.allow(ASSUMED, "ext-42")
+    client = sdk(gw, headers_for(url, **{"x-portkey-aws-role-arn": ASSUMED, "x-portkey-aws-external-id": "ext-42"}))
+    assert client.fine_tuning.jobs.list().data == []
+    job = client.fine_tuning.jobs.create(model=NOVA, training_file=f"s3://{BUCKET}/data/train.jsonl", suffix="role")
+    assert client.fine_tuning.jobs.retrieve(job.id).id == job.id
+    # One AssumeRole, signed with the long-term keys, for every Bedrock call that followed.
+    assert len(sts.calls) == 1
+    call = sts.calls[0]
+    assert call["RoleArn"] == ASSUMED and call["ExternalId"] == "ext-42" and call["DurationSeconds"] == "3600"
+    (temporary,) = sts.issued
+    assert len(fake.requests) == 4  # list, create and the GET of the full job, retrieve
+    for request in fake.requests:  # each signed with the temporary key and carrying its session token
+        assert request.headers["Authorization"].startswith(f"AWS4-HMAC-SHA256 Credential={temporary}/")
+        assert request.headers["X-Amz-Security-Token"] == fake.keys[temporary][1]
+
+
+def test_assume_role_errors(standin: tuple[BedrockStandIn, str], sts: StsStandIn, gw: Gateway) -> None:
+    fake, url = standin
+    sts.allow(ASSUMED, "ext-42")
+    wrong = sdk(gw, headers_for(url, **{"x-portkey-aws-role-arn": ASSUMED, "x-portkey-aws-external-id": "ext-43"}))
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        wrong.fine_tuning.jobs.list()
+    body: dict[str, Any] = denied.value.body  # type: ignore[assignment]
+    assert body["code"] == "assume_role_denied" and "AccessDenied" in body["message"] and ASSUMED in body["message"]
+    assert standin_mod.SECRET not in json.dumps(body)
+    bad_arn = sdk(gw, headers_for(url, **{"x-portkey-aws-role-arn": "role/tunegate-caller"}))
+    with pytest.raises(openai.BadRequestError) as invalid:
+        bad_arn.fine_tuning.jobs.list()
+    assert invalid.value.body["param"] == "x-portkey-aws-role-arn"  # type: ignore[index]
+    bearer_only = {k: v for k, v in headers_for(url, **{"x-portkey-aws-role-arn": ASSUMED}).items()
+                   if "access-key" not in k}
+    with pytest.raises(openai.BadRequestError) as no_keys:  # STS needs SigV4: a Bedrock API key cannot assume
+        sdk(gw, bearer_only, api_key=standin_mod.BEARER).fine_tuning.jobs.list()
+    assert no_keys.value.body["param"] == "x-portkey-aws-access-key-id"  # type: ignore[index]
+    assert len(sts.calls) == 1 and fake.requests == []  # only the denied AssumeRole went out
+
+
+def test_assumed_role_against_moto_sts_and_s3(aws: Any, gw: Gateway) -> None:
+    # moto's STS answers AssumeRole with its own XML: the S3 upload then runs on those credentials.
+    from tunegate.providers import REGISTRY
+
+    roles = REGISTRY["bedrock"].roles  # type: ignore[attr-defined]
+    before = roles.assumed
+    client = sdk(gw, aws_headers(**{"x-portkey-aws-role-arn": ASSUMED}))
+    uploaded = client.files.create(file=("train.jsonl", io.BytesIO(CHAT)), purpose="fine-tune")
+    assert aws.head_object(Bucket=BUCKET, Key=s3_key(uploaded.id))["ContentLength"] == uploaded.bytes
+    assert [f.id for f in client.files.list().data] == [uploaded.id]
+    assert roles.assumed == before + 1  # moto's credentials parsed, cached, and used for every call

@@ -14,7 +14,8 @@ timestamps are ISO 8601 with milliseconds and ``Z``.
 Behaviour: every GET of a job advances it one step — validating, then training, then Completed (or
 Failed when its customModelName starts with "fail"); a stop makes it Stopping, then Stopped. Requests
 are recorded (method, raw path, query, headers, body) and every SigV4 signature is verified with
-botocore against ``SECRET``: a request whose signed URL differs from the one sent is refused (403).
+botocore against ``keys`` (``SECRET``, and credentials the STS stand-in issued, whose session token must
+come along): a request whose signed URL differs from the one sent is refused (403).
 ``fail_next(status, type)`` scripts error answers.
 """
 
@@ -38,6 +39,33 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 
 
+def check_signature(request: web.Request, body: bytes, keys: dict[str, tuple[str, str | None]],
+                    service: str) -> str | None:
+    """Verify a SigV4 request with botocore against ``keys``; None when it holds, else the AWS error type."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("AWS4-HMAC-SHA256 "):
+        return "UnrecognizedClientException"
+    fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
+    access, _date, region, signed_service, _ = fields["Credential"].split("/")
+    secret, token = keys.get(access, (None, None))
+    if secret is None or signed_service != service or token != request.headers.get("X-Amz-Security-Token"):
+        return "UnrecognizedClientException"
+    signed = fields["SignedHeaders"].split(";")
+    headers = {name: request.headers[name] for name in signed if name in request.headers}
+    url = f"http://{request.headers['Host']}{request.raw_path}"
+    replay = AWSRequest(method=request.method, url=url, data=body, headers=headers)
+    replay.context["timestamp"] = request.headers["X-Amz-Date"]
+    signer = SigV4Auth(Credentials(access, secret, token), service, region)
+    canonical = signer.canonical_request(replay)
+    if signer.signature(signer.string_to_sign(replay, canonical), replay) != fields["Signature"]:
+        return "InvalidSignatureException"
+    return None
+
+
 @dataclass
 class Recorded:
     method: str
@@ -56,6 +84,8 @@ class BedrockStandIn:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ARN, in creation order
     tokens: dict[str, str] = field(default_factory=dict)  # clientRequestToken → ARN
     faults: list[tuple[int, str]] = field(default_factory=list)
+    # access key -> (secret, session token or None): the long-term keys, plus any STS issued
+    keys: dict[str, tuple[str, str | None]] = field(default_factory=lambda: {ACCESS_KEY: (SECRET, None)})
     clock: datetime = field(default_factory=lambda: datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC))
     _ticks: itertools.count = field(default_factory=itertools.count)
 
@@ -75,34 +105,14 @@ class BedrockStandIn:
     # ---- auth --------------------------------------------------------------------------------
 
     def verify(self, request: web.Request, body: bytes) -> web.Response | None:
-        auth = request.headers.get("Authorization", "")
-        if auth == f"Bearer {BEARER}":
+        if request.headers.get("Authorization", "") == f"Bearer {BEARER}":
             return None
-        if not auth.startswith("AWS4-HMAC-SHA256 "):
-            return self.error(403, "UnrecognizedClientException", "The security token included in the request is "
-                                                                  "invalid.")
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
-        access, date, region, service, _ = fields["Credential"].split("/")
-        if access != ACCESS_KEY or service != "bedrock":
-            return self.error(403, "UnrecognizedClientException", "The security token included in the request is "
-                                                                  "invalid.")
-        signed = fields["SignedHeaders"].split(";")
-        headers = {name: request.headers[name] for name in signed if name in request.headers}
-        url = f"http://{request.headers['Host']}{request.raw_path}"
-        replay = AWSRequest(method=request.method, url=url, data=body, headers=headers)
-        replay.context["timestamp"] = request.headers["X-Amz-Date"]
-        signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET, request.headers.get("X-Amz-Security-Token")),
-                           "bedrock", region)
-        canonical = signer.canonical_request(replay)
-        expected = signer.signature(signer.string_to_sign(replay, canonical), replay)
-        if expected != fields["Signature"]:
-            return self.error(403, "InvalidSignatureException", "The request signature we calculated does not match "
-                                                                "the signature you provided.")
-        return None
+        problem = check_signature(request, body, self.keys, "bedrock")
+        if problem is None:
+            return None
+        return self.error(403, problem, "The security token included in the request is invalid."
+                          if problem == "UnrecognizedClientException" else
+                          "The request signature we calculated does not match the signature you provided.")
 
     # ---- the API -----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,16 @@ def sign(credentials: AwsAuth, service: str, region_name: str, method: str, url:
     request = AWSRequest(method=method, url=url, data=body or b"", headers=dict(headers))
     signer.add_auth(request)
     return {k: str(v) for k, v in request.headers.items()}
+
+
+def xml(body: bytes) -> ET.Element:
+    """An AWS XML answer (S3, STS), namespaces dropped: ``find("Key")`` instead of ``find("{ns}Key")``.
+    Raises ``ET.ParseError`` on a body that is not XML."""
+    root = ET.fromstring(body)
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag.startswith("{"):
+            element.tag = element.tag.split("}", 1)[1]
+    return root
 
 
 def open_url(url: str) -> Any:

@@ -22,6 +22,7 @@ from typing import NoReturn
 from urllib.parse import quote
 
 from tunegate import aws
+from tunegate.aws import xml
 from tunegate.errors import NotFound, UpstreamError
 from tunegate.upstream import UpstreamResponse
 
@@ -44,14 +45,6 @@ class Bucket:
             base = f"https://{self.name}.s3.{self.region}.amazonaws.com"
         qs = aws.query_string(query or [])
         return f"{base}/{quote(key, safe='/-_.~')}" + (f"?{qs}" if qs else "")
-
-
-def xml(body: bytes) -> ET.Element:
-    root = ET.fromstring(body)
-    for element in root.iter():  # drop the S3 namespace: find("Key") instead of find("{ns}Key")
-        if isinstance(element.tag, str) and element.tag.startswith("{"):
-            element.tag = element.tag.split("}", 1)[1]
-    return root
 
 
 def xml_error(body: bytes) -> tuple[str | None, str | None]:

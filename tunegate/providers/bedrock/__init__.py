@@ -42,6 +42,13 @@ class Bedrock(Provider):
     # customModelName is 1–63 characters and must be unique: tunegate appends "-" and 8 characters.
     suffix_max_length = 54
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.roles = aws.RoleSessions()
+
+    async def credentials(self, ctx: RequestContext) -> aws.AwsAuth:
+        return await self.roles.credentials(ctx)
+
     # ---- plumbing --------------------------------------------------------------------------------
 
     def base_url(self, ctx: RequestContext) -> str:
@@ -77,7 +84,7 @@ class Bedrock(Provider):
             url += "?" + aws.query_string(query)
         data = orjson.dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        response = await aws.call(ctx, aws.auth(ctx), "bedrock", aws.region(ctx), method, url, headers=headers,
+        response = await aws.call(ctx, await self.credentials(ctx), "bedrock", aws.region(ctx), method, url, headers=headers,
                                   body=data, idempotent=method == "GET" if idempotent is None else idempotent)
         return self.check(ctx, response)
 
@@ -124,7 +131,7 @@ class Bedrock(Provider):
                             param: str) -> None:
         """A file uploaded through tunegate records its data format: refuse a file converted for another
         model family now, rather than as a failed job an hour later."""
-        credentials = aws.auth(ctx)
+        credentials = await self.credentials(ctx)
         if file_value.startswith("s3://") or not credentials.sigv4:
             return
         bucket_name, key = s3.parse_uri(uri)
@@ -296,18 +303,18 @@ class Bedrock(Provider):
 
     # ---- files -----------------------------------------------------------------------------------
 
-    def _store(self, ctx: RequestContext) -> tuple[s3.S3, str]:
+    async def _store(self, ctx: RequestContext) -> tuple[s3.S3, str]:
         bucket, prefix = s3.bucket_for(ctx)
-        return s3.S3(self, ctx, aws.auth(ctx), bucket), f"{prefix}/files/"
+        return s3.S3(self, ctx, await self.credentials(ctx), bucket), f"{prefix}/files/"
 
-    def _locate(self, ctx: RequestContext, file_id: str) -> tuple[s3.S3, str]:
+    async def _locate(self, ctx: RequestContext, file_id: str) -> tuple[s3.S3, str]:
         uri = ids.decode("file", file_id, "file")
         try:
             bucket_name, key = s3.parse_uri(uri)
         except ValueError:
             raise NotFound(f"No such file: '{file_id}'.") from None
         bucket = s3.Bucket(bucket_name, aws.region(ctx, "aws_s3_region"), aws.endpoint_from_env("s3"))
-        return s3.S3(self, ctx, aws.auth(ctx), bucket), key
+        return s3.S3(self, ctx, await self.credentials(ctx), bucket), key
 
     @staticmethod
     def _file(bucket: str, key: str, size: int, fallback_time: Any = None) -> JSON | None:
@@ -340,7 +347,7 @@ class Bedrock(Provider):
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
         if not s3.SEGMENT.fullmatch(upload.purpose):
             raise InvalidRequest(f"'{upload.purpose}' is not a purpose tunegate can store in S3.", param="purpose")
-        store, prefix = self._store(ctx)
+        store, prefix = await self._store(ctx)
         data_format = self._data_format(ctx, upload.purpose)
         name = re.sub(r"[^-_.a-zA-Z0-9]", "_", upload.filename)[-200:].lstrip(".") or "upload.jsonl"
         stamp = _STAMP_MAX - int(time.time() * 1000)
@@ -359,10 +366,10 @@ class Bedrock(Provider):
             raise InvalidRequest("Bedrock files (S3 objects) are listed newest first only.", param="order",
                                  code="unsupported_parameter")
         purpose = page.extra.get("purpose")
-        store, prefix = self._store(ctx)
+        store, prefix = await self._store(ctx)
         start_after = None
         if page.after:
-            other, start_after = self._locate(ctx, page.after)
+            other, start_after = await self._locate(ctx, page.after)
             if other.bucket.name != store.bucket.name:
                 raise InvalidRequest("'after' names a file in another bucket.", param="after")
         want = page.limit + 1
@@ -380,7 +387,7 @@ class Bedrock(Provider):
         return models.page(found[:page.limit], len(found) > page.limit, with_ids=True)
 
     async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        store, key = self._locate(ctx, file_id)
+        store, key = await self._locate(ctx, file_id)
         head = await store.head(key, "file", file_id)
         obj = self._file(store.bucket.name, key, int(head.headers.get("Content-Length") or 0),
                          head.headers.get("Last-Modified"))
@@ -389,13 +396,13 @@ class Bedrock(Provider):
         return obj
 
     async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        store, key = self._locate(ctx, file_id)
+        store, key = await self._locate(ctx, file_id)
         await store.head(key, "file", file_id)  # S3 deletes missing keys silently: OpenAI answers 404
         await store.delete(key)
         return models.deleted(file_id)
 
     async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
-        store, key = self._locate(ctx, file_id)
+        store, key = await self._locate(ctx, file_id)
         url, headers = store.signed_get(key)
         try:
             return await self.download(ctx, aws.open_url(url), headers=headers)
