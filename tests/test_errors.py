@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -299,6 +301,40 @@ def test_operator_list_replaces_loopback_default(tmp_path: Path) -> None:
     with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "d", allowed_custom_hosts=["10.0.0.0/8"]) as gw:
         resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers=headers(upstream.url))
         assert_error(resp, 400, "x-portkey-custom-host", "custom_host_not_allowed")
+
+
+def test_custom_host_that_rebinds_to_a_private_address_is_refused(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # DNS rebinding: the name answers a public address when the gateway checks it, then a private one
+    # (here loopback, which this operator's empty list refuses) when the HTTP client connects.
+    from tunegate import hosts
+
+    checked: list[str] = []
+
+    async def public_at_check_time(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        checked.append(host)
+        return [ipaddress.ip_address("93.184.216.34")]
+
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "d", allowed_custom_hosts=[]) as gw:
+        monkeypatch.setattr(hosts, "lookup", public_at_check_time)
+        custom = f"http://localhost:{urlsplit(upstream.url).port}{standin.prefix}"
+        resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers={
+            "x-portkey-provider": "openai", "x-portkey-custom-host": custom, "Authorization": "Bearer sk-1"})
+        assert_error(resp, 400, "x-portkey-custom-host", "custom_host_not_allowed")
+    assert checked == ["localhost"]  # the first check passed...
+    assert not standin.requests  # ...and still nothing was sent to the address the name rebound to
+
+
+def test_custom_host_by_name_on_the_default_list_is_served(tmp_path: Path) -> None:
+    # The connect-time guard applies the same list: 'localhost' (listed by default) resolves and works.
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "d") as gw:
+        custom = f"http://localhost:{urlsplit(upstream.url).port}{standin.prefix}"
+        resp = requests.get(gw.url + "/v1/fine_tuning/jobs", headers={
+            "x-portkey-provider": "openai", "x-portkey-custom-host": custom, "Authorization": f"Bearer {standin.api_key}"})
+        assert resp.status_code == 200, resp.text
+    assert standin.requests
 
 
 def test_health_and_readiness(env: tuple[StandIn, str, Gateway]) -> None:

@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         store = await Store.open(settings.resolved_database_url, box)
-        upstream = Upstream()
+        upstream = Upstream(settings.allowed_custom_hosts)
         files_upstream = Upstream()  # the file store's own session (S3), outside any request
         files = open_file_store(settings, files_upstream)
         await asyncio.to_thread(files.prepare)

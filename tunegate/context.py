@@ -16,6 +16,7 @@ import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -179,8 +180,12 @@ class ContextResolver:
             raise Forbidden(f"This key has no connection for provider '{provider_name}'.",
                             param="x-portkey-provider", code="no_connection")
         ctx.options.update(_header_options(headers))
-        ctx.base_url_override = (await self._custom_host(headers.get("x-portkey-custom-host"))
-                                 or ctx.base_url_override or self.settings.provider_base_url(provider_name))
+        custom_host = await self._custom_host(headers.get("x-portkey-custom-host"))
+        if custom_host:
+            # Calls to it resolve through the guard again (see tunegate.hosts: DNS rebinding).
+            ctx.policy.client_host = (urlsplit(custom_host).hostname or "").lower()
+        ctx.base_url_override = (custom_host or ctx.base_url_override
+                                 or self.settings.provider_base_url(provider_name))
         return ctx
 
     async def _authenticate(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str | None]:

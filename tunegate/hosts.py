@@ -3,7 +3,10 @@
 Portkey's rule: loopback is trusted by default (local development); the operator's list replaces that
 default; private, link-local, metadata and other non-public addresses are refused unless listed.
 The check runs on the addresses the name resolves to, not only on the string, so a public-looking
-name that resolves to 169.254.169.254 is refused too.
+name that resolves to 169.254.169.254 is refused too. It runs twice: once when the request arrives
+(``check_custom_host``, a clear 400 before anything is sent) and again on the addresses the HTTP client
+actually connects to (``GuardedResolver``), so a name whose DNS answer changes in between (DNS
+rebinding) cannot lead the gateway into a private network.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from tunegate.errors import InvalidRequest
 
@@ -37,6 +44,54 @@ def _listed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
     return False
 
 
+def address_allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str]) -> bool:
+    return _is_public(ip) or _listed(host, ip, allowed)
+
+
+async def lookup(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` resolves to (raises OSError when it does not)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def refusal(host: str, param: str = "x-portkey-custom-host", what: str = "x-portkey-custom-host") -> InvalidRequest:
+    return InvalidRequest(
+        f"{what} '{host}' points at a private, loopback, link-local or metadata address, "
+        "which this gateway does not allow (the operator can list it in allowed_custom_hosts).",
+        param=param, code="custom_host_not_allowed")
+
+
+class HostNotAllowed(OSError):
+    """Raised inside aiohttp's connect when a client-chosen name resolves to a refused address."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(f"'{host}' resolved to an address this gateway does not allow")
+        self.host = host
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver for the session that serves client-chosen hosts: every address it hands to the
+    connector passes the same rule as ``check_custom_host``, or the connection is never opened."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self._allowed = allowed
+        self._inner: AbstractResolver | None = None
+
+    async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = DefaultResolver()
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            ip = ipaddress.ip_address(str(result["host"]).split("%")[0])
+            if not address_allowed(host.lower(), ip, self._allowed):
+                raise HostNotAllowed(host)
+        return results
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
 async def check_custom_host(url: str, allowed: list[str], param: str = "x-portkey-custom-host",
                             what: str = "x-portkey-custom-host") -> str:
     """Validate a client-chosen URL; returns it normalised (no trailing slash) or raises a 400.
@@ -49,10 +104,7 @@ async def check_custom_host(url: str, allowed: list[str], param: str = "x-portke
         raise InvalidRequest(f"{what} must be an http(s) URL with a host.", param=param, code="invalid_custom_host")
     if parts.username or parts.password:
         raise InvalidRequest(f"{what} must not carry credentials.", param=param, code="invalid_custom_host")
-    refused = InvalidRequest(
-        f"{what} '{host}' points at a private, loopback, link-local or metadata address, "
-        "which this gateway does not allow (the operator can list it in allowed_custom_hosts).",
-        param=param, code="custom_host_not_allowed")
+    refused = refusal(host, param, what)
     if host in METADATA_NAMES and not _listed(host, None, allowed):
         raise refused
     try:
@@ -63,12 +115,10 @@ async def check_custom_host(url: str, allowed: list[str], param: str = "x-portke
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+            addresses = await lookup(host, parts.port or 443)
         except OSError as exc:
             raise InvalidRequest(f"{what} '{host}' does not resolve.", param=param,
                                  code="invalid_custom_host") from exc
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
-    for address in addresses:
-        if not _is_public(address) and not _listed(host, address, allowed):
-            raise refused
+    if not all(address_allowed(host, address, allowed) for address in addresses):
+        raise refused
     return url.rstrip("/")

@@ -17,9 +17,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from tunegate.config import RetryPolicy, Timeouts
 from tunegate.errors import UpstreamTimeout, UpstreamUnreachable
+from tunegate.hosts import GuardedResolver, HostNotAllowed, refusal
 
 USER_AGENT = "tunegate/0.1"
 
@@ -46,6 +48,7 @@ class CallPolicy:
     timeouts: Timeouts
     retry: RetryPolicy
     stats: dict[str, int] = field(default_factory=lambda: {"attempts": 0, "retries": 0})
+    client_host: str | None = None  # the host of x-portkey-custom-host: its calls resolve through the guard
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -64,28 +67,53 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 class Upstream:
-    """Holds the session; created in the app's lifespan, closed at shutdown."""
+    """Holds the sessions; created in the app's lifespan, closed at shutdown.
 
-    def __init__(self) -> None:
+    Two pools: one for the hosts the operator configured (providers' URLs, endpoint overrides), and one
+    for hosts a client chose (``x-portkey-custom-host``), whose resolver refuses the addresses the
+    custom-host rule refuses (``allowed_client_hosts`` is the operator's list). Separate pools also mean
+    separate DNS caches: nothing resolved for one is reused by the other."""
+
+    def __init__(self, allowed_client_hosts: list[str] | None = None) -> None:
+        self._allowed = ["localhost", "127.0.0.1", "::1"] if allowed_client_hosts is None else allowed_client_hosts
         self._session: aiohttp.ClientSession | None = None
+        self._client_session: aiohttp.ClientSession | None = None
+
+    @staticmethod
+    def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                        json_serialize=lambda o: orjson.dumps(o).decode())
+        # aiohttp silently re-sends a GET/DELETE once when a kept-alive connection closes before
+        # the answer; tunegate's own retry policy must be the only one, so attempts are counted
+        # (and bounded) in one place. There is no public switch for this in aiohttp 3.x.
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        return session
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=512, ttl_dns_cache=300, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
-                json_serialize=lambda o: orjson.dumps(o).decode())
-            # aiohttp silently re-sends a GET/DELETE once when a kept-alive connection closes before
-            # the answer; tunegate's own retry policy must be the only one, so attempts are counted
-            # (and bounded) in one place. There is no public switch for this in aiohttp 3.x.
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            self._session = self._new_session(
+                aiohttp.TCPConnector(limit=512, ttl_dns_cache=300, enable_cleanup_closed=True))
         return self._session
 
+    @property
+    def client_session(self) -> aiohttp.ClientSession:
+        if self._client_session is None or self._client_session.closed:
+            self._client_session = self._new_session(aiohttp.TCPConnector(
+                limit=512, ttl_dns_cache=10, enable_cleanup_closed=True, resolver=GuardedResolver(self._allowed)))
+        return self._client_session
+
+    def _session_for(self, url: str | yarl.URL, policy: CallPolicy) -> aiohttp.ClientSession:
+        if policy.client_host is None:
+            return self.session
+        host = (url if isinstance(url, yarl.URL) else yarl.URL(url)).host
+        return self.client_session if host is not None and host.lower() == policy.client_host else self.session
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._client_session):
+            if session is not None:
+                await session.close()
 
     async def request(
         self,
@@ -114,7 +142,8 @@ class Upstream:
         for attempt in range(1, max(1, attempts) + 1):
             policy.stats["attempts"] += 1
             try:
-                response = await self._send(method, url, policy.timeouts, send_headers, params, body)
+                response = await self._send(self._session_for(url, policy), method, url, policy.timeouts,
+                                            send_headers, params, body)
             except (UpstreamUnreachable, UpstreamTimeout):
                 if attempt >= attempts:
                     raise
@@ -129,12 +158,12 @@ class Upstream:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, method: str, url: str, timeouts: Timeouts, headers: Mapping[str, str],
-                    params: Any, body: Any) -> UpstreamResponse:
+    async def _send(self, session: aiohttp.ClientSession, method: str, url: str, timeouts: Timeouts,
+                    headers: Mapping[str, str], params: Any, body: Any) -> UpstreamResponse:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_byte) as deadline:
-                async with self.session.request(method, url, headers=headers, params=params, data=body,
+                async with session.request(method, url, headers=headers, params=params, data=body,
                                                  timeout=timeout, allow_redirects=False) as resp:
                     # First byte arrived: from here only the idle timeout (sock_read) applies.
                     deadline.reschedule(None)
@@ -143,6 +172,8 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, HostNotAllowed):  # the custom host's DNS answer changed (rebinding)
+                raise refusal(exc.os_error.host) from None
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise UpstreamUnreachable("The connection to the provider broke off.") from exc
@@ -158,11 +189,15 @@ class Upstream:
         policy.stats["attempts"] += 1
         try:
             async with asyncio.timeout(policy.timeouts.connect + policy.timeouts.first_byte):
-                return await self.session.request(method, url, params=params, timeout=timeout,
+                return await self._session_for(url, policy).request(method, url, params=params, timeout=timeout,
                                                   headers={"User-Agent": USER_AGENT, **(headers or {})},
                                                   allow_redirects=False)
         except TimeoutError as exc:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, HostNotAllowed):
+                raise refusal(exc.os_error.host) from None
+            raise UpstreamUnreachable("Could not connect to the provider.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
 
