@@ -84,6 +84,14 @@ def event(*, id: str, created_at: int, message: str, level: str = "info", type: 
     return obj
 
 
+def derived_event_id(job_id: str, name: str) -> str:
+    """A stable id for an event tunegate derives from a job's state (for providers with no event log):
+    the same job and the same named moment give the same id on every read, so ``after`` cursors hold."""
+    import hashlib
+
+    return f"ftevent-{hashlib.sha256(job_id.encode()).hexdigest()[:16]}-{name}"
+
+
 def checkpoint(*, id: str, created_at: int, job_id: str, step_number: int, model_checkpoint: str,
                metrics: JSON) -> JSON:
     return {"object": "fine_tuning.job.checkpoint", "id": id, "created_at": int(created_at),

@@ -378,11 +378,9 @@ def test_role_events_checkpoints_and_format_mismatch(standin: tuple[BedrockStand
     assert err.value.body["param"] == "x-portkey-aws-bedrock-role-arn"
     client = sdk(gw, headers_for(url))
     job = client.fine_tuning.jobs.create(model=NOVA, training_file="s3://tunegate-train/t.jsonl")
-    for call in (lambda: client.fine_tuning.jobs.list_events(job.id),
-                 lambda: client.fine_tuning.jobs.checkpoints.list(job.id)):
-        with pytest.raises(openai.BadRequestError) as unsupported:
-            call()
-        assert unsupported.value.body["code"] == "unsupported_operation"
+    with pytest.raises(openai.BadRequestError) as unsupported:
+        client.fine_tuning.jobs.checkpoints.list(job.id)
+    assert unsupported.value.body["code"] == "unsupported_operation"
     # Converted for Claude 3 Haiku, then used for Llama: refused before Bedrock sees it.
     claude = sdk(gw, headers_for(url, **{"x-portkey-bedrock-model": "anthropic.claude-3-haiku-20240307-v1:0:200k"}))
     claude_file = upload(claude)
@@ -555,6 +553,40 @@ def test_standin_answers_match_the_botocore_model(standin: tuple[BedrockStandIn,
     assert listing["nextToken"] and len(listing["modelCustomizationJobSummaries"]) == 1
     statuses = {fake.jobs[ids.decode("ftjob", j.id)]["status"] for j in jobs}
     assert statuses == {"Stopped", "Failed"}
+
+
+def test_events_are_derived_from_the_job(standin: tuple[BedrockStandIn, str], gw: Gateway) -> None:
+    fake, url = standin
+    client = sdk(gw, headers_for(url))
+    job = client.fine_tuning.jobs.create(model=NOVA, training_file="s3://tunegate-train/t.jsonl", suffix="ev")
+    first = client.fine_tuning.jobs.list_events(job.id)  # validating: created, the three phases started
+    assert re.fullmatch(r"Created fine-tuning job tunegate-\w+ for custom model ev-[0-9a-f]{8}", first.data[-1].message)
+    assert "Validating the training data: started" in [e.message for e in first.data]
+    while client.fine_tuning.jobs.retrieve(job.id).status != "succeeded":
+        pass
+    events = client.fine_tuning.jobs.list_events(job.id)
+    arn = ids.decode("ftjob", job.id)
+    assert [e.message for e in events.data] == [
+        f"The job has successfully completed: {fake.jobs[arn]['outputModelArn']}", "Final training loss 0.25",
+        "Training: completed", "Processing the training data: completed", "Validating the training data: completed",
+        "Training: started", "Processing the training data: started", "Validating the training data: started",
+        events.data[-1].message]
+    assert events.data[1].type == "metrics" and events.data[1].data == {"train_loss": 0.25}
+    assert all(e.object == "fine_tuning.job.event" and e.level == "info" for e in events.data)
+    assert [e.created_at for e in events.data] == sorted((e.created_at for e in events.data), reverse=True)
+    # Stable ids, so OpenAI's cursor pages through them.
+    page = client.fine_tuning.jobs.list_events(job.id, limit=3)
+    rest = client.fine_tuning.jobs.list_events(job.id, limit=20, after=page.data[-1].id)
+    assert page.has_more and [e.id for e in page.data + rest.data] == [e.id for e in events.data]
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.list_events(job.id, after="ftevent-nope")
+    assert bad.value.body["param"] == "after"  # type: ignore[index]
+
+    failing = client.fine_tuning.jobs.create(model=NOVA, training_file="s3://tunegate-train/t.jsonl", suffix="fail")
+    while client.fine_tuning.jobs.retrieve(failing.id).status != "failed":
+        pass
+    latest = client.fine_tuning.jobs.list_events(failing.id).data[0]
+    assert latest.level == "error" and "invalid format on line 3" in latest.message
 
 
 # ---- assumed roles (STS AssumeRole) ----------------------------------------------------------------

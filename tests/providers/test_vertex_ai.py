@@ -238,9 +238,16 @@ def test_full_lifecycle(env: Env) -> None:
     second_page = sdk.fine_tuning.jobs.checkpoints.list(done.id, limit=1, after=checkpoints.data[0].id)
     assert [c.step_number for c in second_page.data] == [20] and second_page.has_more is False
 
-    with pytest.raises(openai.BadRequestError) as exc:
-        sdk.fine_tuning.jobs.list_events(done.id)
-    assert exc.value.body["code"] == "unsupported_operation"  # type: ignore[index]
+    # Vertex keeps no event log: the events are derived from the job, newest first, with stable ids.
+    events = sdk.fine_tuning.jobs.list_events(done.id)
+    assert [e.message for e in events.data] == [
+        f"The job has successfully completed: {native['tunedModel']['endpoint']}",
+        "Tuning started on 12 examples (4096 billable tokens)",
+        f"Created tuning job {native['tunedModelDisplayName']}"]
+    assert events.data[1].data == {"examples": 12, "billable_tokens": 4096, "steps": 20}
+    assert events.data[0].created_at == done.finished_at and events.data[2].created_at == done.created_at
+    rest = sdk.fine_tuning.jobs.list_events(done.id, after=events.data[0].id, limit=1)
+    assert [e.id for e in rest.data] == [events.data[1].id] and rest.has_more is True
 
     second = sdk.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL)
     before = len(env.standin.requests)
@@ -319,6 +326,8 @@ def test_failed_job_carries_its_error(env: Env) -> None:
     assert (failed.error.code, failed.error.param) == ("invalid_argument", None)
     assert failed.error.message == "Dataset validation failed: line 3: 'contents' must end with a model turn."
     assert failed.trained_tokens is None
+    latest = sdk.fine_tuning.jobs.list_events(job.id).data[0]
+    assert latest.level == "error" and latest.message == failed.error.message
 
 
 def test_dpo_upload_and_create(env: Env) -> None:

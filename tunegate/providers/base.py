@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from tunegate.errors import NotSupported, UpstreamError
+from tunegate import models
+from tunegate.errors import InvalidRequest, NotSupported, UpstreamError
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -211,3 +212,15 @@ def generic_error_message(response: UpstreamResponse) -> tuple[str, str | None, 
             return (str(message) if message else fallback), (str(err_type) if err_type else None), (
                 str(code) if code is not None else None)
     return fallback, None, None
+
+
+def page_in_memory(items: list[JSON], page: Page, kind: str, *, with_ids: bool = False) -> JSON:
+    """One page of a list already in memory (events, checkpoints), with OpenAI's cursor: ``after`` is the
+    id of the last item of the previous page; an id that is not in the list is a 400."""
+    if page.after:
+        ids = [item["id"] for item in items]
+        if page.after not in ids:
+            raise InvalidRequest(f"'after' names no {kind} of this job: '{page.after}'.", param="after",
+                                 code="invalid_cursor")
+        items = items[ids.index(page.after) + 1:]
+    return models.page(items[:page.limit], len(items) > page.limit, with_ids=with_ids)

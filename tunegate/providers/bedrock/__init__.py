@@ -24,7 +24,7 @@ import orjson
 from tunegate import models
 from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import ids
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.bedrock import aws, jobs, s3
 from tunegate.upstream import UpstreamResponse
 
@@ -295,8 +295,8 @@ class Bedrock(Provider):
         return list(await asyncio.gather(*(one(s) for s in summaries)))
 
     async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
-        raise self.unsupported("fine-tuning job events (Bedrock reports only the job's status and, when it "
-                               "ends, metrics files in the output S3 prefix)")
+        """Derived from the job itself (Bedrock keeps no event log): see ``jobs.events``."""
+        return page_in_memory(jobs.events(await self._get(ctx, self._arn(job_id)), job_id), page, "event")
 
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         raise self.unsupported("fine-tuning job checkpoints (Bedrock produces one custom model per job)")

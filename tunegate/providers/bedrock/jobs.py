@@ -244,3 +244,50 @@ def to_job(raw: JSON, *, metadata: dict[str, str] | None = None, base_override: 
                 "learning_rate_multiplier", "auto"), "n_epochs": hp.get("n_epochs", "auto")}}},
         **extra,
     )
+
+
+_PHASES = (("validationDetails", "Validating the training data"),
+           ("dataProcessingDetails", "Processing the training data"),
+           ("trainingDetails", "Training"))
+
+
+def events(raw: JSON, job_id: str) -> list[JSON]:
+    """The job's progress as OpenAI events, newest first. Bedrock keeps no event log, so the events are
+    derived from what the job reports — its creation, each sub-task's status and times (``statusDetails``),
+    its outcome and final training loss — and come out the same on every read."""
+    found: list[tuple[int, str, str, str, str, JSON | None]] = []  # (time, name, level, message, type, data)
+
+    def add(when: int | None, name: str, message: str, level: str = "info", kind: str = "message",
+            data: JSON | None = None) -> None:
+        if when:
+            found.append((when, name, level, message, kind, data))
+
+    model = f" for custom model {raw['outputModelName']}" if raw.get("outputModelName") else ""
+    add(timestamp(raw.get("creationTime")), "created", f"Created fine-tuning job {raw.get('jobName') or job_id}{model}")
+    details = raw.get("statusDetails") or {}
+    for key, label in _PHASES:
+        phase = details.get(key) or {}
+        state = phase.get("status")
+        if state and state != "NotStarted":
+            add(timestamp(phase.get("creationTime")), f"{key}-started", f"{label}: started")
+        if state in ("Completed", "Failed", "Stopped"):
+            add(timestamp(phase.get("lastModifiedTime")), f"{key}-{state.lower()}", f"{label}: {state.lower()}",
+                "error" if state == "Failed" else "info")
+    native = raw.get("status")
+    end = timestamp(raw.get("endTime")) or timestamp(raw.get("lastModifiedTime"))
+    loss = (raw.get("trainingMetrics") or {}).get("trainingLoss")
+    if native == "Completed":
+        if loss is not None:
+            add(end, "metrics", f"Final training loss {loss}", kind="metrics", data={"train_loss": loss})
+        add(end, "succeeded", "The job has successfully completed"
+            + (f": {raw['outputModelArn']}" if raw.get("outputModelArn") else ""))
+    elif native == "Failed":
+        add(end, "failed", str(raw.get("failureMessage") or "The job failed"), "error")
+    elif native == "Stopping":
+        add(timestamp(raw.get("lastModifiedTime")), "stopping", "Cancelling the job")
+    elif native == "Stopped":
+        add(end, "cancelled", "The job was cancelled")
+    ordered = sorted(enumerate(found), key=lambda item: (item[1][0], item[0]))  # by time, then as added
+    return [models.event(id=models.derived_event_id(job_id, name), created_at=when, level=level, message=message,
+                         type=kind, data=data)
+            for _, (when, name, level, message, kind, data) in reversed(ordered)]

@@ -11,7 +11,7 @@ import orjson
 
 from tunegate import models
 from tunegate.errors import InvalidRequest
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.vertex_ai import jobs
 from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
 from tunegate.providers.vertex_ai.gcs import (
@@ -181,12 +181,11 @@ class VertexAI(Provider):
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         """``tunedModel.checkpoints`` (present when the job kept intermediate checkpoints), paged locally."""
         items = jobs.checkpoints(await self._get(ctx, jobs.job_name(job_id)))
-        if page.after:
-            at = [c["id"] for c in items]
-            if page.after not in at:
-                raise InvalidRequest(f"No checkpoint '{page.after}' in this job.", param="after")
-            items = items[at.index(page.after) + 1:]
-        return models.page(items[:page.limit], len(items) > page.limit, with_ids=True)
+        return page_in_memory(items, page, "checkpoint", with_ids=True)
+
+    async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
+        """Derived from the job itself (Vertex keeps no event log for tuning jobs): see ``jobs.events``."""
+        return page_in_memory(jobs.events(await self._get(ctx, jobs.job_name(job_id))), page, "event")
 
     # ---- files ---------------------------------------------------------------------------------
 

@@ -303,3 +303,42 @@ def checkpoints(raw: JSON) -> list[JSON]:
             created_at=created, job_id=public, step_number=step,
             model_checkpoint=str(ck.get("endpoint") or ""), metrics=metrics))
     return sorted(out, key=lambda c: c["step_number"])
+
+
+def events(raw: JSON) -> list[JSON]:
+    """The job's progress as OpenAI events, newest first. Vertex keeps no event log for tuning jobs (metrics
+    go to a Vertex Experiment), so the events are derived from the job — created, started (with the data
+    statistics once Vertex has them), its outcome — and come out the same on every read."""
+    job = job_id(str(raw.get("name", "")))
+    found: list[tuple[int, str, str, str, JSON | None]] = []  # (time, name, level, message, data)
+
+    def add(when: int | None, name: str, message: str, level: str = "info", data: JSON | None = None) -> None:
+        if when:
+            found.append((when, name, level, message, data))
+
+    add(unix(raw.get("createTime")), "created",
+        f"Created tuning job {raw.get('tunedModelDisplayName') or raw.get('name', job)}")
+    data_stats = raw.get("tuningDataStats") or {}
+    stats = data_stats.get("supervisedTuningDataStats") or data_stats.get("preferenceOptimizationDataStats") or {}
+    examples, tokens, steps = (_int(stats.get(k)) for k in
+                               ("tuningDatasetExampleCount", "totalBillableTokenCount", "tuningStepCount"))
+    about = {k: v for k, v in (("examples", examples), ("billable_tokens", tokens), ("steps", steps)) if v is not None}
+    add(unix(raw.get("startTime")), "started", "Tuning started" + (
+        f" on {examples} examples" if examples is not None else "") + (
+        f" ({tokens} billable tokens)" if tokens is not None else ""), data=about or None)
+    state = str(raw.get("state") or "")
+    end = unix(raw.get("endTime")) or unix(raw.get("updateTime"))
+    tuned = raw.get("tunedModel") or {}
+    if state in ("JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"):
+        target = tuned.get("endpoint") or tuned.get("model")
+        add(end, "succeeded", "The job has successfully completed" + (f": {target}" if target else ""))
+    elif state in ("JOB_STATE_FAILED", "JOB_STATE_EXPIRED"):
+        add(end, "failed", str((raw.get("error") or {}).get("message") or f"The job ended in {state}"), "error")
+    elif state == "JOB_STATE_CANCELLING":
+        add(unix(raw.get("updateTime")), "cancelling", "Cancelling the job")
+    elif state == "JOB_STATE_CANCELLED":
+        add(end, "cancelled", "The job was cancelled")
+    ordered = sorted(enumerate(found), key=lambda item: (item[1][0], item[0]))  # by time, then as added
+    return [models.event(id=models.derived_event_id(job, name), created_at=when, level=level, message=message,
+                         data=data)
+            for _, (when, name, level, message, data) in reversed(ordered)]
