@@ -535,3 +535,31 @@ async def test_a_hanging_token_endpoint_times_out_and_leaves_no_child(monkeypatc
         with pytest.raises(UpstreamTimeout):
             await source.token(info, ["127.0.0.1"])
     assert source.mints == 0 and _mint_children() == []
+
+
+async def test_a_token_uri_that_rebinds_is_refused_at_connect_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway's check sees a public address; the child then resolves 'localhost' (not on this empty
+    # operator list) and refuses to connect: the token endpoint never hears from it.
+    import ipaddress
+
+    from tunegate import hosts
+    from tunegate.errors import InvalidRequest
+    from tunegate.providers.vertex_ai import auth
+
+    async def public_at_check_time(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        return [ipaddress.ip_address("93.184.216.34")]
+
+    standin = VertexStandIn()
+    with ServerThread(standin.app()) as server:
+        standin.url = server.url
+        port = server.url.rsplit(":", 1)[1]
+        info, public_key = make_service_account(f"http://localhost:{port}/token")
+        standin.register(info, public_key)
+        monkeypatch.setattr(hosts, "lookup", public_at_check_time)
+        with pytest.raises(InvalidRequest) as refused:
+            await auth.TokenSource().token(info, [])
+        assert refused.value.code == "custom_host_not_allowed" and "token_uri" in refused.value.message
+        assert standin.mints == {} and standin.token_errors == []
+        # The same account with 'localhost' allowed mints a token through the same pinned path.
+        assert await auth.TokenSource().token(info, ["localhost"])
+        assert standin.mints == {info["client_email"]: 1}

@@ -26,11 +26,12 @@ import time
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from tunegate.errors import APIError, InvalidRequest, Unauthorized, UpstreamTimeout, UpstreamUnreachable
-from tunegate.hosts import check_custom_host
+from tunegate.hosts import check_custom_host, refusal
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
@@ -122,20 +123,20 @@ class TokenSource:
                 return cached.value
             await check_custom_host(str(info["token_uri"]), allowed_hosts, param=SA_HEADER,
                                     what="The service account's token_uri")
-            minted = await _mint(info)
+            minted = await _mint(info, allowed_hosts)
             self.mints += 1
             self._tokens[key] = minted
             return minted.value
 
 
-async def _mint(info: dict[str, Any]) -> _Token:
+async def _mint(info: dict[str, Any], allowed_hosts: list[str]) -> _Token:
     """Run ``mint.py`` in a child process and read its answer."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tunegate.providers.vertex_ai.mint", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)  # stderr could quote the key
     try:
         async with asyncio.timeout(MINT_TIMEOUT):
-            out, _ = await child.communicate(orjson.dumps(info))
+            out, _ = await child.communicate(orjson.dumps({"service_account": info, "allowed_hosts": allowed_hosts}))
     except TimeoutError:
         raise UpstreamTimeout("The service account's token endpoint did not answer in time.") from None
     finally:  # timed out, or the request was cancelled: the child must not outlive it
@@ -159,5 +160,7 @@ async def _mint(info: dict[str, Any]) -> _Token:
                            code="invalid_service_account")
     if kind == "unreachable":
         raise UpstreamUnreachable(message)
+    if kind == "host_not_allowed":  # the token_uri's name rebound to a refused address after our check
+        raise refusal(urlsplit(str(info["token_uri"])).hostname or "", SA_HEADER, "The service account's token_uri")
     raise APIError(message or "Minting the access token failed.", status=500,
                    code="missing_dependency" if kind == "missing_dependency" else "token_mint_failed")

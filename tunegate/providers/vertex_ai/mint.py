@@ -1,10 +1,14 @@
 """Mint one OAuth access token for a service account: ``python -m tunegate.providers.vertex_ai.mint``.
 
-Runs as a short-lived child of the gateway. The service-account JSON comes on stdin (never on the command
-line, where ``ps`` would show the private key); one JSON line goes to stdout:
+Runs as a short-lived child of the gateway. ``{"service_account": {...}, "allowed_hosts": [...]}`` comes on
+stdin (never on the command line, where ``ps`` would show the private key); one JSON line goes to stdout:
 ``{"token": "...", "expires_at": 1767225600.0}`` or ``{"error": KIND, "message": "..."}`` with KIND one of
 ``invalid`` (the JSON is not a usable service account), ``refused`` (the token endpoint said no),
-``unreachable`` (it could not be reached) or ``missing_dependency``.
+``unreachable`` (it could not be reached), ``host_not_allowed`` (the ``token_uri``'s name resolved to an
+address the custom-host rule refuses) or ``missing_dependency``.
+
+The gateway checked the ``token_uri`` before starting this process, but DNS may answer differently now
+(rebinding): every connection is made to an address checked here, at connect time, with the same rule.
 
 Why a process and not a thread: google-auth signs the JWT with ``cryptography`` (which carries its own
 OpenSSL) and posts it with urllib3. Imported into the gateway for a call made once an hour per account,
@@ -25,8 +29,49 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 TOKEN_TIMEOUT = 20.0  # seconds for the token endpoint to answer (the parent also kills a child that hangs)
 
 
-def mint(info: dict[str, Any]) -> dict[str, Any]:
-    """The token for ``info`` (a parsed service-account JSON), or an error description. Never raises."""
+class _Refused(OSError):
+    pass
+
+
+def _pin_connections(allowed: list[str]) -> None:
+    """Make urllib3 connect only to addresses the custom-host rule allows, and to exactly the address
+    that was checked (TLS still verifies the name: urllib3 passes it to the handshake separately)."""
+    import ipaddress
+    import socket
+
+    import urllib3.util.connection as connection
+
+    from tunegate.hosts import address_allowed
+
+    original = connection.create_connection
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for info in infos:
+            ip = str(info[4][0]).split("%")[0]
+            if not address_allowed(host.lower(), ipaddress.ip_address(ip), allowed):
+                raise _Refused(host)
+        return original((str(infos[0][4][0]), port), *args, **kwargs)
+
+    connection.create_connection = create_connection  # type: ignore[assignment]
+
+
+def _refused(exc: BaseException | None) -> _Refused | None:
+    """Our refusal inside the errors urllib3 and google-auth wrapped it in, if it is there."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _Refused):
+            return exc
+        reason = getattr(exc, "reason", None)
+        exc = exc.__cause__ or exc.__context__ or (reason if isinstance(reason, BaseException) else None)
+    return None
+
+
+def mint(info: dict[str, Any], allowed_hosts: list[str] | None = None) -> dict[str, Any]:
+    """The token for ``info`` (a parsed service-account JSON), or an error description. Never raises.
+    With ``allowed_hosts``, connections go only to addresses the custom-host rule allows."""
     try:
         import urllib3
         from google.auth import exceptions as gexc
@@ -40,14 +85,19 @@ def mint(info: dict[str, Any]) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as exc:
         # The exception's text may quote the key material: only its type leaves this process.
         return {"error": "invalid", "message": f"The service-account JSON is not usable: {type(exc).__name__}."}
-    http = urllib3.PoolManager(num_pools=1, timeout=urllib3.Timeout(total=TOKEN_TIMEOUT))
+    if allowed_hosts is not None:
+        _pin_connections(allowed_hosts)
+    http = urllib3.PoolManager(num_pools=1, timeout=urllib3.Timeout(total=TOKEN_TIMEOUT), retries=False)
     try:
         creds.refresh(Request(http))
     except gexc.RefreshError as exc:
         # RefreshError carries the token endpoint's error (e.g. "invalid_grant: Invalid JWT Signature.").
         reason = str(exc.args[0]) if exc.args else "refused"
         return {"error": "refused", "message": reason[:500]}
-    except gexc.TransportError:
+    except gexc.TransportError as exc:
+        refused = _refused(exc)
+        if refused is not None:
+            return {"error": "host_not_allowed", "message": str(refused.args[0])}
         return {"error": "unreachable", "message": "Could not reach the service account's token endpoint."}
     expiry = creds.expiry  # naive UTC datetime
     expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else time.time() + 3600
@@ -56,13 +106,15 @@ def mint(info: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     try:
-        info = orjson.loads(sys.stdin.buffer.read())
+        request = orjson.loads(sys.stdin.buffer.read())
     except orjson.JSONDecodeError:
-        info = None
+        request = None
+    info = request.get("service_account") if isinstance(request, dict) else None
     if not isinstance(info, dict):
         result: dict[str, Any] = {"error": "invalid", "message": "The service-account JSON is not an object."}
     else:
-        result = mint(info)
+        allowed = request.get("allowed_hosts") if isinstance(request, dict) else None
+        result = mint(info, [str(h) for h in allowed] if isinstance(allowed, list) else None)
     sys.stdout.buffer.write(orjson.dumps(result) + b"\n")
 
 
