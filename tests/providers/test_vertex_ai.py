@@ -4,6 +4,7 @@ mode, and a real service-account JSON whose token is minted by google-auth again
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -563,3 +564,29 @@ async def test_a_token_uri_that_rebinds_is_refused_at_connect_time(monkeypatch: 
         # The same account with 'localhost' allowed mints a token through the same pinned path.
         assert await auth.TokenSource().token(info, ["localhost"])
         assert standin.mints == {info["client_email"]: 1}
+
+
+async def test_at_most_four_tokens_are_minted_at_once() -> None:
+    # Six new accounts at the same moment: the gateway runs at most MINTS_AT_ONCE minting children at a time.
+    from aiohttp import web
+
+    from tunegate.providers.vertex_ai import auth
+
+    in_flight, most = 0, 0
+
+    async def slow_token(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(1.5)  # held long enough for every child that is allowed to run to arrive
+        in_flight -= 1
+        return web.json_response({"access_token": "ya29.slow", "expires_in": 3600, "token_type": "Bearer"})
+
+    app = web.Application()
+    app.router.add_post("/token", slow_token)
+    with ServerThread(app) as server:
+        accounts = [make_service_account(server.url + "/token")[0] for _ in range(6)]
+        source = auth.TokenSource()
+        tokens = await asyncio.gather(*(source.token(info, ["127.0.0.1"]) for info in accounts))
+    assert tokens == ["ya29.slow"] * 6 and source.mints == 6
+    assert most == auth.MINTS_AT_ONCE

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a cached token is minted again
 MINT_TIMEOUT = 30.0  # seconds for the child: start-up, google-auth, the token endpoint
+MINTS_AT_ONCE = 4  # child processes per gateway process (a burst of new accounts waits its turn)
 SA_OPTION = "vertex_service_account_json"
 SA_SECRETS = ("service_account_json", "vertex_service_account_json")
 SA_HEADER = "x-portkey-vertex-service-account-json"
@@ -93,6 +94,8 @@ class TokenSource:
         self._guard = threading.Lock()  # protects _locks (adapters are shared by every loop in the process)
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
             weakref.WeakKeyDictionary())
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
         self.mints = 0  # how many tokens were minted (for tests and logs)
 
     @staticmethod
@@ -106,6 +109,11 @@ class TokenSource:
         with self._guard:
             per_loop = self._locks.setdefault(loop, {})
             return per_loop.setdefault(key, asyncio.Lock())
+
+    def _mint_slot(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            return self._slots.setdefault(loop, asyncio.Semaphore(MINTS_AT_ONCE))
 
     def forget(self, info: dict[str, Any]) -> None:
         """Drop a cached token (after the provider refused it)."""
@@ -123,7 +131,8 @@ class TokenSource:
                 return cached.value
             await check_custom_host(str(info["token_uri"]), allowed_hosts, param=SA_HEADER,
                                     what="The service account's token_uri")
-            minted = await _mint(info, allowed_hosts)
+            async with self._mint_slot():
+                minted = await _mint(info, allowed_hosts)
             self.mints += 1
             self._tokens[key] = minted
             return minted.value
