@@ -60,6 +60,8 @@ class PeakRSS:
         self.pid = pid
         self.start = rss_kib(pid)
         self.peak = self.start
+        self.seconds = 0.0  # set by callers that time what they measured
+        self.cpu = 0.0  # the process's CPU seconds over the same span, likewise
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -402,8 +402,8 @@ async def _collect(chunks: list[bytes], target: str) -> list[bytes]:
 def test_aconvert_matches_convert_lines(cuts: list[int], target: str) -> None:
     points = [0, *sorted(set(cuts)), len(DATA)]
     chunks = [DATA[a:b] for a, b in zip(points, points[1:], strict=False)]
-    expected = list(convert_lines(DATA.split(b"\n"), target))
-    assert asyncio.run(_collect(chunks, target)) == expected
+    expected = b"".join(convert_lines(DATA.split(b"\n"), target))
+    assert b"".join(asyncio.run(_collect(chunks, target))) == expected  # chunked as the input was
 
 
 def test_aconvert_error_line_number() -> None:

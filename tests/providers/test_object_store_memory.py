@@ -12,6 +12,8 @@ subprocess is measured."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -49,17 +51,27 @@ def expected_size(target: str) -> int:
     return len(b"".join(convert_lines([LINE.rstrip(b"\n")], target))) * lines_sent()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def upload(url: str, headers: dict[str, str], pid: int) -> tuple[dict[str, object], PeakRSS]:
+    started, cpu = time.monotonic(), cpu_seconds(pid)
     with PeakRSS(pid) as rss:
         resp = requests.post(url + "/v1/files", data=multipart_stream(BOUNDARY, LINE, SIZE), timeout=600,
                              headers={**headers, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
     assert resp.status_code == 200, resp.text[:500]
+    rss.seconds = time.monotonic() - started
+    rss.cpu = cpu_seconds(pid) - cpu
     return resp.json(), rss
 
 
 def report(name: str, rss: PeakRSS, size: int) -> None:
     print(f"{name}: gateway RSS start {rss.start / 1024:.1f} MiB, peak {rss.peak / 1024:.1f} MiB "
-          f"during a {SIZE / 2**20:.0f} MiB upload ({size / 2**20:.0f} MiB stored)")
+          f"during a {SIZE / 2**20:.0f} MiB upload ({size / 2**20:.0f} MiB stored) in {rss.seconds:.1f} s "
+          f"({SIZE / 1e6 / rss.seconds:.0f} MB/s; the emulator shares this machine), gateway CPU {rss.cpu:.1f} s "
+          f"= {SIZE / 1e6 / rss.cpu:.0f} MB per CPU-second (validated, converted, sent)")
     assert rss.peak < PEAK_LIMIT_KIB, f"{name}: peak RSS {rss.peak} KiB"
     assert rss.peak - rss.start < GROWTH_LIMIT_KIB, f"{name}: RSS grew {rss.peak - rss.start} KiB"
 

@@ -601,13 +601,15 @@ def convert_lines(lines: Iterable[bytes], target: str) -> Iterator[bytes]:
 
 
 async def aconvert(chunks: AsyncIterator[bytes], target: str) -> AsyncIterator[bytes]:
-    """Like :func:`convert_lines` over arbitrary byte chunks (lines re-split here)."""
+    """Like :func:`convert_lines` over arbitrary byte chunks (lines re-split here). Yields the converted
+    lines of each incoming chunk together: a yield per line costs more than converting the line."""
     fn = _converter(target)
     partial = bytearray()
     ln = 0
     async for chunk in chunks:
         if not chunk:
             continue
+        out: list[bytes] = []
         if partial:
             nl = chunk.find(b"\n")
             if nl < 0:
@@ -617,18 +619,18 @@ async def aconvert(chunks: AsyncIterator[bytes], target: str) -> AsyncIterator[b
             raw = bytes(partial)
             partial = bytearray()
             ln += 1
-            out = _convert_one(raw, ln, fn)
-            if out is not None:
-                yield out
+            if (converted := _convert_one(raw, ln, fn)) is not None:
+                out.append(converted)
             chunk = chunk[nl + 1 :]
         lines = chunk.split(b"\n")
         partial += lines.pop()
         for raw in lines:
             ln += 1
-            out = _convert_one(raw, ln, fn)
-            if out is not None:
-                yield out
+            if (converted := _convert_one(raw, ln, fn)) is not None:
+                out.append(converted)
+        if out:
+            yield b"".join(out)
     if partial:
-        out = _convert_one(bytes(partial), ln + 1, fn)
-        if out is not None:
-            yield out
+        last = _convert_one(bytes(partial), ln + 1, fn)
+        if last is not None:
+            yield last
