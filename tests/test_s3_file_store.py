@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import io
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -150,3 +151,38 @@ def test_s3_store_needs_a_bucket_and_keys(tmp_path: Path, monkeypatch: pytest.Mo
         open_file_store(Settings(data_dir=tmp_path, file_store="s3"), Upstream())
     with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID"):
         open_file_store(Settings(data_dir=tmp_path, file_store="s3", file_store_s3_bucket=BUCKET), Upstream())
+
+
+def test_the_trainer_cache_keeps_to_its_bound(s3: Any, tmp_path: Path) -> None:
+    async def one(data: bytes) -> Any:
+        yield data
+
+    async def run() -> None:
+        upstream = Upstream()
+        try:
+            settings = Settings(data_dir=tmp_path, **s3_settings(file_store_s3_cache_bytes=3 * len(CHAT)))
+            store = S3Store.from_settings(settings, upstream)
+            store.prepare()
+            locations = [(await store.write(f"file-c{i}", one(CHAT))).location for i in range(5)]
+            paths = []
+            for n, location in enumerate(locations[:4]):
+                path = await store.local_path(location)
+                used = time.time() - 3600 + n  # used an hour ago, in this order: past the grace period
+                os.utime(path, (used, used))
+                paths.append(path)
+            assert [p.exists() for p in paths] == [False, True, True, True]  # the 4th download evicted the 1st
+            assert await store.local_path(locations[1]) == paths[1]  # a hit marks the copy as just used
+            fifth = await store.local_path(locations[4])
+            assert [p.exists() for p in paths] == [False, True, False, True] and fifth.exists()
+            assert sum(p.stat().st_size for p in store.cache.iterdir() if p.is_file()) == 3 * len(CHAT)
+            assert fifth.read_bytes() == CHAT
+            # Copies used within the grace period stay, whatever the bound: a trainer may be about to open them.
+            tight = S3Store.from_settings(Settings(data_dir=tmp_path / "t", **s3_settings(file_store_s3_cache_bytes=0)),
+                                          upstream)
+            tight.prepare()
+            kept = [await tight.local_path(location) for location in locations[:2]]
+            assert all(p.exists() for p in kept)
+        finally:
+            await upstream.close()
+
+    asyncio.run(run())

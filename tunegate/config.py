@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     file_store_s3_bucket: str | None = None
     file_store_s3_prefix: str = "tunegate/files"
     file_store_s3_region: str | None = None  # default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1
+    # local copies the `local` trainer reads, per instance; least recently used go first beyond this
+    file_store_s3_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

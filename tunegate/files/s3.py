@@ -7,8 +7,10 @@
 - ``local_path`` downloads the object once into ``<data_dir>/files/s3-cache`` (atomically: a temporary
   file, then rename) for the ``local`` trainer, which reads training files from disk; ``path`` answers only
   for objects already cached there. Objects never change once written (ids are unique), so the cache
-  never goes stale; ``delete`` drops the cached copy on this instance (other instances keep theirs until
-  their data dir is cleaned).
+  never goes stale; ``delete`` drops the cached copy on this instance. The cache is bounded
+  (``file_store_s3_cache_bytes``, 20 GiB by default): after each download the least recently used copies
+  are removed until it fits, except copies used in the last ``CACHE_GRACE`` seconds (a trainer may be about
+  to open them; one that has a copy open keeps reading it after the unlink).
 - Requests are signed with SigV4 (``tunegate.aws``) and sent over the store's own aiohttp session
   (an ``Upstream`` created in the app's lifespan), with the gateway's timeouts and retry policy.
 
@@ -25,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -51,15 +54,19 @@ class _Client(S3Client):
                                            data=body, idempotent=idempotent)
 
 
+CACHE_GRACE = 15 * 60  # seconds a cached copy is kept after its last use, whatever the bound
+
+
 class S3Store:
     def __init__(self, upstream: Upstream, policy: CallPolicy, credentials: aws.AwsAuth, bucket: Bucket,
-                 prefix: str, cache_dir: Path) -> None:
+                 prefix: str, cache_dir: Path, cache_bytes: int = 20 * 1024**3) -> None:
         self.client = _Client(upstream, policy, credentials, bucket)
         self.upstream = upstream
         self.policy = policy
         self.prefix = prefix.strip("/")
         self.cache = cache_dir
         self.tmp = cache_dir / "tmp"
+        self.cache_bytes = cache_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings, upstream: Upstream) -> S3Store:
@@ -74,7 +81,7 @@ class S3Store:
                   or os.environ.get("AWS_DEFAULT_REGION") or aws.DEFAULT_REGION)
         return cls(upstream, CallPolicy(settings.timeouts, settings.retry), credentials,
                    Bucket(bucket, region, aws.endpoint_from_env("s3")), settings.file_store_s3_prefix,
-                   settings.data_dir / "files" / "s3-cache")
+                   settings.data_dir / "files" / "s3-cache", settings.file_store_s3_cache_bytes)
 
     def prepare(self) -> None:
         """Create the cache folders and sweep temporaries a crashed process left behind."""
@@ -118,7 +125,7 @@ class S3Store:
 
     async def local_path(self, location: str) -> Path:
         cached = self._cached(location)
-        if await asyncio.to_thread(cached.exists):
+        if await asyncio.to_thread(_touch, cached):
             return cached
         temp = self.tmp / f"{cached.name}.{secrets.token_hex(4)}.part"
         handle = await asyncio.to_thread(open, temp, "xb")
@@ -132,8 +139,34 @@ class S3Store:
                 handle.close()
             temp.unlink(missing_ok=True)
             raise
+        await asyncio.to_thread(self._trim)
         return cached
+
+    def _trim(self) -> None:
+        """Remove the least recently used copies until the cache fits its bound (blocking: run in a thread)."""
+        copies = []
+        for entry in os.scandir(self.cache):
+            if entry.is_file(follow_symlinks=False):
+                stat = entry.stat()
+                copies.append((stat.st_mtime, stat.st_size, entry.path))
+        total = sum(size for _, size, _ in copies)
+        recent = time.time() - CACHE_GRACE
+        for used, size, path in sorted(copies):
+            if total <= self.cache_bytes or used >= recent:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            total -= size
 
     async def delete(self, location: str) -> None:
         await self.client.delete(location)
         await asyncio.to_thread(self._cached(location).unlink, True)
+
+
+def _touch(path: Path) -> bool:
+    """Mark a cached copy as just used (its mtime orders the cache); False when there is none."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
