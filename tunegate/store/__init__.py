@@ -34,6 +34,18 @@ from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_k
 
 __all__ = ["ApiKey", "Connection", "Store", "StoredObject"]
 
+# The registry's upsert, one text for SQLite (3.35+) and PostgreSQL. SQLAlchemy 2.0's dialect insert()
+# constructs (needed for ON CONFLICT) are never cached (`inherit_cache = False`): each call compiled the
+# INSERT anew, ~0.3 ms of CPU on every created job. A text() statement is compiled once.
+_UPSERT_OBJECT = sa.text(
+    "INSERT INTO objects (kind, id, provider, connection, key_id, status, snapshot, created_at, updated_at) "
+    "VALUES (:kind, :id, :provider, :connection, :key_id, :status, :snapshot, :created_at, :updated_at) "
+    "ON CONFLICT (kind, id) DO UPDATE SET status = excluded.status, snapshot = excluded.snapshot, "
+    "updated_at = excluded.updated_at"
+).bindparams(sa.bindparam("snapshot", type_=objects.c.snapshot.type))
+_UPSERT_OBJECT_RETURNING = sa.text(str(_UPSERT_OBJECT.text) + " RETURNING provider, connection, key_id").bindparams(
+    sa.bindparam("snapshot", type_=objects.c.snapshot.type))
+
 
 @dataclass(frozen=True)
 class ApiKey:
@@ -236,14 +248,10 @@ class Store:
         if known is not None and known.status == status and status is not None:
             return
         now = _now()
-        stmt = self._dialect.insert(objects).values(
-            kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
-            status=status, snapshot=snapshot, created_at=now, updated_at=now)
-        stmt = stmt.on_conflict_do_update(index_elements=["kind", "id"],
-                                          set_=dict(status=status, snapshot=snapshot, updated_at=now))
-        stmt = stmt.returning(objects.c.provider, objects.c.connection, objects.c.key_id)
+        params = dict(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
+                      status=status, snapshot=snapshot, created_at=now, updated_at=now)
         async with self.engine.begin() as conn:
-            row = (await conn.execute(stmt)).one()
+            row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).one()
         self._place(StoredObject(kind, object_id, row[0], row[1], row[2], status, None))
 
     PLACEMENTS_CACHED = 20_000  # ~6 MiB; the oldest entries make room (they are re-read on use)
@@ -272,12 +280,8 @@ class Store:
         now = _now()
         rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, status=s,
                      snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
-        stmt = self._dialect.insert(objects).values(rows)
-        stmt = stmt.on_conflict_do_update(index_elements=["kind", "id"],
-                                          set_=dict(status=stmt.excluded.status, snapshot=stmt.excluded.snapshot,
-                                                    updated_at=now))
         async with self.engine.begin() as conn:
-            await conn.execute(stmt)
+            await conn.execute(_UPSERT_OBJECT, rows)
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
 
