@@ -105,6 +105,21 @@ file_copies = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
 
+# The provider's own page token behind each list cursor served (the id of a page's last item), so
+# any instance sharing the database serves the next page with one upstream call. `cursor_key` is a
+# SHA-256 of (provider, credential scope, listing, filters, last id): no secret is stored and one
+# scope's token is never found under another's key. Rows expire (provider tokens do too) and are pruned.
+page_cursors = sa.Table(
+    "page_cursors",
+    metadata,
+    sa.Column("cursor_key", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_page_cursors_expires_at", "expires_at"),
+)
+
 # ---- the `local` provider's job queue (tunegate.localjobs) --------------------------------------
 
 # One row per fine-tuning job trained on this gateway's own hardware. `status` is OpenAI's; a paused
