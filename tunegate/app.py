@@ -88,17 +88,30 @@ class TraceAndLog:
         span = tracing.start_request(scope, trace_id, traceparent) if tracing.enabled() else None
         status = 500
         started_response = False
+        body_pending = _has_body(scope)
+
+        async def receive_tracked() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_pending = False
+            return message
 
         async def send_with_trace(message: Message) -> None:
             nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_response = True
-                message["headers"] = [*message.get("headers", []), (b"x-portkey-trace-id", trace_id.encode())]
+                extra = [(b"x-portkey-trace-id", trace_id.encode())]
+                if body_pending:
+                    # Answered before the body was read (a 413, a refused form): without this, uvicorn keeps
+                    # the connection and reads the rest of the body only to drop it, as long as it is sent.
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_trace)
+            await self.app(scope, receive_tracked, send_with_trace)
         except Exception as exc:
             # Last line of defence: an OpenAI-shaped 500, and a log line with the exception's type and
             # place only (messages of foreign exceptions may hold request data, so no traceback text).
@@ -144,6 +157,13 @@ class TraceAndLog:
                              attempts=ctx.policy.stats["attempts"] if ctx else None)
         except Exception as exc:  # observability must never fail a request
             log.warning("metrics/log hook failed: %s", type(exc).__name__)
+
+
+def _has_body(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if (key == b"content-length" and value.strip() not in (b"", b"0")) or key == b"transfer-encoding":
+            return True
+    return False
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -15,7 +15,12 @@ from typing import Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from tunegate.errors import InvalidRequest, PayloadTooLarge
+from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge
+
+# Per part (a browser or SDK sends two or three headers). python-multipart 0.0.19+ has tighter caps of
+# its own (8 headers of 4 KiB); these hold with the older versions pyproject.toml allows.
+MAX_PART_HEADERS = 16
+MAX_PART_HEADER_BYTES = 16 * 1024  # all of a part's header lines together
 
 
 @dataclass
@@ -43,6 +48,7 @@ class MultipartReader:
         self._header_field = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0  # all of the current part's header lines together
         self._in_part = False
         self._parser = MultipartParser(boundary_of(content_type), callbacks={
             "on_part_begin": self._on_part_begin,
@@ -58,16 +64,21 @@ class MultipartReader:
     # -- parser callbacks --
     def _on_part_begin(self) -> None:
         self._headers = {}
+        self._header_bytes = 0
 
     def _append_header(self, which: str, data: bytes) -> None:
         if which == "field":
             self._header_field += data
         else:
             self._header_value += data
-        if len(self._header_field) + len(self._header_value) > 16384:
-            raise InvalidRequest("A multipart part header is too large.", code="invalid_multipart")
+        self._header_bytes += len(data)
+        # Per part, not per header: many small headers would otherwise pile up in the dict.
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise PayloadTooLarge("A multipart part's headers are too large.", code="invalid_multipart")
 
     def _on_header_end(self) -> None:
+        if len(self._headers) >= MAX_PART_HEADERS:
+            raise PayloadTooLarge("A multipart part has too many headers.", code="invalid_multipart")
         self._headers[self._header_field.lower()] = self._header_value
         self._header_field = self._header_value = b""
 
@@ -75,11 +86,17 @@ class MultipartReader:
         disposition, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name", b"").decode("utf-8", "replace")
         filename = params.get(b"filename")
-        if any(c < 0x20 or c == 0x7F for c in params.get(b"name", b"") + (filename or b"")):
+        if _has_control(params.get(b"name", b"") + (filename or b"")):
             # They would end up verbatim in the header of the part sent upstream.
             raise InvalidRequest("Form field names and filenames must not contain control characters.",
                                  code="invalid_multipart")
-        content_type = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
+        raw_type = self._headers.get(b"content-type", b"application/octet-stream")
+        if _has_control(raw_type):
+            # python-multipart ends a header line at a bare LF or CR too, but keeps one inside a value:
+            # copied into the upstream part's header, it would start a header line of the client's.
+            raise InvalidRequest("A part's Content-Type must not contain control characters.",
+                                 code="invalid_multipart")
+        content_type = raw_type.decode("latin-1")
         self._events.append(("part", PartInfo(name, filename.decode("utf-8", "replace") if filename is not None
                                              else None, content_type)))
 
@@ -97,7 +114,7 @@ class MultipartReader:
                 continue
             try:
                 self._parser.write(chunk)
-            except InvalidRequest:
+            except APIError:  # ours, from a callback: 400 or 413 as raised
                 raise
             except Exception as exc:  # python-multipart raises its own error types
                 raise InvalidRequest("The multipart body is malformed.", code="invalid_multipart") from exc
@@ -128,21 +145,29 @@ class MultipartReader:
                 self._in_part = False
                 return
 
-    async def text(self, limit: int = 65536) -> str:
+    async def text(self, limit: int = 65536, param: str | None = None) -> str:
         parts = []
         size = 0
         async for chunk in self.chunks():
             size += len(chunk)
             if size > limit:
-                raise InvalidRequest("A form field is too large.", code="invalid_multipart")
+                raise PayloadTooLarge(f"A form field is larger than {limit} bytes.", param=param,
+                                      code="invalid_multipart")
             parts.append(chunk)
         return b"".join(parts).decode("utf-8", "replace")
 
 
-def _quote(value: str) -> str:
+def _has_control(value: bytes) -> bool:
+    return any(c < 0x20 or c == 0x7F for c in value)
+
+
+def _printable(value: str) -> str:
     # Control characters cannot appear in a header; the reader refuses them, this is the backstop.
-    value = "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in value)
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in value)
+
+
+def _quote(value: str) -> str:
+    return _printable(value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 class MultipartWriter:
@@ -162,7 +187,7 @@ class MultipartWriter:
             head.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'
                         f"{value}\r\n")
         head.append(f'--{self.boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
-                    f'filename="{_quote(filename)}"\r\nContent-Type: {file_type}\r\n\r\n')
+                    f'filename="{_quote(filename)}"\r\nContent-Type: {_printable(file_type)}\r\n\r\n')
         yield "".join(head).encode()
         async for chunk in chunks:
             yield chunk

@@ -17,7 +17,22 @@ from tunegate.multipart import MultipartReader
 from tunegate.providers.base import JSON, IncomingFile
 from tunegate.spool import Spool
 
-FILE_FIELD_LIMIT = 64 * 1024
+FILE_FIELD_LIMIT = 64 * 1024  # one text field of a multipart form
+MAX_FORM_FIELDS = 32  # text fields in one form (OpenAI's file forms have at most four)
+MAX_FORM_FIELD_BYTES = 256 * 1024  # all text fields of one form together
+FORM_OVERHEAD = 1024 * 1024  # what a form may hold besides its file: boundaries, headers, fields
+
+
+async def bounded(body: AsyncIterator[bytes], limit: int, param: str | None = None) -> AsyncIterator[bytes]:
+    """A request body that ends in a 413 once more than ``limit`` bytes have been read: counts what
+    arrives, so a chunked body (no Content-Length) or one that lies about its length is held to it too."""
+    size = 0
+    async for chunk in body:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than this gateway's limit of {limit} bytes.",
+                                  param=param)
+        yield chunk
 
 
 class GuardedChunks:
@@ -85,12 +100,14 @@ async def read_form_file(request: Request, file_field: str, max_bytes: int, need
     form is read. The caller closes the returned form."""
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
+    if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise PayloadTooLarge(f"The upload is larger than this gateway's limit of {max_bytes} bytes.", param=file_field)
-    reader = MultipartReader(request.stream(), content_type, max_bytes)
+    reader = MultipartReader(bounded(request.stream(), max_bytes + FORM_OVERHEAD, file_field), content_type,
+                             max_bytes)
     fields: dict[str, str] = {}
     file: tuple[str, str] | None = None  # (filename, content type)
     spooled: Spool | None = None
+    field_count = field_bytes = 0
     try:
         while (part := await reader.next_part()) is not None:
             if part.name == file_field and part.filename is not None and file is None:
@@ -102,7 +119,14 @@ async def read_form_file(request: Request, file_field: str, max_bytes: int, need
                 continue
             if part.filename is not None:
                 raise InvalidRequest(f"Unexpected file field '{part.name}'.", param=part.name, code="invalid_multipart")
-            fields[part.name] = await reader.text(FILE_FIELD_LIMIT)
+            field_count += 1  # parts, not names: a repeated name must count each time
+            if field_count > MAX_FORM_FIELDS:
+                raise PayloadTooLarge(f"The form has more than {MAX_FORM_FIELDS} text fields.", code="too_many_fields")
+            fields[part.name] = value = await reader.text(FILE_FIELD_LIMIT, part.name)
+            field_bytes += len(value)
+            if field_bytes > MAX_FORM_FIELD_BYTES:
+                raise PayloadTooLarge(f"The form's text fields are larger than {MAX_FORM_FIELD_BYTES} bytes "
+                                      "together.", code="fields_too_large")
     except BaseException:
         if spooled is not None:
             spooled.close()
