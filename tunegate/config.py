@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     request_log: bool = True
+    # GET /metrics: with a token set, only `Authorization: Bearer <metrics_token>` may scrape; without
+    # one, an open gateway's metrics are open and a keyed gateway's need a valid tunegate key.
+    metrics_token: str | None = None
     log_level: str = "info"
 
     @classmethod

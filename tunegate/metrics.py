@@ -14,6 +14,7 @@ computed per scrape, so they are the same whichever worker answers.
 
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +28,9 @@ from prometheus_client.registry import Collector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope
+
+from tunegate.errors import Unauthorized
+from tunegate.store.secretbox import KEY_PREFIX
 
 if TYPE_CHECKING:
     from tunegate.store import Store
@@ -173,8 +177,28 @@ def process_metrics() -> bytes:
     return generate_latest(DEFAULT_REGISTRY)
 
 
+async def may_scrape(request: Request) -> bool:
+    """The operator's ``metrics_token`` when one is set (nothing else then); else, once tunegate keys
+    exist, any valid key: the counters show every team's traffic, so anonymous callers see none of it."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        return False
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented = presented.strip() if scheme.lower() == "bearer" else ""
+    token = services.settings.metrics_token
+    if token:
+        return hmac.compare_digest(presented.encode(), token.encode())
+    if not await services.store.keys_exist():
+        return True
+    return presented.startswith(KEY_PREFIX) and await services.store.authenticate(presented) is not None
+
+
 async def metrics_endpoint(request: Request) -> Response:
-    """``GET /metrics`` in the Prometheus text format."""
+    """``GET /metrics`` in the Prometheus text format (see ``may_scrape`` for who may read it)."""
+    if not await may_scrape(request):
+        return Unauthorized("GET /metrics needs 'Authorization: Bearer' with the gateway's metrics token "
+                            "(or a tunegate key when no metrics token is set).", code="metrics_unauthorized",
+                            ).response({"WWW-Authenticate": "Bearer"})
     body = process_metrics()
     services = getattr(request.app.state, "services", None)
     if services is not None:

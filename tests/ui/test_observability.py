@@ -46,7 +46,7 @@ def api(env: Env) -> requests.Session:
 
 def test_metrics_count_requests_uploads_retries_errors_and_jobs(env: Env) -> None:
     s = api(env)
-    before = samples(requests.get(env.gateway.url + "/metrics").text)
+    before = samples(s.get(env.gateway.url + "/metrics").text)  # a keyed gateway's metrics need a key
     uploaded = s.post(env.gateway.url + "/v1/files", files={"file": ("t.jsonl", EXAMPLES)},
                       data={"purpose": "fine-tune"}).json()
     job = s.post(env.gateway.url + "/v1/fine_tuning/jobs",
@@ -57,7 +57,7 @@ def test_metrics_count_requests_uploads_retries_errors_and_jobs(env: Env) -> Non
     assert s.get(env.gateway.url + f"/v1/fine_tuning/jobs/{job['id']}").status_code == 503
     assert s.get(env.gateway.url + "/v1/fine_tuning/jobs/nope").status_code == 404
 
-    text = requests.get(env.gateway.url + "/metrics").text
+    text = s.get(env.gateway.url + "/metrics").text
     after = samples(text)
 
     def delta(name: str, **labels: str) -> float:
@@ -75,7 +75,7 @@ def test_metrics_count_requests_uploads_retries_errors_and_jobs(env: Env) -> Non
     assert len(EXAMPLES) < delta("tunegate_uploaded_bytes_total", provider="openai") < len(EXAMPLES) + 1024
     # Jobs by status come from the registry: the job was last seen `queued`.
     time.sleep(metrics._CACHE_SECONDS + 0.1)
-    after = samples(requests.get(env.gateway.url + "/metrics").text)
+    after = samples(s.get(env.gateway.url + "/metrics").text)
     assert value(after, "tunegate_jobs", provider="openai", status="queued") == 1
     assert "# TYPE tunegate_request_duration_seconds histogram" in text
 
