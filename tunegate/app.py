@@ -29,6 +29,7 @@ from tunegate.store.secretbox import SecretBox
 from tunegate.upstream import Upstream
 
 log = logging.getLogger("tunegate")
+PRUNE_BATCH = 20_000  # request-log rows deleted per transaction
 
 ROUTES = [
     Route("/healthz", health.healthz, methods=["GET"]),
@@ -137,6 +138,10 @@ class TraceAndLog:
         if services is None or not services.settings.request_log or not scope["path"].startswith("/v1/"):
             return
         ctx = scope.get("tunegate.ctx")
+        if ctx is None and status == 401:
+            # Refused before anyone was identified: anonymous callers must not be able to grow the table.
+            # They are counted in tunegate_requests_total{provider="none",status="401"} instead.
+            return
         endpoint = scope.get("endpoint")
         services.store.log_request(dict(
             ts=time.time(), trace_id=scope["tunegate.trace_id"], key_id=ctx.key_id if ctx else None,
@@ -196,6 +201,22 @@ async def _disconnect(request: Request, exc: Exception) -> Response:
     return APIError("The client disconnected.", status=499, code="client_disconnected").response()
 
 
+async def _prune_request_log(settings: Settings, store: Store) -> None:
+    """Keep the request log within its retention (``request_log_max_age_days``, ``_max_rows``): at
+    start, then every ``request_log_prune_seconds``; each worker may do it, the deletes are idempotent."""
+    max_age = settings.request_log_max_age_days * 86400 if settings.request_log_max_age_days else None
+    while True:
+        try:
+            deleted = PRUNE_BATCH
+            while deleted == PRUNE_BATCH:  # a backlog goes in short transactions, letting the log's writes in
+                deleted = await store.prune_request_log(max_age_seconds=max_age,
+                                                        max_rows=settings.request_log_max_rows, batch=PRUNE_BATCH)
+                await asyncio.sleep(0)
+        except Exception as exc:  # the database briefly away: try again next time
+            log.warning("request log pruning failed: %s", type(exc).__name__)
+        await asyncio.sleep(settings.request_log_prune_seconds)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.load()
 
@@ -210,9 +231,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
                                       files)
         app.state.local_jobs = await start_scheduler(settings, store, files)  # the `local` provider's worker
+        pruner = asyncio.get_running_loop().create_task(_prune_request_log(settings, store))
         try:
             yield {}
         finally:
+            pruner.cancel()
             await app.state.local_jobs.stop()
             await upstream.close()
             await files_upstream.close()

@@ -420,6 +420,30 @@ class Store:
             rows = await conn.execute(sa.select(request_log).order_by(request_log.c.id.desc()).limit(limit))
             return [dict(r) for r in rows.mappings()]
 
+    async def prune_request_log(self, *, max_age_seconds: float | None, max_rows: int | None,
+                                batch: int = 20_000) -> int:
+        """Delete the oldest entries — older than ``max_age_seconds``, or beyond the newest ``max_rows`` —
+        at most ``batch`` of them (one short write transaction; call again while it returns ``batch``).
+        Ids grow with time, so the cut is an id found on the primary key: no index on ``ts`` needed."""
+        c = request_log.c
+        async with self.engine.begin() as conn:
+            lowest, highest = (await conn.execute(sa.select(sa.func.min(c.id), sa.func.max(c.id)))).one()
+            if lowest is None:
+                return 0
+            limit = lowest + batch
+            cuts = []  # ids below a cut go: the furthest cut of the two bounds wins
+            if max_rows is not None:
+                cuts.append(highest - max_rows + 1)
+            if max_age_seconds is not None:
+                # The first recent entry within the batch (at most `batch` rows read); none: all are old.
+                recent = (await conn.execute(sa.select(c.id).where(c.id < limit, c.ts >= time.time() - max_age_seconds)
+                                             .order_by(c.id).limit(1))).scalar()
+                cuts.append(limit if recent is None else recent)
+            cut = min(limit, max(cuts, default=lowest))
+            if cut <= lowest:
+                return 0
+            return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the request log and readers proceed without blocking each other; in WAL mode
