@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * MB
     max_json_body_bytes: int = 4 * MB
     max_header_bytes: int = 32 * 1024  # all request headers together; more is a 431
+    # Connections (tunegate serve): a request's line and headers must arrive within header_timeout
+    # seconds of its first byte (or of the connection opening), else a 408 and the connection closes;
+    # an idle kept-alive connection closes after keep_alive_timeout; beyond max_connections open at
+    # once (per worker), requests are answered 503.
+    header_timeout: float = Field(default=15.0, gt=0)
+    keep_alive_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=1000, ge=1)
     rate_limit_per_min: int | None = None  # default for keys without their own limit (None: unlimited)
     max_concurrent_uploads: int = 8  # per key (per gateway process when open)
     validate_uploads: bool = True
@@ -75,6 +82,13 @@ class Settings(BaseSettings):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     request_log: bool = True
+    # Request-log retention, pruned in the background (None: no such bound).
+    request_log_max_age_days: float | None = Field(default=30.0, gt=0)
+    request_log_max_rows: int | None = Field(default=1_000_000, ge=0)
+    request_log_prune_seconds: float = Field(default=60.0, gt=0)  # how often
+    # GET /metrics: with a token set, only `Authorization: Bearer <metrics_token>` may scrape; without
+    # one, an open gateway's metrics are open and a keyed gateway's need a valid tunegate key.
+    metrics_token: str | None = None
     # Request-log retention, pruned in the background (None: no such bound).
     request_log_max_age_days: float | None = Field(default=30.0, gt=0)
     request_log_max_rows: int | None = Field(default=1_000_000, ge=0)

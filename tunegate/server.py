@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from typing import Any
 
 from starlette.applications import Starlette
 
@@ -33,6 +34,16 @@ def app() -> Starlette:
     return create_app(settings)
 
 
+def connection_limits(settings: Settings) -> dict[str, Any]:
+    """uvicorn settings against clients that hold connections (slowloris) or send endless headers."""
+    from tunegate.guard import guarded_protocol
+
+    # The request line and header framing come on top of the headers the app's 431 counts.
+    head = settings.max_header_bytes + 8 * 1024
+    return dict(http=guarded_protocol(settings.header_timeout, head), timeout_keep_alive=settings.keep_alive_timeout,
+                limit_concurrency=settings.max_connections, h11_max_incomplete_event_size=head)
+
+
 def run(host: str, port: int, workers: int = 1) -> None:
     """Serve the gateway with uvicorn until a signal stops it.
 
@@ -49,7 +60,8 @@ def run(host: str, port: int, workers: int = 1) -> None:
     prepare_multiprocess(workers)  # /metrics then merges every worker's counters
     config = uvicorn.Config("tunegate.server:app", factory=True, host=host, port=port, workers=workers,
                             log_level=settings.log_level, access_log=False, proxy_headers=False, ws="none",
-                            timeout_graceful_shutdown=30, log_config=uvicorn_log_config(settings.log_level))
+                            timeout_graceful_shutdown=30, log_config=uvicorn_log_config(settings.log_level),
+                            **connection_limits(settings))
     server = uvicorn.Server(config)
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
