@@ -89,13 +89,6 @@ class Settings(BaseSettings):
     # GET /metrics: with a token set, only `Authorization: Bearer <metrics_token>` may scrape; without
     # one, an open gateway's metrics are open and a keyed gateway's need a valid tunegate key.
     metrics_token: str | None = None
-    # Request-log retention, pruned in the background (None: no such bound).
-    request_log_max_age_days: float | None = Field(default=30.0, gt=0)
-    request_log_max_rows: int | None = Field(default=1_000_000, ge=0)
-    request_log_prune_seconds: float = Field(default=60.0, gt=0)  # how often
-    # GET /metrics: with a token set, only `Authorization: Bearer <metrics_token>` may scrape; without
-    # one, an open gateway's metrics are open and a keyed gateway's need a valid tunegate key.
-    metrics_token: str | None = None
     log_level: str = "info"
 
     @classmethod
