@@ -1,6 +1,19 @@
 """A stateful stand-in for Together AI's fine-tuning and files API (``https://api.together.ai/v1``).
 
-Every shape follows ``../shared/specs/together-openapi.yaml`` (togethercomputer/openapi@090263a):
+Every shape follows ``../shared/specs/together-openapi.yaml`` (togethercomputer/openapi@090263a), except
+where Together's own Python SDKs show the spec is wrong; there the SDKs win, and each such shape names its
+source beside it (TP = togethercomputer/together-python@eba5e5f, 1.5.x; T3 = PyPI ``together==3.1.1``):
+
+- event ``level`` "Info"/"Warning"/"Error" and ``type`` in capitals ("JOB_ERROR", "JOB_USER_ERROR", …):
+  TP src/together/types/finetune.py FinetuneEventLevels / FinetuneEventType, T3
+  together/lib/types/fine_tuning.py (the spec: lower-case words);
+- ``progress.seconds_remaining`` a float: FinetuneProgress in TP and T3 (the spec: integer);
+- the W&B key arrives as ``wandb_key``: FinetuneRequest in TP and T3 (the spec: ``wandb_api_key``);
+- ``suffix`` at most 40 characters: FinetuneRequest in TP and T3 ("up to 40 character suffix");
+- ``token_count`` is the dataset's token count: TP FinetuneResponse ("dataset token count");
+- CSV uploads only for purpose ``eval``: TP src/together/utils/files.py ``_check_csv`` (the SDK refuses
+  the rest before uploading; that the server refuses them too is assumed here);
+- a job with status ``user_error`` (not in the spec's enum) and a JOB_USER_ERROR event: TP FinetuneJobStatus.
 
 - ``POST /files/upload`` — multipart ``purpose`` (FilePurpose), ``file_name``, ``file_type`` (FileType),
   ``file``; answers FileResponse (``id, object, created_at, filename, bytes, purpose, FileType,
@@ -16,7 +29,8 @@ Every shape follows ``../shared/specs/together-openapi.yaml`` (togethercomputer/
 
 Behaviour the spec does not pin down, chosen here: a job moves one step per ``GET /fine-tunes/{id}``
 (pending → queued → running → compressing → uploading → completed); a model whose name starts with
-"fail" ends in ``error`` with a ``job_error`` event; cancel answers ``cancel_requested`` and the next
+"fail" ends in ``error`` with a JOB_ERROR event, one starting with "baddata" in ``user_error`` with a
+JOB_USER_ERROR event; cancel answers ``cancel_requested`` and the next
 retrieve ``cancelled``; ``created_at`` advances one second per created object (a fake clock), so
 orderings are deterministic. ``tests/providers/test_together.py`` validates the answers against the
 spec's schemas so this cannot drift.
@@ -41,6 +55,30 @@ TRUNCATED_KEYS = ("id", "status", "created_at", "updated_at", "started_at", "use
                   "learning_rate", "lr_scheduler", "warmup_ratio", "max_grad_norm", "weight_decay", "random_seed",
                   "wandb_project_name", "wandb_name", "from_checkpoint", "progress")
 BASE_TIME = 1_735_689_600  # 2025-01-01T00:00:00Z
+
+
+# The SDK-verified corrections above, as edits to the spec's schemas, so that the check of this stand-in's
+# answers against the spec (tests/providers/test_together.py) checks them against the real wire.
+EVENT_TYPES = ["JOB_PENDING", "JOB_START", "JOB_STOPPED", "MODEL_DOWNLOADING", "MODEL_DOWNLOAD_COMPLETE",
+               "TRAINING_DATA_DOWNLOADING", "TRAINING_DATA_DOWNLOAD_COMPLETE", "VALIDATION_DATA_DOWNLOADING",
+               "VALIDATION_DATA_DOWNLOAD_COMPLETE", "WANDB_INIT", "TRAINING_START", "CHECKPOINT_SAVE", "BILLING_LIMIT",
+               "EPOCH_COMPLETE", "EVAL_COMPLETE", "TRAINING_COMPLETE", "COMPRESSING_MODEL",
+               "MODEL_COMPRESSION_COMPLETE", "MODEL_UPLOADING", "MODEL_UPLOAD_COMPLETE", "MODEL_UPLOADING_TO_HF",
+               "MODEL_UPLOAD_TO_HF_COMPLETE", "JOB_COMPLETE", "JOB_ERROR", "JOB_USER_ERROR", "CANCEL_REQUESTED",
+               "JOB_RESTARTED", "REFUND", "WARNING", "EARLY_STOPPED"]  # T3 FinetuneEventType values
+
+
+def sdk_corrected(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with what Together's SDKs show instead (TP and T3, see the module docstring)."""
+    schemas = spec["components"]["schemas"]
+    schemas["FinetuneEventLevels"]["enum"] = [None, "", "Info", "Warning", "Error", "info", "warning", "error"]
+    schemas["FinetuneEventType"]["enum"] = EVENT_TYPES
+    schemas["FineTuneProgress"]["properties"]["seconds_remaining"] = {"type": "number"}
+    schemas["FinetuneJobStatus"]["enum"] = [*schemas["FinetuneJobStatus"]["enum"], "user_error"]
+    create = spec["paths"]["/fine-tunes"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    create["properties"]["wandb_key"] = {"type": "string"}
+    create["properties"]["suffix"] = {**create["properties"]["suffix"], "maxLength": 40}
+    return spec
 
 
 def iso(ts: int) -> str:
@@ -122,6 +160,9 @@ class TogetherStandIn:
         if fields["purpose"] not in ("fine-tune", "eval", "eval-sample", "eval-output", "eval-summary",
                                      "batch-generated", "batch-api"):
             return self.error(400, f"invalid purpose {fields['purpose']}", "invalid_purpose", "purpose")
+        if fields.get("file_type") == "csv" and fields["purpose"] != "eval":  # TP utils/files.py _check_csv
+            return self.error(400, f"CSV files are not supported for {fields['purpose']}", "invalid_file_type",
+                              "file_type")
         file_id = f"file-{uuid.uuid4()}"
         f = {"id": file_id, "object": "file", "created_at": self.now(), "filename": fields["file_name"],
              "bytes": len(data), "purpose": fields["purpose"], "FileType": fields.get("file_type", "jsonl"),
@@ -150,7 +191,7 @@ class TogetherStandIn:
         return web.Response(body=self.contents[request.match_info["id"]], content_type="text/plain")
 
     # ---- jobs ----
-    def _event(self, job: dict[str, Any], type: str, message: str, level: str = "info", **extra: Any) -> None:
+    def _event(self, job: dict[str, Any], type: str, message: str, level: str = "Info", **extra: Any) -> None:
         job["_events"].append({"object": "fine-tune-event", "created_at": iso(self.now()), "level": level,
                                "message": message, "type": type, "param_count": 8_030_261_248,
                                "token_count": extra.get("token_count", 0), "total_steps": 30,
@@ -179,9 +220,11 @@ class TogetherStandIn:
         if body.get("validation_file") and body["validation_file"] not in self.files:
             return self.error(400, f"Validation file {body['validation_file']} not found", "invalid_file",
                               "validation_file")
+        suffix = body.get("suffix")
+        if isinstance(suffix, str) and len(suffix) > 40:  # "up to 40 character suffix" (TP, T3)
+            return self.error(400, "suffix must be at most 40 characters", "invalid_parameter", "suffix")
         now = self.now()
         job_id = f"ft-{uuid.uuid4()}"
-        suffix = body.get("suffix")
         job: dict[str, Any] = {
             "id": job_id, "status": "pending", "created_at": iso(now), "updated_at": iso(now),
             "user_id": "user_standin", "owner_address": "0xstandin", "total_price": 0, "token_count": 0,
@@ -199,9 +242,11 @@ class TogetherStandIn:
                                                            "lora_dropout": 0.0,
                                                            "lora_trainable_modules": "all-linear"},
             "wandb_project_name": body.get("wandb_project_name"), "wandb_name": body.get("wandb_name"),
+            # The key arrives as `wandb_key` (TP, T3); a run URL only when one came.
+            "wandb_url": f"https://wandb.ai/standin/{job_id[3:11]}" if body.get("wandb_key") else None,
             "_body": body, "_events": [],
         }
-        self._event(job, "job_pending", "Fine tune request created")
+        self._event(job, "JOB_PENDING", "Fine tune request created")
         self.jobs[job_id] = job
         return web.json_response(self._truncated(job))
 
@@ -213,31 +258,37 @@ class TogetherStandIn:
         now = self.now()
         if status == "cancel_requested":
             job.update(status="cancelled", updated_at=iso(now))
-            self._event(job, "job_stopped", "Job was cancelled by the user")
+            self._event(job, "JOB_STOPPED", "Job was cancelled by the user")
             return
         if status not in LIFECYCLE[:-1]:
             return
         nxt = LIFECYCLE[LIFECYCLE.index(status) + 1]
         if job["model"].startswith("fail") and nxt == "compressing":
             job.update(status="error", updated_at=iso(now))
-            self._event(job, "job_error", "Training failed: the training file has 3 lines without an "
-                                          "assistant message.", level="error")
+            self._event(job, "JOB_ERROR", "Training failed: the training file has 3 lines without an "
+                                          "assistant message.", level="Error")
+            return
+        if job["model"].startswith("baddata") and nxt == "running":
+            job.update(status="user_error", updated_at=iso(now))
+            self._event(job, "WARNING", "Line 2 has no assistant message.", level="Warning")
+            self._event(job, "JOB_USER_ERROR", "The training file has no example with an assistant message.",
+                        level="Error")
             return
         job.update(status=nxt, updated_at=iso(now))
         if nxt == "queued":
             job["queue_depth"] = 2
         elif nxt == "running":
             job["started_at"] = iso(now)
-            job["progress"] = {"estimate_available": True, "seconds_remaining": 600}
-            self._event(job, "training_start", "Training started")
-            self._event(job, "checkpoint_save", "Checkpoint saved at step 10", step=10,
+            job["progress"] = {"estimate_available": True, "seconds_remaining": 600.5}  # a float (TP, T3)
+            self._event(job, "TRAINING_START", "Training started")
+            self._event(job, "CHECKPOINT_SAVE", "Checkpoint saved at step 10", step=10,
                         checkpoint_path=f"s3://standin/{job['id']}/checkpoint-10")
         elif nxt == "completed":
             job["progress"] = {"estimate_available": False, "seconds_remaining": 0}
-            job["token_count"] = 54321
+            job["token_count"] = 54321  # the dataset's tokens, once (TP: "dataset token count")
             job["total_price"] = 1500
             job["epochs_completed"] = job["n_epochs"]
-            self._event(job, "job_complete", "Job finished", token_count=54321,
+            self._event(job, "JOB_COMPLETE", "Job finished", token_count=54321,
                         model_path=f"s3://standin/{job['id']}/final")
 
     async def get_job(self, request: web.Request) -> web.Response:
@@ -251,11 +302,11 @@ class TogetherStandIn:
         job = self.jobs.get(request.match_info["id"])
         if job is None:
             return self.error(404, f"Fine-tune job {request.match_info['id']} not found", "not_found")
-        if job["status"] in ("cancelled", "error", "completed", "user_error"):
+        if job["status"] in ("cancelled", "error", "completed", "user_error"):  # TP cli NON_CANCELLABLE_STATES
             return self.error(400, f"Cannot cancel a job with status {job['status']}", "invalid_state")
         if job["status"] != "cancel_requested":
             job.update(status="cancel_requested", updated_at=iso(self.now()))
-            self._event(job, "cancel_requested", "Cancel requested")
+            self._event(job, "CANCEL_REQUESTED", "Cancel requested")
         return web.json_response(self._truncated(job))
 
     async def events(self, request: web.Request) -> web.Response:

@@ -13,7 +13,10 @@ The shapes and the source of each are listed in ``TARGETS`` and the README.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import re
+import string
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -34,11 +37,12 @@ TARGETS: dict[str, str] = {
     "vertex-gemini-preference": "Vertex AI Gemini preference tuning: {system_instruction?, contents (ends with user), "
     "completions:[{score:1,completion},{score:0,completion}]}.",
     "together": "Together: conversational {messages:[{role,content,weight?}]} (system|user first, then "
-    "alternating user/assistant), instruction {prompt, completion}, preference {input, preferred_output, "
-    "non_preferred_output}.",
+    "alternating user/assistant; user image_url parts as base64 JPEG/PNG/WEBP data URLs), instruction "
+    "{prompt, completion}, preference {input, preferred_output, non_preferred_output}.",
     "fireworks": "Fireworks: OpenAI chat {messages, tools?} and DPO {input, preferred_output, non_preferred_output}.",
     "mistral": "Mistral: {messages:[{role,content,tool_calls?,tool_call_id?,name?,weight?}], tools?}; roles "
-    "system|user|assistant|tool, last message assistant, weight only 0 or 1 on assistant messages.",
+    "system|user|assistant|tool, last message assistant, weight only 0 or 1 on assistant messages, "
+    "tool-call ids rewritten to Mistral's nine letters/digits.",
 }
 
 
@@ -423,8 +427,53 @@ def _to_vertex_preference(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------- OpenAI-compatible targets
+# Together's multimodal rules (together-python@eba5e5f src/together/utils/files.py
+# `_check_message_content`, `validate_messages`; constants in src/together/constants.py): image parts
+# only in user messages, as base64 data URLs of JPEG, PNG or WEBP of at most 10 MiB, at most 10 per
+# example, no non-zero weight on a message with images, and one format for the whole example.
+_TOGETHER_IMAGE = re.compile(r"^data:image/(jpeg|png|webp);base64,")
+_TOGETHER_MAX_IMAGES = 10
+_TOGETHER_MAX_IMAGE_URL = len("data:image/jpeg;base64,") + 4 * (10 * 1024 * 1024) // 3
+
+
+def _together_parts(content: Any, role: str, where: str) -> list[dict[str, Any]] | None:
+    """The content as Together's multimodal parts when it holds an image (else None: plain text)."""
+    if not isinstance(content, list) or not any(isinstance(p, dict) and p.get("type") == "image_url"
+                                                for p in content):
+        return None
+    if role != "user":
+        raise _Fail(f"{where} has an image; Together takes images only in user messages")
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "text": part["text"]})
+            continue
+        image = part.get("image_url") if isinstance(part, dict) and part.get("type") == "image_url" else None
+        url = image.get("url") if isinstance(image, dict) else None
+        if not isinstance(url, str):
+            raise _Fail(f"{where}.content[{j}] cannot be converted to Together (text or image_url parts only)")
+        if not _TOGETHER_IMAGE.match(url):
+            raise _Fail(f"{where}.content[{j}]: Together needs images as base64 data URLs "
+                        "(data:image/jpeg|png|webp;base64,...)")
+        if len(url) > _TOGETHER_MAX_IMAGE_URL:
+            raise _Fail(f"{where}.content[{j}]: Together takes images of at most 10 MiB")
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
+def _together_multimodal(out: list[dict[str, Any]], images: int, key: str) -> None:
+    """An example with images: every message's content as parts (Together refuses a mix of text-only
+    and multimodal messages in one example)."""
+    if images > _TOGETHER_MAX_IMAGES:
+        raise _Fail(f"`{key}` holds {images} images; Together takes at most {_TOGETHER_MAX_IMAGES} per example")
+    for msg in out:
+        if isinstance(msg["content"], str):
+            msg["content"] = [{"type": "text", "text": msg["content"]}]
+
+
 def _together_messages(msgs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     out = []
+    images = 0
     expected: tuple[str, ...] = ("system", "user")
     for i, m in enumerate(msgs):
         where = f"{key}[{i}]"
@@ -440,10 +489,16 @@ def _together_messages(msgs: list[dict[str, Any]], key: str) -> list[dict[str, A
         expected = ("assistant",) if role in ("system", "user") else ("user",)
         if role == "system":
             expected = ("user",)
-        msg: dict[str, Any] = {"role": role, "content": _text(m.get("content"), where)}
+        parts = _together_parts(m.get("content"), role, where)
+        msg: dict[str, Any] = {"role": role, "content": parts if parts else _text(m.get("content"), where)}
         if "weight" in m:
             msg["weight"] = _weight(m, where)
+            if parts and msg["weight"]:
+                raise _Fail(f"{where} has images and weight 1; Together needs weight 0 on messages with images")
+        images += sum(p["type"] == "image_url" for p in parts or [])
         out.append(msg)
+    if images:
+        _together_multimodal(out, images, key)
     return out
 
 
@@ -516,6 +571,45 @@ def _to_fireworks(obj: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Mistral's tool-call ids: exactly nine letters or digits, on the assistant's calls and on the tool
+# messages answering them (mistralai/mistral-common@bc022b9 src/mistral_common/protocol/instruct/
+# validator.py, MistralRequestValidatorV3 `_validate_tool_call`, `_validate_tool_message`).
+_MISTRAL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")
+_BASE62 = string.digits + string.ascii_letters
+
+
+def _mistral_call_id(original: str, taken: set[str]) -> str:
+    """A nine-character id for an OpenAI tool-call id: kept when it already fits, else derived from a
+    hash of it (so the same id becomes the same id on every line), never one the line already uses."""
+    if _MISTRAL_CALL_ID.match(original) and original not in taken:
+        return original
+    for n in itertools.count():
+        seed = original if n == 0 else f"{original}#{n}"
+        number = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big")  # 2^64 > 62^9
+        candidate = "".join(_BASE62[(number // 62**k) % 62] for k in range(9))
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def _mistral_call_ids(msgs: list[dict[str, Any]]) -> None:
+    """Rewrite the line's tool-call ids to Mistral's form, one id per original id: the calls and the
+    tool messages' `tool_call_id` stay paired."""
+    ids: dict[str, str] = {}
+
+    def mapped(original: str) -> str:
+        if original not in ids:
+            ids[original] = _mistral_call_id(original, set(ids.values()))
+        return ids[original]
+
+    for m in msgs:
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "id": mapped(c["id"])} if isinstance(c, dict) and isinstance(c.get("id"), str)
+                               else c for c in m["tool_calls"]]
+        if m["role"] == "tool" and isinstance(m.get("tool_call_id"), str):
+            m["tool_call_id"] = mapped(m["tool_call_id"])
+
+
 def _to_mistral(obj: dict[str, Any]) -> dict[str, Any]:
     target = "mistral"
     kind = _kind(obj)
@@ -545,6 +639,7 @@ def _to_mistral(obj: dict[str, Any]) -> dict[str, Any]:
             m.pop("name", None)  # only Mistral's tool messages carry a name
     if msgs[-1]["role"] != "assistant":
         raise _Fail("Mistral rejects examples whose last message is not an assistant message")
+    _mistral_call_ids(msgs)
     out: dict[str, Any] = {"messages": msgs}
     if obj.get("tools"):
         out["tools"] = obj["tools"]

@@ -29,8 +29,8 @@ def _sort_key(obj: JSON) -> SortKey:
 class Together(Provider):
     name = "together"
     default_base_url = "https://api.together.ai/v1"
-    # Together documents no limit on `suffix`; OpenAI's own limit applies.
-    suffix_max_length = 64
+    # "up to 40 character suffix" (FinetuneRequest.suffix in both Python SDKs; the spec states none).
+    suffix_max_length = 40
 
     # ---- plumbing ------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ class Together(Provider):
             name = sorted(upload.fields)[0]
             raise InvalidRequest(f"Together's file upload has no equivalent for '{name}'.", param=name,
                                  code="unsupported_parameter")
-        ftype = tfiles.file_type(upload.filename)
+        ftype = tfiles.file_type(upload.filename, purpose)
         converted: tfiles.ConvertedChunks | None = None
         chunks: AsyncIterator[bytes] = upload.chunks
         if purpose == "fine-tune" and ftype == "jsonl" and str(ctx.option("together_convert", "true")).lower() != "false":

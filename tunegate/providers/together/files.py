@@ -20,6 +20,14 @@ UPLOAD_PURPOSE = {"fine-tune": "fine-tune", "batch": "batch-api", "evals": "eval
 ANSWER_PURPOSE = {"batch-api": "batch", "batch-generated": "batch_output"}
 FLUSH_BYTES = 256 * 1024
 FILE_TYPES = {"jsonl": "jsonl", "csv": "csv", "parquet": "parquet"}
+# Which Together purposes take which non-JSONL types: CSV only for evaluations, Parquet for anything
+# but them (together-python src/together/utils/files.py `_check_csv`, `_check_parquet`; the same in
+# together==3.1.1 together/lib/utils/files.py). The SDKs refuse the rest before uploading.
+TYPE_PURPOSES = {"csv": frozenset({"eval"}), "parquet": frozenset({"fine-tune", "batch-api"})}
+# together==3.1.1 FileResponse.processing_status → OpenAI's file status (Together validates files
+# after the upload; older answers carry only `Processed`).
+PROCESSING_STATUS = {"PENDING": "uploaded", "QUEUED": "uploaded", "RUNNING": "uploaded", "COMPLETED": "processed",
+                     "FAILED": "error", "INVALID_FORMAT": "error"}
 
 
 def together_purpose(purpose: str) -> str:
@@ -30,16 +38,37 @@ def together_purpose(purpose: str) -> str:
                              f"not {purpose!r}.", param="purpose", code="unsupported_parameter") from None
 
 
-def file_type(filename: str) -> str:
-    """Together's FileType from the file's extension (JSONL unless it says csv or parquet)."""
+def file_type(filename: str, purpose: str) -> str:
+    """Together's FileType from the file's extension (JSONL unless it says csv or parquet), refused
+    for a purpose Together does not take it for."""
     ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
-    return FILE_TYPES.get(ext, "jsonl")
+    ftype = FILE_TYPES.get(ext, "jsonl")
+    if ftype in TYPE_PURPOSES and purpose not in TYPE_PURPOSES[ftype]:
+        allowed = " or ".join(sorted(ANSWER_PURPOSE.get(p, "evals" if p == "eval" else p)
+                                     for p in TYPE_PURPOSES[ftype]))
+        raise InvalidRequest(f"Together takes {ftype.upper()} files only for purpose {allowed}; send JSON Lines "
+                             "(.jsonl) for this purpose.", param="file", code="unsupported_file_type")
+    return ftype
+
+
+def _status(raw: JSON) -> tuple[str, str | None]:
+    """(OpenAI status, status_details) from `processing_status` (with the validation report's
+    error), else from `Processed`."""
+    native = raw.get("processing_status")
+    if isinstance(native, str) and native in PROCESSING_STATUS:
+        report = raw.get("validation_report")
+        detail = report.get("error") if isinstance(report, dict) else None
+        status = PROCESSING_STATUS[native]
+        return status, (str(detail or f"Together's validation ended in {native}.") if status == "error" else None)
+    processed = raw.get("Processed")
+    return ("processed" if processed is True or processed is None else "uploaded"), None
 
 
 def to_file(raw: JSON) -> JSON:
-    processed = raw.get("Processed")
-    status = "processed" if processed is True or processed is None else "uploaded"
+    status, details = _status(raw)
     extra: JSON = {}
+    if details:
+        extra["status_details"] = details
     if raw.get("FileType"):
         extra["file_type"] = raw["FileType"]
     if isinstance(raw.get("LineCount"), int):

@@ -2,7 +2,10 @@
 ``FinetuneResponse`` / ``FinetuneResponseTruncated``, ``FineTuneEvent`` and ``FineTuneCheckpoint``
 → OpenAI's job, event and checkpoint objects. See MAPPING.md for the tables.
 
-Spec: ``../shared/specs/together-openapi.yaml`` (togethercomputer/openapi@090263a).
+Spec: ``../shared/specs/together-openapi.yaml`` (togethercomputer/openapi@090263a), corrected where
+Together's own Python SDKs disagree with it: togethercomputer/together-python@eba5e5f (1.5.x;
+``src/together/types/finetune.py``, ``src/together/resources/finetune.py``) and ``together==3.1.1``
+(PyPI; ``together/lib/types/fine_tuning.py``). MAPPING.md lists each correction.
 """
 
 from __future__ import annotations
@@ -39,9 +42,15 @@ JOB_STATUS = {
 }
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
-# FinetuneEventLevels → OpenAI's event levels (info | warn | error).
-EVENT_LEVEL = {"info": "info", "warning": "warn", "error": "error", "legacy_info": "info",
-               "legacy_iwarning": "warn", "legacy_ierror": "error"}
+# FinetuneEventLevels → OpenAI's event levels (info | warn | error), matched case-insensitively: the
+# SDKs' enum values are "Info", "Warning", "Error" (plus the legacy "info", "warning", "error"); the
+# spec's lower-case words and `legacy_*` names are enum member names, not values.
+EVENT_LEVEL = {"info": "info", "warning": "warn", "warn": "warn", "error": "error"}
+# FinetuneEventType values that carry a failed job's reason (the SDKs spell them in capitals).
+ERROR_EVENTS = frozenset({"job_error", "job_user_error"})
+# Together's default n_evals is 0, which skips the validation file entirely; OpenAI evaluates a
+# validation file during training. One evaluation per epoch unless `together.n_evals` says otherwise.
+EVALS_PER_EPOCH = 1
 
 # The create body's properties in the spec (POST /fine-tunes requestBody): what `together: {...}`
 # may set directly.
@@ -51,7 +60,13 @@ NATIVE_CREATE_FIELDS = frozenset({
     "random_seed", "suffix", "wandb_api_key", "wandb_base_url", "wandb_project_name", "wandb_name",
     "wandb_entity", "train_on_inputs", "training_method", "training_type", "multimodal_params",
     "from_checkpoint", "from_hf_model", "hf_model_revision", "hf_api_token", "hf_output_repo_name",
+    # FinetuneRequest fields of the SDKs that the spec lacks (together==3.1.1 lib/types/fine_tuning.py).
+    "wandb_key", "gradient_accumulation_steps", "early_stopping_enabled", "early_stopping_patience",
+    "early_stopping_min_delta", "early_stopping_warmup_evals",
 })
+# The spec names the W&B key `wandb_api_key`; both Python SDKs send `wandb_key` (FinetuneRequest), so
+# a native `wandb_api_key` is sent under that name.
+NATIVE_RENAMES = {"wandb_api_key": "wandb_key"}
 # OpenAI create fields this adapter understands; anything else is a 400.
 OPENAI_CREATE_FIELDS = frozenset({"model", "training_file", "validation_file", "hyperparameters", "method", "suffix",
                                   "seed", "metadata", "integrations", "together"})
@@ -188,22 +203,30 @@ def create_body(body: JSON, *, wandb_api_key: str | None = None) -> JSON:
 
     native = body.get("together")
     if native is not None:
-        if not isinstance(native, dict):
-            raise InvalidRequest("'together' must be an object of Together create fields.", param="together")
-        for name, value in native.items():
-            if name not in NATIVE_CREATE_FIELDS:
-                raise InvalidRequest(f"'together.{name}' is not a field of Together's POST /fine-tunes.",
-                                     param=f"together.{name}")
-            if name in out and name != "training_method" and out[name] != value:
-                raise InvalidRequest(f"'together.{name}' conflicts with the OpenAI field that maps to it.",
-                                     param=f"together.{name}")
-            if name == "training_method":
-                if not isinstance(value, dict) or value.get("method") != out["training_method"]["method"]:
-                    raise InvalidRequest("'together.training_method.method' must match 'method.type' "
-                                         "(supervised → sft, dpo → dpo).", param="together.training_method")
-                value = {**out["training_method"], **value}
-            out[name] = value
+        _merge_native(out, native)
+    if out.get("validation_file") and "n_evals" not in out:
+        out["n_evals"] = EVALS_PER_EPOCH * (_count(out.get("n_epochs")) or 1)  # Together's default: 1 epoch
     return out
+
+
+def _merge_native(out: JSON, native: Any) -> None:
+    """`together: {...}`: Together's own create fields, on top of the mapped ones."""
+    if not isinstance(native, dict):
+        raise InvalidRequest("'together' must be an object of Together create fields.", param="together")
+    for name, value in native.items():
+        if name not in NATIVE_CREATE_FIELDS:
+            raise InvalidRequest(f"'together.{name}' is not a field of Together's POST /fine-tunes.",
+                                 param=f"together.{name}")
+        wire = NATIVE_RENAMES.get(str(name), str(name))
+        if wire in out and wire != "training_method" and out[wire] != value:
+            raise InvalidRequest(f"'together.{name}' conflicts with the OpenAI field that maps to it.",
+                                 param=f"together.{name}")
+        if wire == "training_method":
+            if not isinstance(value, dict) or value.get("method") != out["training_method"]["method"]:
+                raise InvalidRequest("'together.training_method.method' must match 'method.type' "
+                                     "(supervised → sft, dpo → dpo).", param="together.training_method")
+            value = {**out["training_method"], **value}
+        out[wire] = value
 
 
 def _wandb(integration: Any, i: int, api_key: str | None) -> JSON:
@@ -221,7 +244,7 @@ def _wandb(integration: Any, i: int, api_key: str | None) -> JSON:
         raise InvalidRequest("Together needs the W&B API key with the job: send 'x-portkey-wandb-api-key' "
                              "(or set 'wandb_api_key' on the connection).", param=f"{param}.wandb",
                              code="missing_provider_option")
-    out = {"wandb_api_key": api_key, "wandb_project_name": spec["project"]}
+    out = {"wandb_key": api_key, "wandb_project_name": spec["project"]}  # the SDKs' name, not the spec's
     if spec.get("name"):
         out["wandb_name"] = spec["name"]
     if spec.get("entity"):
@@ -237,17 +260,42 @@ def status_of(native: Any) -> str:
     return JOB_STATUS.get(native, "running")
 
 
+def _count(value: Any) -> int | None:
+    """A positive integer, else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _lower(value: Any) -> str:
+    return value.lower() if isinstance(value, str) else ""
+
+
 def _error(raw: JSON, native: str) -> JSON:
-    """Together's job has no error field: the reason is the last error event (`job_error`, or an
-    `error`-level event), which FinetuneResponse carries in `events`."""
-    message = None
-    for ev in reversed(raw.get("events") or []):
-        if isinstance(ev, dict) and (ev.get("type") == "job_error" or ev.get("level") in ("error", "legacy_ierror")):
-            message = ev.get("message")
-            if message:
-                break
+    """Together's job has no error field: the reason is the newest JOB_ERROR / JOB_USER_ERROR event,
+    else the newest Error-level one, from the `events` FinetuneResponse carries (both SDKs spell
+    types in capitals and levels capitalised, so they are compared case-insensitively)."""
+    events = [ev for ev in raw.get("events") or [] if isinstance(ev, dict) and ev.get("message")]
+    typed = [ev for ev in events if _lower(ev.get("type")) in ERROR_EVENTS]
+    leveled = [ev for ev in events if _lower(ev.get("level")) == "error"]
+    reason = (typed or leveled or [{}])[-1].get("message")
     code = "invalid_training_file" if native == "user_error" else "job_failed"
-    return models.job_error(str(message or f"Together reported the job as '{native}'."), code=code)
+    return models.job_error(str(reason or f"Together reported the job as '{native}'."), code=code)
+
+
+def _trained_tokens(raw: JSON) -> int | None:
+    """OpenAI's trained_tokens counts every epoch; Together's `token_count` is the dataset's count
+    (together-python FinetuneResponse: "dataset token count"), so it is multiplied by the epochs
+    trained (`epochs_completed`, else `n_epochs`)."""
+    tokens = raw.get("token_count")
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
+        return None
+    return tokens * (_count(raw.get("epochs_completed")) or _count(raw.get("n_epochs")) or 1)
+
+
+def _seconds(value: Any) -> float | None:
+    """`progress.seconds_remaining` is a float in both SDKs (FinetuneProgress); the spec says integer."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)
+    return None
 
 
 def learning_rate_multiplier(lr: Any) -> Any:
@@ -273,10 +321,11 @@ def to_job(raw: JSON, *, now: float | None = None) -> JSON:
     else:
         method = {"type": "supervised", "supervised": {"hyperparameters": dict(hp)}}
     estimated = None
-    progress = raw.get("progress")
-    if status in ("queued", "running", "validating_files") and isinstance(progress, dict) and progress.get(
-            "estimate_available") and isinstance(progress.get("seconds_remaining"), int):
-        estimated = int((now if now is not None else time.time()) + progress["seconds_remaining"])
+    progress: JSON = raw["progress"] if isinstance(raw.get("progress"), dict) else {}
+    remaining = _seconds(progress.get("seconds_remaining"))
+    if status in ("queued", "running", "validating_files") and remaining is not None and progress.get(
+            "estimate_available"):
+        estimated = math.ceil((now if now is not None else time.time()) + remaining)
     integrations = None
     if raw.get("wandb_project_name"):
         wandb: JSON = {"project": raw["wandb_project_name"]}
@@ -301,7 +350,7 @@ def to_job(raw: JSON, *, now: float | None = None) -> JSON:
         fine_tuned_model=raw.get("model_output_name") if status == "succeeded" else None,
         finished_at=(updated or created) if status in TERMINAL else None,
         hyperparameters=hp,
-        trained_tokens=raw.get("token_count") if status == "succeeded" else None,
+        trained_tokens=_trained_tokens(raw) if status == "succeeded" else None,
         error=_error(raw, native) if status == "failed" else None,
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0,
         estimated_finish=estimated,
@@ -325,17 +374,22 @@ def to_events(job_id: str, raw_events: list[Any]) -> list[JSON]:
     for n, ev in enumerate((e for e in raw_events if isinstance(e, dict)), start=1):
         data = {k: ev[k] for k in ("type", "step", "total_steps", "token_count", "param_count", "checkpoint_path",
                                    "model_path", "wandb_url", "training_offset", "hash") if ev.get(k) not in (None, "")}
-        level = ev.get("level")
         out.append(models.event(id=event_id(job_id, n), created_at=unix(ev.get("created_at")) or 0,
                                 message=str(ev.get("message") or ev.get("type") or ""),
-                                level=EVENT_LEVEL.get(level, "info") if isinstance(level, str) else "info",
-                                type="message", data=data))
+                                level=EVENT_LEVEL.get(_lower(ev.get("level")), "info"), type="message", data=data))
     out.reverse()
     return out
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "checkpoint"
+
+
+def checkpoint_name(job_id: str, step: int, kind: str) -> str:
+    """The name Together's `from_checkpoint` takes, as the SDKs build it (together-python
+    resources/finetune.py `_parse_raw_checkpoints`): `<job>:<step>` for an intermediate checkpoint,
+    the job id alone for a final one (no step means the final checkpoint)."""
+    return f"{job_id}:{step}" if "intermediate" in kind.lower() else job_id
 
 
 def to_checkpoints(job_id: str, raw_checkpoints: list[Any]) -> list[JSON]:
@@ -348,8 +402,8 @@ def to_checkpoints(job_id: str, raw_checkpoints: list[Any]) -> list[JSON]:
         step = raw_step if isinstance(raw_step, int) and not isinstance(raw_step, bool) else 0
         kind = str(c.get("checkpoint_type") or "checkpoint")
         ckpt = models.checkpoint(id=f"ftckpt-{job_id}-{step}-{_slug(kind)}", created_at=unix(c.get("created_at")) or 0,
-                                 job_id=job_id, step_number=step, model_checkpoint=f"{job_id}:{step}",
-                                 metrics={"step": float(step)})
+                                 job_id=job_id, step_number=step,
+                                 model_checkpoint=checkpoint_name(job_id, step, kind), metrics={"step": float(step)})
         ckpt["checkpoint_type"] = kind
         if c.get("path"):
             ckpt["path"] = c["path"]
