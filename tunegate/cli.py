@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tunegate.client import files_app, jobs_app
 from tunegate.config import Settings
+from tunegate.secret_input import SecretInputError, read_secret, secret_pairs
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
 
@@ -154,9 +155,14 @@ def keys_revoke(key_id: str, config: Optional[Path] = ConfigOption) -> None:
 def connections_add(
     name: str = typer.Argument(..., help="Connection name (used as x-portkey-virtual-key)."),
     provider: str = typer.Option(..., help="Provider name, e.g. openai, azure-openai."),
-    api_key: Optional[str] = typer.Option(None, envvar="TUNEGATE_PROVIDER_API_KEY",
-                                          help="The provider key (or set TUNEGATE_PROVIDER_API_KEY)."),
-    secret: list[str] = typer.Option([], help="Other secrets as NAME=VALUE (encrypted at rest)."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="TUNEGATE_PROVIDER_API_KEY", callback=lambda ctx, param, value: _secret_option(
+            ctx, param, value, "the provider key", "TUNEGATE_PROVIDER_API_KEY"),
+        help="The provider key: '-' reads it from stdin, '@FILE' from a file, or set TUNEGATE_PROVIDER_API_KEY "
+             "(a value on the command line is deprecated: others can read it)."),
+    secret: list[str] = typer.Option([], help="Other secrets (encrypted at rest): NAME reads "
+                                              "TUNEGATE_SECRET_<NAME>, NAME=- a line of stdin, NAME=@FILE a file "
+                                              "(NAME=VALUE is deprecated)."),
     option: list[str] = typer.Option([], help="Provider options as NAME=VALUE, e.g. azure_resource_name=x."),
     base_url: Optional[str] = typer.Option(None, help="Override the provider's base URL."),
     config: Optional[Path] = ConfigOption,
@@ -166,7 +172,11 @@ def connections_add(
 
     if provider not in REGISTRY:
         fail(f"unknown provider {provider!r}; known: {', '.join(sorted(REGISTRY))}")
-    secrets = _pairs(secret)
+    try:
+        secrets = secret_pairs(secret)
+    except SecretInputError as exc:
+        fail(str(exc))
+        return
     if api_key:
         secrets[REGISTRY[provider].credential_field] = api_key
     options: dict[str, Any] = _pairs(option)
@@ -196,6 +206,23 @@ def connections_remove(name: str, config: Optional[Path] = ConfigOption) -> None
     if not _with_store(config, lambda s: s.remove_connection(name)):
         fail(f"no connection named {name}")
     console.print(f"removed {name}")
+
+
+def _secret_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None, what: str,
+                   env: str) -> str | None:
+    """A secret option's value: from the environment as it is; from the command line '-' (stdin),
+    '@FILE', or a literal with a warning."""
+    if value is None or not _from_command_line(ctx, param):
+        return value
+    try:
+        return read_secret(value, what, env)
+    except SecretInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _from_command_line(ctx: typer.Context, param: typer.CallbackParam) -> bool:
+    # By name: typer may bring its own copy of click, whose ParameterSource is another enum class.
+    return getattr(ctx.get_parameter_source(param.name or ""), "name", None) == "COMMANDLINE"
 
 
 def _pairs(items: list[str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Client commands: ``tunegate files …`` and ``tunegate jobs …`` against a running gateway.
 
 The gateway's URL and key come from ``--url``/``TUNEGATE_URL`` (default http://127.0.0.1:8787) and
-``--api-key``/``TUNEGATE_API_KEY`` (a tunegate key, or a provider key on an open gateway); the provider
+``TUNEGATE_API_KEY``, ``TUNEGATE_API_KEY_FILE`` or ``--api-key -`` (stdin) / ``--api-key @FILE`` (a tunegate
+key, or a provider key on an open gateway; a key typed on the command line works, with a warning); the provider
 from ``--provider``/``TUNEGATE_PROVIDER`` and a stored connection from ``--connection``/
 ``TUNEGATE_CONNECTION``. Every command takes ``--json``. Errors are one line on stderr and a non-zero
 exit status; ``jobs watch`` exits 0 when the job succeeded, 1 when it failed, 2 when it was cancelled.
@@ -32,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tunegate.client.http import Client, GatewayError
+from tunegate.secret_input import SecretInputError, read_secret
 from tunegate.ui.loss import loss_points, sparkline
 
 files_app = typer.Typer(help="Upload, list, fetch and delete files through a running gateway.",
@@ -46,8 +48,23 @@ STATUS_STYLE = {"succeeded": "green", "failed": "red", "cancelled": "bright_blac
 
 UrlOpt = typer.Option(None, "--url", envvar="TUNEGATE_URL", help="Gateway URL (default http://127.0.0.1:8787).",
                       show_default=False)
-KeyOpt = typer.Option(None, "--api-key", envvar="TUNEGATE_API_KEY", help="tunegate key (or provider key).",
-                      show_default=False)
+
+
+def _key_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """``--api-key -`` reads the key from stdin, ``--api-key @FILE`` from a file; a key typed on the
+    command line works with a warning (others can read it); from TUNEGATE_API_KEY it is taken as it is."""
+    # The source by name: typer may bring its own copy of click, whose ParameterSource is another enum.
+    if value is None or getattr(ctx.get_parameter_source(param.name or ""), "name", None) != "COMMANDLINE":
+        return value
+    try:
+        return read_secret(value, "the API key", "TUNEGATE_API_KEY or TUNEGATE_API_KEY_FILE")
+    except SecretInputError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+KeyOpt = typer.Option(None, "--api-key", envvar="TUNEGATE_API_KEY", callback=_key_option, show_default=False,
+                      help="tunegate key (or provider key): '-' reads it from stdin, '@FILE' from a file; or set "
+                           "TUNEGATE_API_KEY / TUNEGATE_API_KEY_FILE.")
 ProviderOpt = typer.Option(None, "--provider", "-p", envvar="TUNEGATE_PROVIDER", help="Provider, e.g. openai.")
 ConnectionOpt = typer.Option(None, "--connection", envvar="TUNEGATE_CONNECTION",
                              help="Stored connection (x-portkey-virtual-key).")
@@ -55,7 +72,11 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 
 def _client(url: str | None, api_key: str | None, provider: str | None, connection: str | None) -> Client:
-    return Client.from_env(url, api_key, provider, connection)
+    try:
+        return Client.from_env(url, api_key, provider, connection)
+    except GatewayError as exc:  # an unreadable TUNEGATE_API_KEY_FILE
+        _fail(str(exc))
+        raise
 
 
 def _fail(message: str, code: int = 1) -> None:

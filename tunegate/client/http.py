@@ -40,7 +40,7 @@ class Client:
     def from_env(cls, url: str | None = None, api_key: str | None = None, provider: str | None = None,
                  connection: str | None = None) -> Client:
         return cls(url=(url or os.environ.get("TUNEGATE_URL") or DEFAULT_URL).rstrip("/"),
-                   api_key=api_key or os.environ.get("TUNEGATE_API_KEY") or None,
+                   api_key=api_key or os.environ.get("TUNEGATE_API_KEY") or _key_file() or None,
                    provider=provider or os.environ.get("TUNEGATE_PROVIDER") or None,
                    connection=connection or os.environ.get("TUNEGATE_CONNECTION") or None)
 
@@ -106,6 +106,17 @@ class Client:
                    "Content-Length": str(len(head) + size + len(tail))}
         with self.open("POST", "/v1/files", body=body(), headers=headers) as resp:
             return json.loads(resp.read())
+
+
+def _key_file() -> str | None:
+    """The key in the file TUNEGATE_API_KEY_FILE names (a mounted secret, say), if set."""
+    path = os.environ.get("TUNEGATE_API_KEY_FILE")
+    if not path:
+        return None
+    try:
+        return Path(path).expanduser().read_text().strip() or None
+    except OSError as exc:
+        raise GatewayError(f"cannot read TUNEGATE_API_KEY_FILE ({path}): {exc.strerror or exc}") from None
 
 
 def _chunks(fh: BinaryIO, progress: Callable[[int], None] | None) -> Iterator[bytes]:
