@@ -108,6 +108,9 @@ class TraceAndLog:
                     # Answered before the body was read (a 413, a refused form): without this, uvicorn keeps
                     # the connection and reads the rest of the body only to drop it, as long as it is sent.
                     extra.append((b"connection", b"close"))
+                ctx = scope.get("tunegate.ctx")
+                for name, value in ctx.response_headers.items() if ctx is not None else ():
+                    extra.append((name.lower().encode("latin-1"), value.encode("latin-1")))  # the adapter's own
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

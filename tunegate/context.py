@@ -54,6 +54,9 @@ class RequestContext:
     upstream_status: int | None = None  # for the request log
     idempotent_create: bool = False  # set when tunegate holds an Idempotency-Key for this create
     idempotency_key: str | None = None  # the client's key, for providers that accept a token (Bedrock)
+    # Headers an adapter adds to this request's answer (e.g. a provider's deprecation Warning); the app
+    # puts them on the response, errors included.
+    response_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def provider_name(self) -> str:

@@ -22,10 +22,19 @@ RUNNING → SUCCESS, one step per GET of the job; without it the job waits in VA
 (STARTED → RUNNING → SUCCESS). Models starting with ``fail`` end in FAILED_VALIDATION, models starting
 with ``crash`` in FAILED. ``faults`` scripts error answers: path substring → statuses to answer first.
 ``tests/providers/test_mistral_standin.py`` validates every answer against the spec's schemas.
+
+From Mistral's own code rather than the spec: validation fails (FAILED_VALIDATION) for a training file whose
+tool-call ids are not nine letters or digits, on the calls or on the tool messages answering them
+(mistralai/mistral-common@bc022b9 src/mistral_common/protocol/instruct/validator.py, MistralRequestValidatorV3
+``_validate_tool_call``/``_validate_tool_message``; that the fine-tuning service applies it at validation
+is assumed). The W&B ``api_key`` length (exactly 40) is checked by the JobIn validation above
+(WandbIntegration.api_key minLength/maxLength 40).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +48,23 @@ SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "mistral-opena
 AUTO_PLAN = ["QUEUED", "VALIDATING", "VALIDATED", "RUNNING", "SUCCESS"]
 TERMINAL = {"FAILED_VALIDATION", "FAILED", "SUCCESS", "CANCELLED"}
 PURPOSES = ("fine-tune", "batch", "ocr")
+TOOL_CALL_ID = re.compile(r"^[a-zA-Z0-9]{9}$")  # mistral-common validator.py (see the module docstring)
+
+
+def tool_call_id_error(data: bytes) -> str | None:
+    """mistral-common's message for the first tool-call id Mistral would refuse, if any."""
+    for n, line in enumerate(data.splitlines(), 1):
+        try:
+            messages = json.loads(line).get("messages") or []
+        except (ValueError, AttributeError):
+            continue
+        for m in messages:
+            ids = [c.get("id") for c in m.get("tool_calls") or []] + (
+                [m.get("tool_call_id")] if m.get("role") == "tool" else [])
+            bad = next((i for i in ids if not isinstance(i, str) or not TOOL_CALL_ID.match(i)), False)
+            if bad is not False:
+                return f"line {n}: Tool call id was {bad} but must be a-z, A-Z, 0-9, with a length of 9."
+    return None
 
 
 @dataclass
@@ -154,7 +180,10 @@ class MistralStandIn:
         if status not in plan or plan.index(status) + 1 >= len(plan):
             return
         nxt = plan[plan.index(status) + 1]
-        if nxt == "VALIDATED" and job["model"].startswith("fail"):
+        data_error = tool_call_id_error(self.contents.get(job["training_files"][0], b""))
+        if nxt == "VALIDATED" and data_error:
+            self.set_status(job, "FAILED_VALIDATION", error=f"Invalid file format: {data_error}")
+        elif nxt == "VALIDATED" and job["model"].startswith("fail"):
             self.set_status(job, "FAILED_VALIDATION",
                             error="Invalid file format: line 1: the last message must be from the assistant.")
         elif nxt == "SUCCESS" and job["model"].startswith("crash"):

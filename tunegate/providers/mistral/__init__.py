@@ -20,6 +20,13 @@ from .paging import scan, slice_after
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
+# Mistral lists its fine-tuning API among its deprecated features, "no longer actively supported", with
+# no replacement documented (docs.mistral.ai/resources/deprecated). Its SDK (mistralai 2.5.1) does not
+# mark the calls, so every fine-tuning answer says it, as a standard Warning header (code 299: a
+# persistent warning).
+DEPRECATION_WARNING = ('299 tunegate "Mistral has deprecated its fine-tuning API; it is no longer actively '
+                       'supported: https://docs.mistral.ai/resources/deprecated"')
+
 
 class Mistral(Provider):
     name = "mistral"
@@ -77,13 +84,19 @@ class Mistral(Provider):
 
     # ---- jobs ----------------------------------------------------------------------------------
 
+    @staticmethod
+    def _deprecated(ctx: RequestContext) -> None:
+        ctx.response_headers["Warning"] = DEPRECATION_WARNING
+
     async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
+        self._deprecated(ctx)
         # A create is never replayed blindly: retried only when tunegate holds an idempotency key.
         raw = await self.call(ctx, "POST", "/fine_tuning/jobs", json=jobs_.create_body(ctx, body),
                               idempotent=ctx.idempotent_create)
         return jobs_.to_job(raw)
 
     async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
+        self._deprecated(ctx)
         if page.extra.get("metadata"):
             raise InvalidRequest("Mistral jobs carry no metadata to filter on.", param="metadata",
                                  code="unsupported_parameter")
@@ -91,6 +104,7 @@ class Mistral(Provider):
         return models.page([jobs_.to_job(j) for j in items], more)
 
     async def _detail(self, ctx: RequestContext, job_id: str) -> JSON:
+        self._deprecated(ctx)  # retrieve, events and checkpoints
         raw = await self.call(ctx, "GET", f"/fine_tuning/jobs/{job_id}")
         return raw if isinstance(raw, dict) else {}
 
@@ -99,11 +113,13 @@ class Mistral(Provider):
 
     async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
         # Cancelling twice is harmless, so a cancel may be retried.
+        self._deprecated(ctx)
         return jobs_.to_job(await self.call(ctx, "POST", f"/fine_tuning/jobs/{job_id}/cancel", idempotent=True))
 
     async def resume_job(self, ctx: RequestContext, job_id: str) -> JSON:
         # Mistral's start: a job created without auto_start (e.g. in Mistral's console) waits in
         # VALIDATED until started. Jobs created through tunegate start by themselves.
+        self._deprecated(ctx)
         return jobs_.to_job(await self.call(ctx, "POST", f"/fine_tuning/jobs/{job_id}/start", idempotent=True))
 
     async def pause_job(self, ctx: RequestContext, job_id: str) -> JSON:

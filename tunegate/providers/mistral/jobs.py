@@ -38,6 +38,11 @@ JOB_STATUS = {
 TERMINAL = {"FAILED_VALIDATION", "FAILED", "SUCCESS", "CANCELLED", "CANCELLATION_REQUESTED"}
 FAILED = {"FAILED_VALIDATION", "FAILED"}
 
+# WandbIntegration.api_key: minLength 40, maxLength 40 in Mistral's OpenAPI (its SDK, generated from it,
+# does not check). W&B's classic keys are 40 characters; W&B Server's (`local-…`) and the newer longer
+# keys would be refused by Mistral's validation, so the gateway says it first, without echoing the key.
+WANDB_KEY_LENGTH = 40
+
 # OpenAI create fields the adapter knows; anything else non-null is refused by name.
 CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
                  "metadata", "integrations"}
@@ -111,14 +116,22 @@ def _integrations(ctx: RequestContext, value: Any) -> list[JSON]:
         if unknown:
             raise InvalidRequest(f"Mistral's W&B integration has no '{unknown[0]}'.",
                                  param=f"{where}.wandb.{unknown[0]}", code="unsupported_parameter")
-        # Mistral runs the W&B client itself and needs the key (40 characters); OpenAI keeps it at
-        # the organisation level, so it comes from a provider option here.
-        native: JSON = {"type": "wandb", "project": wandb["project"],
-                        "api_key": ctx.require_option("wandb_api_key")}
+        # Mistral runs the W&B client itself and needs the key; OpenAI keeps it at the organisation
+        # level, so it comes from a provider option here.
+        native: JSON = {"type": "wandb", "project": wandb["project"], "api_key": _wandb_key(ctx, where)}
         if wandb.get("name"):
             native["name"] = wandb["name"]
         out.append(native)
     return out
+
+
+def _wandb_key(ctx: RequestContext, where: str) -> str:
+    key = str(ctx.require_option("wandb_api_key"))
+    if len(key) != WANDB_KEY_LENGTH:
+        raise InvalidRequest(f"Mistral takes a W&B API key of exactly {WANDB_KEY_LENGTH} characters "
+                             f"(x-portkey-wandb-api-key has {len(key)}); W&B Server keys and the newer, longer W&B "
+                             "keys are refused by Mistral.", param=f"{where}.wandb", code="invalid_provider_option")
+    return key
 
 
 def create_body(ctx: RequestContext, body: JSON) -> JSON:
