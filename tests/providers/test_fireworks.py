@@ -172,7 +172,7 @@ def test_hyperparameters_native_extras_and_validation_file(
     ({"hyperparameters": {"n_epochs": 2, "warmup_ratio": 0.1}}, "hyperparameters.warmup_ratio"),
     ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"hyperparameters": {"learning_rate_multiplier": 2, "learning_rate": 1e-4}}, "hyperparameters.learning_rate"),
-    ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
+    ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations[0].wandb"),  # no W&B key
 ])
 def test_unmappable_values_are_a_clear_400(fw: tuple[FireworksStandIn, Gateway, dict[str, str]],
                                            kwargs: dict[str, Any], param: str) -> None:

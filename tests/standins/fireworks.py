@@ -52,7 +52,11 @@ TERMINAL = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "J
 JOB_FIELDS = {"dataset", "baseModel", "warmStartFrom", "outputModel", "displayName", "epochs", "learningRate",
               "learningRateWarmupSteps", "loraRank", "maxContextLength", "batchSize", "batchSizeSamples",
               "gradientAccumulationSteps", "optimizerWeightDecay", "earlyStop", "evaluationDataset",
-              "evalAutoCarveout", "isTurbo", "jinjaTemplate", "nodes", "region"}
+              "evalAutoCarveout", "isTurbo", "jinjaTemplate", "nodes", "region", "wandbConfig"}
+# WandbConfig, request form (fireworks-ai 1.2.30 fireworks/types/shared_params/wandb_config.py; the same in
+# fw-ai-external/python-sdk@8399c12 src/fireworks/types/shared_params/wandb_config.py). The answer's form
+# (types/shared/wandb_config.py) adds `url` and may echo `apiKey`, which this stand-in does.
+WANDB_FIELDS = {"apiKey", "enabled", "entity", "project", "runId"}
 
 
 def rfc3339(t: float) -> str:
@@ -179,6 +183,9 @@ class FireworksStandIn:
             return self.error(409, f"supervised fine-tuning job '{job_id}' already exists")
         if bool(body.get("baseModel")) == bool(body.get("warmStartFrom")):
             return self.error(400, "exactly one of baseModel or warmStartFrom must be set")
+        wandb = body.get("wandbConfig")
+        if wandb is not None and (not isinstance(wandb, dict) or set(wandb) - WANDB_FIELDS):
+            return self.error(400, "invalid wandbConfig")
         for key in ("dataset", "evaluationDataset"):
             if key in body:
                 ds = self.datasets.get(body[key].rsplit("/", 1)[-1])
@@ -191,6 +198,8 @@ class FireworksStandIn:
                "status": {"code": "OK", "message": ""}, "createTime": now, "updateTime": now,
                "createdBy": "dev@acme.example", "outputModel": f"accounts/{self.account}/models/"
                f"{body.get('outputModel') or job_id}"}
+        if wandb is not None:
+            job["wandbConfig"] = {**wandb, "url": f"https://wandb.ai/{wandb.get('project')}/runs/{job_id}"}
         self.jobs[job_id] = job
         if self.lose_create_answers > 0:
             self.lose_create_answers -= 1

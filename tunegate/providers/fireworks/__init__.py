@@ -33,8 +33,11 @@ class Fireworks(Provider):
     default_base_url = "https://api.fireworks.ai/v1"
     # The suffix becomes part of the job id (with 8 random characters; ids are at most 63 long).
     suffix_max_length = 40
-    # Fireworks's single-request `:upload` takes up to 150 MB; larger files go through a signed URL.
-    small_upload_max: ClassVar[int] = 150 * 1024 * 1024
+    # Fireworks's single-request `:upload` "can handle file sizes up to 150Mb" (fireworks-ai 1.2.30
+    # resources/datasets.py `upload`; lib/dataset_upload.py: "limited to 150 MB per request"). The unit
+    # is not pinned down, so the smaller reading, 150 * 10**6 bytes; larger files go through a signed URL,
+    # which takes any size.
+    small_upload_max: ClassVar[int] = 150 * 1000 * 1000
     page_size_max: ClassVar[int] = 200
 
     # ---- plumbing ------------------------------------------------------------------------------
@@ -94,7 +97,8 @@ class Fireworks(Provider):
         account_id = self.account_id(ctx)
         hint = body.get("suffix") or str(body["model"]).rsplit("/", 1)[-1]
         job_id = wire.new_id(hint)
-        native = create_body(body, account_id, job_id)
+        wandb_key = ctx.credentials.get("wandb_api_key") or ctx.option("wandb_api_key")
+        native = create_body(body, account_id, job_id, wandb_api_key=str(wandb_key) if wandb_key else None)
         # The job id travels in the query string, so a replay (retried only under an Idempotency-Key)
         # is refused as ALREADY_EXISTS instead of creating a second job.
         attempts_before = ctx.policy.stats["attempts"]

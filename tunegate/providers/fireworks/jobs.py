@@ -87,9 +87,46 @@ def _hyperparameters(body: JSON) -> tuple[JSON, str]:
     return (hp or top), "method.supervised.hyperparameters"
 
 
-def create_body(body: JSON, account_id: str, job_id: str) -> JSON:
+def _wandb_config(integrations: Any, api_key: str | None) -> JSON:
+    """OpenAI's W&B integration → Fireworks's `wandbConfig` {enabled, apiKey, project, entity}
+    (fireworks-ai 1.2.30 types/shared_params/wandb_config.py). It has no display name (its `runId` is
+    W&B's run id, not a name) and no tags, and holds one configuration."""
+    if not isinstance(integrations, list) or len(integrations) != 1:
+        raise InvalidRequest("Fireworks takes one integration, of type 'wandb'.", param="integrations",
+                             code="unsupported_parameter")
+    item = integrations[0]
+    spec = item.get("wandb") if isinstance(item, dict) and item.get("type") == "wandb" else None
+    if not isinstance(spec, dict):
+        raise InvalidRequest("Fireworks supports only the 'wandb' integration.", param="integrations[0]",
+                             code="unsupported_parameter")
+    if not isinstance(spec.get("project"), str) or not spec["project"]:
+        raise InvalidRequest("A wandb integration needs 'wandb.project'.", param="integrations[0].wandb.project")
+    for field in ("name", "tags"):
+        if spec.get(field):
+            raise InvalidRequest(f"Fireworks's W&B configuration has no run '{field}'.",
+                                 param=f"integrations[0].wandb.{field}", code="unsupported_parameter")
+    if not api_key:
+        raise InvalidRequest("Fireworks needs the W&B API key with the job: send 'x-portkey-wandb-api-key' (or set "
+                             "'wandb_api_key' on the connection).", param="integrations[0].wandb",
+                             code="missing_provider_option")
+    config: JSON = {"enabled": True, "apiKey": api_key, "project": spec["project"]}
+    if spec.get("entity"):
+        config["entity"] = spec["entity"]
+    return config
+
+
+def _integrations_out(raw: JSON) -> list[JSON] | None:
+    """`wandbConfig` back as OpenAI's integration; the echoed apiKey never leaves this function."""
+    config = raw.get("wandbConfig")
+    if not isinstance(config, dict) or not config.get("project") or config.get("enabled") is False:
+        return None
+    return [{"type": "wandb", "wandb": {"project": config["project"], "entity": config.get("entity") or None,
+                                        "name": None, "tags": []}}]
+
+
+def create_body(body: JSON, account_id: str, job_id: str, *, wandb_api_key: str | None = None) -> JSON:
     """The Fireworks create body for an OpenAI create request; every value is mapped or refused."""
-    for name in ("seed", "metadata", "integrations"):
+    for name in ("seed", "metadata"):
         if body.get(name) not in (None, {}, []):
             raise InvalidRequest(f"Fireworks supervised fine-tuning jobs have no equivalent of '{name}'.",
                                  param=name, code="unsupported_parameter")
@@ -109,6 +146,8 @@ def create_body(body: JSON, account_id: str, job_id: str) -> JSON:
                                                     "validation_file")
     if body.get("suffix"):
         native["displayName"] = body["suffix"]
+    if body.get("integrations"):
+        native["wandbConfig"] = _wandb_config(body["integrations"], wandb_api_key)
     hp, where = _hyperparameters(body)
     for key, value in hp.items():
         param = f"{where}.{key}"
@@ -186,6 +225,7 @@ def to_job(raw: JSON, account_id: str) -> JSON:
         trained_tokens=int(trained) if isinstance(trained, int | str) and str(trained).isdigit() else None,
         error=error,
         organization_id=account_id,
+        integrations=_integrations_out(raw),
         method={"type": "supervised", "supervised": {"hyperparameters": {
             k: hp[k] for k in ("batch_size", "learning_rate_multiplier", "n_epochs")}}},
         **extra,
