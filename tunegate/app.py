@@ -24,6 +24,7 @@ from tunegate.context import ContextResolver, new_trace_id
 from tunegate.errors import APIError, MethodNotAllowed, NotFound
 from tunegate.files import open_file_store
 from tunegate.localjobs import start_scheduler
+from tunegate.private import secure_data_dir
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
 from tunegate.upstream import Upstream
@@ -225,6 +226,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        secure_data_dir(settings.data_dir, settings.resolved_database_url)  # before anything is written there
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
         store = await Store.open(settings.resolved_database_url, box)
         upstream = Upstream(settings.allowed_custom_hosts)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tunegate.client import files_app, jobs_app
 from tunegate.config import Settings
+from tunegate.private import secure_data_dir
 from tunegate.secret_input import SecretInputError, read_secret, secret_pairs
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
@@ -41,6 +42,7 @@ def _settings(config: Path | None) -> Settings:
 
 def _with_store(config: Path | None, work: Callable[[Store], Awaitable[T]]) -> T:
     settings = _settings(config)
+    secure_data_dir(settings.data_dir, settings.resolved_database_url)  # the database file is made 0600
 
     async def run() -> T:
         store = await Store.open(settings.resolved_database_url,

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 
 from tunegate.app import create_app
 from tunegate.config import Settings
+from tunegate.private import UMASK
 
 
 def _return_large_buffers_to_the_os() -> None:
@@ -25,6 +26,7 @@ def _return_large_buffers_to_the_os() -> None:
 
 def app() -> Starlette:
     _return_large_buffers_to_the_os()
+    os.umask(UMASK)  # whatever the serving process writes (database, files, spools) is its user's alone
     settings = Settings.load(os.environ.get("TUNEGATE_CONFIG") or None)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # Libraries that log request signing material or headers at DEBUG (botocore prints the SigV4

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from tunegate.private import create_private, private_dir
+
 if TYPE_CHECKING:
     from tunegate.config import Settings
     from tunegate.upstream import Upstream
@@ -85,9 +87,9 @@ class LocalDiskStore:
         self.tmp = root / "tmp"
 
     def prepare(self) -> None:
-        """Create the folders and sweep temporaries a crashed process left behind."""
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        """Create the folders (0700) and sweep temporaries a crashed process left behind."""
+        for folder in (self.root, self.objects, self.tmp):
+            private_dir(folder)
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -95,7 +97,7 @@ class LocalDiskStore:
         temp = self.tmp / f"{name}.{secrets.token_hex(4)}.part"
         digest = hashlib.sha256()
         size = 0
-        handle = await asyncio.to_thread(open, temp, "xb")
+        handle = await asyncio.to_thread(create_private, temp)  # 0600, whatever the umask
         try:
             async for chunk in chunks:
                 digest.update(chunk)

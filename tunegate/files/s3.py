@@ -36,6 +36,7 @@ from tunegate import aws
 from tunegate.aws.s3 import Bucket, S3Client, xml_error
 from tunegate.errors import NotFound, UpstreamError
 from tunegate.files import CHUNK, Stored
+from tunegate.private import create_private, private_dir
 from tunegate.upstream import CallPolicy, Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ class S3Store:
 
     def prepare(self) -> None:
         """Create the cache folders and sweep temporaries a crashed process left behind."""
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        private_dir(self.cache)  # 0700: copies of training data
+        private_dir(self.tmp)
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
 
@@ -128,7 +130,7 @@ class S3Store:
         if await asyncio.to_thread(_touch, cached):
             return cached
         temp = self.tmp / f"{cached.name}.{secrets.token_hex(4)}.part"
-        handle = await asyncio.to_thread(open, temp, "xb")
+        handle = await asyncio.to_thread(create_private, temp)
         try:
             async for chunk in self.read(location):
                 await asyncio.to_thread(handle.write, chunk)

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from tunegate.private import private_dir
+
 KEY_PREFIX = "tg-"
 
 
@@ -40,7 +42,7 @@ class SecretBox:
             return cls(secret_key)
         path = data_dir / "secret.key"
         if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(data_dir)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(base64.urlsafe_b64encode(os.urandom(32)))  # a Fernet key
