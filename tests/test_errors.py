@@ -131,13 +131,26 @@ def test_invalid_training_file_refused_before_provider_creates_it(env: tuple[Sta
     assert list(standin.contents.values()) == [TRAINING]
 
 
-def test_too_few_examples_refused(env: tuple[StandIn, str, Gateway]) -> None:
+def test_too_few_examples_is_the_job_create_s_400(env: tuple[StandIn, str, Gateway]) -> None:
+    """A 3-line file uploads (OpenAI accepts it); as a training file its job is a 400 naming the count and
+    OpenAI's minimum; as a validation file it is fine."""
     standin, upstream, gw = env
     resp = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"},
                          files={"file": ("t.jsonl", (GOOD_LINE + "\n").encode() * 3)})
-    err = assert_error(resp, 400, "file", "invalid_training_file")
-    assert "10" in err["message"]
-    assert not standin.files
+    assert resp.status_code == 200, resp.text
+    small = resp.json()["id"]
+    assert small in standin.files
+    big = requests.post(gw.url + "/v1/files", headers=headers(upstream), data={"purpose": "fine-tune"},
+                        files={"file": ("t.jsonl", TRAINING)}).json()["id"]
+    create = gw.url + "/v1/fine_tuning/jobs"
+    resp = requests.post(create, headers=headers(upstream), json={"model": "gpt-4o-mini", "training_file": small})
+    err = assert_error(resp, 400, "training_file", "invalid_n_examples")
+    assert "3 example(s)" in err["message"] and "at least 10" in err["message"] and "'openai'" in err["message"]
+    assert not [r for r in standin.requests if r.path.endswith("/fine_tuning/jobs")]  # refused before the provider
+    resp = requests.post(create, headers=headers(upstream),
+                         json={"model": "gpt-4o-mini", "training_file": big, "validation_file": small})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["validation_file"] == small
 
 
 def test_upload_form_errors(env: tuple[StandIn, str, Gateway]) -> None:

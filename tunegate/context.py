@@ -25,7 +25,7 @@ from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tunegate.files import FileStore
 from tunegate.hosts import check_custom_host
 from tunegate.limits import RateLimiter
-from tunegate.providers import REGISTRY
+from tunegate.providers import canonical_name, known_names, provider_named
 from tunegate.providers.base import Provider
 from tunegate.store import ApiKey, Connection, Store, StoredObject
 from tunegate.store.secretbox import KEY_PREFIX
@@ -96,6 +96,15 @@ class RequestContext:
         return text
 
 
+def _configured_base_url(settings: Settings, provider: Provider) -> str | None:
+    """The operator's `[providers.<name>] base_url`, under the canonical name or an alias (a config file
+    written before the names became Portkey's still applies)."""
+    for name in (provider.name, *provider.aliases):
+        if url := settings.provider_base_url(name):
+            return url
+    return None
+
+
 def _header_options(headers: Mapping[str, str]) -> dict[str, str]:
     options = {}
     for name, value in headers.items():
@@ -152,15 +161,19 @@ class ContextResolver:
             raise InvalidRequest("No provider given: send the 'x-portkey-provider' header (e.g. "
                                  "'x-portkey-provider: openai').", param="x-portkey-provider",
                                  code="missing_provider")
-        provider = REGISTRY.get(provider_name)
+        provider = provider_named(provider_name)  # Portkey's slug or one of the provider's aliases
         if provider is None:
             raise InvalidRequest(f"Unknown provider '{provider_name}'. Known providers: "
-                                 f"{', '.join(sorted(REGISTRY))}.", param="x-portkey-provider",
+                                 f"{known_names()}.", param="x-portkey-provider",
                                  code="unknown_provider")
-        if connection is not None and connection.provider != provider_name:
+        provider_name = provider.name
+        # Stored names are canonical (migration 0004, Store.add_connection); canonical_name() keeps a row
+        # written by an older gateway working.
+        if connection is not None and canonical_name(connection.provider) != provider_name:
             raise InvalidRequest(f"Connection '{connection.name}' is for provider '{connection.provider}', "
                                  f"not '{provider_name}'.", param="x-portkey-virtual-key")
-        if connection is None and recorded is not None and recorded.connection and recorded.provider == provider_name:
+        if (connection is None and recorded is not None and recorded.connection
+                and canonical_name(recorded.provider) == provider_name):
             connection = await self.store.get_connection(recorded.connection)
         if connection is None and key is not None:
             connection = await self._granted_connection(key, provider_name)
@@ -188,7 +201,7 @@ class ContextResolver:
             # Calls to it resolve through the guard again (see tunegate.hosts: DNS rebinding).
             ctx.policy.client_host = (urlsplit(custom_host).hostname or "").lower()
         ctx.base_url_override = (custom_host or ctx.base_url_override
-                                 or self.settings.provider_base_url(provider_name))
+                                 or _configured_base_url(self.settings, provider))
         return ctx
 
     async def _authenticate(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str | None]:

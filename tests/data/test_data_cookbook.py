@@ -17,10 +17,11 @@ def report():
     return validate_path(COOKBOOK)
 
 
-def test_refused_for_too_few_examples(report) -> None:
-    assert not report.ok
-    assert [(p.code, p.line) for p in report.errors] == [("too_few_examples", None)]
-    assert "5 example(s)" in report.errors[0].message
+def test_valid_with_a_warning_for_too_few_examples(report) -> None:
+    # 5 examples: too few for an OpenAI training file, which the job create checks; the file is valid.
+    assert report.ok and not report.errors
+    few = [p for p in report.warnings if p.code == "too_few_examples"]
+    assert len(few) == 1 and few[0].line is None and "5 example(s)" in few[0].message
 
 
 def test_exactly_one_missing_system_and_one_missing_user(report) -> None:
@@ -29,6 +30,7 @@ def test_exactly_one_missing_system_and_one_missing_user(report) -> None:
     assert [(p.code, p.line) for p in report.warnings] == [
         ("missing_system_message", 3),
         ("missing_user_message", 4),
+        ("too_few_examples", None),
     ]
 
 
@@ -46,5 +48,5 @@ def test_stats_match_the_notebook(report) -> None:
 
 def test_summary_names_lines(report) -> None:
     text = report.summary()
-    assert text.startswith("INVALID")
+    assert text.startswith("OK")
     assert "line 3" in text and "line 4" in text and "too_few_examples" in text

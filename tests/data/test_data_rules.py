@@ -455,13 +455,25 @@ def test_good_files_are_clean() -> None:
         assert report.ok and not report.warnings, report.summary()
 
 
-def test_too_few_examples() -> None:
+def test_too_few_examples_is_a_warning() -> None:
+    # A count is the provider's rule, for the file's role in a job (checked at job creation): the file
+    # itself is fine.
     report = validate_bytes(jsonl([CHAT] * 9))
-    assert [(p.code, p.line) for p in report.errors] == [("too_few_examples", None)]
-    assert validate_bytes(jsonl([CHAT] * 10)).ok
+    assert report.ok and not report.errors
+    assert [(p.code, p.line) for p in report.warnings] == [("too_few_examples", None)]
+    assert "9 example(s)" in report.warnings[0].message
+    assert not validate_bytes(jsonl([CHAT] * 10)).warnings
     # lines that are not objects are not examples
     report = validate_bytes(jsonl([CHAT] * 9 + [b"[]"]))
-    assert {p.code for p in report.errors} == {"not_an_object", "too_few_examples"}
+    assert [p.code for p in report.errors] == ["not_an_object"]
+    assert [p.code for p in report.warnings] == ["too_few_examples"]
+
+
+def test_a_file_without_examples_is_refused() -> None:
+    report = validate_bytes(b"")
+    assert [(p.code, p.line) for p in report.errors] == [("no_examples", None)]
+    report = validate_bytes(jsonl([CHAT]))
+    assert report.ok and report.stats["examples"] == 1
 
 
 def test_file_too_large() -> None:
@@ -491,7 +503,7 @@ def test_not_jsonl_extension(tmp_path) -> None:
 
 
 def test_every_rule_has_a_test() -> None:
-    tested = {c[1] for c in CASES} | {"too_few_examples", "file_too_large", "not_jsonl_extension"}
+    tested = {c[1] for c in CASES} | {"too_few_examples", "no_examples", "file_too_large", "not_jsonl_extension"}
     assert set(RULES) == tested
 
 

@@ -135,7 +135,7 @@ def test_summary_limit() -> None:
     r = validate_bytes(b"oops\n" * 12)
     text = r.summary(limit=3)
     assert text.count("[invalid_json]") == 3
-    assert "... and 10 more" in text  # 12 invalid_json + too_few_examples
+    assert "... and 9 more" in text  # 12 invalid_json (too_few_examples is a warning)
 
 
 def test_cli(tmp_path, capsys) -> None:

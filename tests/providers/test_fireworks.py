@@ -222,7 +222,7 @@ def test_retried_create_finds_the_job_it_made(fw: tuple[FireworksStandIn, Gatewa
 def test_job_pagination_with_auto_paging(fw: tuple[FireworksStandIn, Gateway, dict[str, str]],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     standin, gw, headers = fw
-    monkeypatch.setattr(REGISTRY["fireworks"], "page_size_max", 2)  # force several upstream pages
+    monkeypatch.setattr(REGISTRY["fireworks-ai"], "page_size_max", 2)  # force several upstream pages
     client = sdk(gw, standin, headers)
     f = upload(client)
     created = [client.fine_tuning.jobs.create(training_file=f.id, model="qwen3-8b", suffix=f"j{i}").id
@@ -273,7 +273,7 @@ def test_files_list_retrieve_content_delete(fw: tuple[FireworksStandIn, Gateway,
 def test_large_upload_uses_the_signed_url_flow(fw: tuple[FireworksStandIn, Gateway, dict[str, str]],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     standin, gw, headers = fw
-    monkeypatch.setattr(REGISTRY["fireworks"], "small_upload_max", 100)
+    monkeypatch.setattr(REGISTRY["fireworks-ai"], "small_upload_max", 100)
     client = sdk(gw, standin, headers)
     f = upload(client, "big.txt")
     assert f.bytes == len(EXAMPLES) and f.status == "processed" and f.filename == "big.txt"

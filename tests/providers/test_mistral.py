@@ -209,7 +209,7 @@ def test_auto_pagination_follows_after_cursors(env: tuple[MistralStandIn, Gatewa
     assert [j.id for j in client.fine_tuning.jobs.list(limit=3)] == newest_first  # the SDK's auto-pagination
 
     # Re-listing across several Mistral pages: Mistral pages of 2, OpenAI pages of 3.
-    monkeypatch.setattr(REGISTRY["mistral"], "max_page_size", 2)
+    monkeypatch.setattr(REGISTRY["mistral-ai"], "max_page_size", 2)
     before = len(standin.requests)
     assert [j.id for j in client.fine_tuning.jobs.list(limit=3)] == newest_first
     pages = [dict(r.query)["page"] for r in standin.requests[before:] if r.path == "/v1/fine_tuning/jobs"]
@@ -218,7 +218,7 @@ def test_auto_pagination_follows_after_cursors(env: tuple[MistralStandIn, Gatewa
 
     # A server that caps page_size lower than asked: the page numbers still line up.
     standin.max_page_size = 1
-    monkeypatch.setattr(REGISTRY["mistral"], "max_page_size", 100)
+    monkeypatch.setattr(REGISTRY["mistral-ai"], "max_page_size", 100)
     assert [j.id for j in client.fine_tuning.jobs.list(limit=2)] == newest_first
 
     with pytest.raises(openai.BadRequestError) as unknown:

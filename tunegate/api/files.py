@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from tunegate.api import datasets
 from tunegate.api.common import context, page, remember, respond, services, visible
 from tunegate.context import RequestContext
 from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge, missing_param
@@ -153,6 +154,8 @@ async def upload_file(request: Request) -> Response:
     await remember(ctx, "file", created)
     if ctx.provider.keeps_files and report is not None and ctx.store is not None:
         await ctx.store.set_managed_report(created["id"], report.to_dict())  # shown in the dashboard
+    elif report is not None:
+        await datasets.record_upload(ctx, created, report.to_dict())  # the count a job create checks
     return respond(created)
 
 
@@ -197,6 +200,7 @@ async def delete_file(request: Request) -> Response:
     result = await ctx.provider.delete_file(ctx, request.path_params["file_id"])
     if ctx.store is not None:
         await ctx.store.forget("file", request.path_params["file_id"])
+        await datasets.forget_upload(ctx, request.path_params["file_id"])
     return respond(result)
 
 

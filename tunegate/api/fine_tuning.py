@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tunegate.api.common import context, json_body, page, remember, respond, visible
+from tunegate.api.datasets import check_job_files
 from tunegate.context import RequestContext
 from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
 from tunegate.files import is_managed_file_id
@@ -56,6 +57,7 @@ async def create_job(request: Request) -> Response:
     ctx = await context(request)
     body = await json_body(request)
     validate_create(ctx, body)
+    await check_job_files(ctx, body)  # the provider's dataset rules, before any copy is pushed
     for field in ("training_file", "validation_file"):
         if isinstance(body.get(field), str):
             body[field] = await managed_file_on_provider(ctx, body[field], field)

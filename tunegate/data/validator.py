@@ -44,7 +44,10 @@ RULES: dict[str, tuple[str, str]] = {
     "invalid_json": (ERROR, "Each line must be one complete JSON value (no pretty-printed JSON, no BOM)."),
     "not_an_object": (ERROR, "Each line must be a JSON object."),
     "empty_line": (ERROR, "Blank lines are not allowed (a single trailing newline is fine)."),
-    "too_few_examples": (ERROR, f"At least {MIN_EXAMPLES} examples are required."),
+    "no_examples": (ERROR, "The file must hold at least one example."),
+    # A warning, not an error: minimums are the provider's and depend on the file's role in a job, so they
+    # are checked when a job is created (tunegate.providers.rules). 10 is OpenAI's training minimum.
+    "too_few_examples": (WARNING, f"Fewer than {MIN_EXAMPLES} examples: too few for a training file on OpenAI."),
     "file_too_large": (ERROR, "The file must not exceed 512 MiB."),
     "mixed_formats": (ERROR, "All lines of a file must use the same format (chat or prompt/completion)."),
     "not_jsonl_extension": (WARNING, "Fine-tuning files must be uploaded as .jsonl."),
@@ -319,13 +322,16 @@ class Validator:
             line = bytes(self._partial)
             self._partial = bytearray()
             self._process(line)
-        if self._examples < MIN_EXAMPLES:
+        if self._examples == 0 and self._error_count == 0:
+            self._add(ERROR, None, "", "no_examples", "the file holds no examples")
+        elif self._examples < MIN_EXAMPLES:
             self._add(
-                ERROR,
+                WARNING,
                 None,
                 "",
                 "too_few_examples",
-                f"the file has {self._examples} example(s); at least {MIN_EXAMPLES} are required",
+                f"the file has {self._examples} example(s); OpenAI needs at least {MIN_EXAMPLES} in a training "
+                "file, other providers have their own minimums (checked when a job names the file)",
             )
         n = self._msg_examples
         stats: dict[str, Any] = {

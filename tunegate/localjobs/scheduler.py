@@ -95,6 +95,18 @@ def _file_error(report: Any, field: str) -> dict[str, Any]:
             "param": field}
 
 
+def _too_few_examples(examples: int) -> dict[str, Any] | None:
+    """The local provider's training minimum (its `dataset_rules`), for files the create could not check
+    (uploaded with validation off): the job fails as OpenAI's does, with `invalid_n_examples`."""
+    from tunegate.providers.local import Local
+
+    minimum = Local.dataset_rules.min_training_examples
+    if minimum is None or examples >= minimum:
+        return None
+    return {"code": "invalid_n_examples", "param": "training_file",
+            "message": f"Training file has {examples} example(s), but must have at least {minimum} examples"}
+
+
 def validate_job(model: str, method: str, requested: dict[str, Any], training: Path | None,
                  validation: Path | None, has_validation: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(resolved hyperparameters, None) or (None, error object)."""
@@ -107,12 +119,14 @@ def validate_job(model: str, method: str, requested: dict[str, Any], training: P
     report = validate_path(training, method=method)
     if not report.ok:
         return None, _file_error(report, "training_file")
+    if (few := _too_few_examples(int(report.stats.get("examples") or 0))) is not None:
+        return None, few
     if has_validation:
         if validation is None or not validation.is_file():
             return None, {"code": "invalid_validation_file", "message": "The validation file no longer exists.",
                           "param": "validation_file"}
         vreport = validate_path(validation, method=method)
-        if not vreport.ok and not all(p.code == "too_few_examples" for p in vreport.errors):
+        if not vreport.ok:  # a count is never an error of the file itself; validation files have no minimum
             return None, _file_error(vreport, "validation_file")
     try:
         resolved = resolve_hyperparameters(requested, int(report.stats.get("examples") or 0), method)

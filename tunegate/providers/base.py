@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tunegate import models
 from tunegate.errors import InvalidRequest, NotSupported, UpstreamError
+from tunegate.providers.rules import NO_RULES, DatasetRules
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -59,7 +60,10 @@ class Download:
 
 
 class Provider:
+    # The canonical name: Portkey's provider slug (what x-portkey-provider, configs, connections and the
+    # registry carry). `aliases` are other names accepted on the way in and stored as `name`.
     name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
     default_base_url: ClassVar[str | None] = None
     # Longest `suffix` the provider accepts (OpenAI's current spec: 64; Mistral and old OpenAI: 18).
     suffix_max_length: ClassVar[int] = 64
@@ -69,6 +73,9 @@ class Provider:
     # True for providers whose files live in tunegate's own store (tunegate, local): a managed file id
     # is used as is instead of being copied to the provider first.
     keeps_files: ClassVar[bool] = False
+    # The provider's dataset limits, checked when a job is created (tunegate.providers.rules); the
+    # source of each number is in the provider's MAPPING.md.
+    dataset_rules: ClassVar[DatasetRules] = NO_RULES
 
     # ---- helpers shared by adapters ------------------------------------------------------------
 
@@ -123,6 +130,10 @@ class Provider:
                 resp.release()
 
         return Download(chunks(), media_type=resp.headers.get("Content-Type", "application/octet-stream"))
+
+    def dataset_rules_for(self, model: str) -> DatasetRules:
+        """The rules for a job on this base model (providers whose limits differ by model override this)."""
+        return self.dataset_rules
 
     def unsupported(self, operation: str) -> NotSupported:
         return NotSupported(f"Provider '{self.name}' does not support {operation}.")

@@ -206,9 +206,13 @@ class Store:
 
     async def add_connection(self, name: str, provider: str, secrets: dict[str, str],
                              base_url: str | None = None, options: dict[str, Any] | None = None) -> None:
+        """Store a connection under the provider's canonical name, whichever alias the caller used (the
+        resolver and `connections_for` compare canonical names)."""
+        from tunegate.providers import canonical_name  # the adapters load only when a connection is added
+
         async with self.engine.begin() as conn:
             await conn.execute(connections.insert().values(
-                name=name, provider=provider, base_url=base_url, secrets=self.box.seal(secrets),
+                name=name, provider=canonical_name(provider), base_url=base_url, secrets=self.box.seal(secrets),
                 options=options or {}, created_at=_now()))
 
     async def get_connection(self, name: str) -> Connection | None:

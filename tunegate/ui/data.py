@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from tunegate.api.common import Services, remember
 from tunegate.context import RequestContext, new_trace_id
 from tunegate.errors import APIError
+from tunegate.providers import canonical_name
 from tunegate.providers.base import Page
 from tunegate.store import ApiKey
 from tunegate.store.schema import objects
@@ -85,8 +86,8 @@ def _row(r: Any) -> dict[str, Any]:
 
 async def list_jobs(services: Services, viewer: Viewer, filters: JobFilters) -> list[dict[str, Any]]:
     query = _visible(sa.select(objects).where(objects.c.kind == "job"), viewer)
-    if filters.provider:
-        query = query.where(objects.c.provider == filters.provider)
+    if filters.provider:  # ?provider=together finds the together-ai jobs: the registry stores canonical names
+        query = query.where(objects.c.provider == canonical_name(filters.provider))
     if filters.status:
         query = query.where(objects.c.status == filters.status)
     query = query.order_by(objects.c.created_at.desc(), objects.c.id.desc()).limit(MAX_ROWS * 4)
@@ -125,7 +126,7 @@ async def registry_object(services: Services, viewer: Viewer, kind: str, object_
 async def list_files(services: Services, viewer: Viewer, provider: str | None = None) -> list[dict[str, Any]]:
     query = _visible(sa.select(objects).where(objects.c.kind == "file"), viewer)
     if provider:
-        query = query.where(objects.c.provider == provider)
+        query = query.where(objects.c.provider == canonical_name(provider))
     query = query.order_by(objects.c.created_at.desc(), objects.c.id.desc()).limit(MAX_ROWS)
     async with services.store.engine.connect() as conn:
         rows = [_row(r) for r in (await conn.execute(query)).mappings()]

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from tunegate.errors import InvalidRequest
 from tunegate.providers.base import JSON
 from tunegate.providers.openai_compatible import OpenAICompatible
+from tunegate.providers.rules import DatasetRules
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
@@ -42,6 +43,10 @@ GA_CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameter
 
 class AzureOpenAI(OpenAICompatible):
     name = "azure-openai"
+    # Azure's fine-tuning how-to (MicrosoftDocs/azure-ai-docs): "Fine-tuning jobs will not proceed without at
+    # least 10 training examples"; training and validation files "must be less than 512 MB". The epoch
+    # range is not in the 2024-10-21 spec (FineTuningHyperParameters.n_epochs has no bounds): not checked.
+    dataset_rules = DatasetRules(min_training_examples=10, max_file_bytes=512 * 1024**2)
     suffix_max_length = 64
 
     def api_version(self, ctx: RequestContext) -> str:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import orjson
@@ -26,6 +26,7 @@ from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import ids
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.bedrock import aws, jobs, s3
+from tunegate.providers.rules import NO_RULES, DatasetRules
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -41,6 +42,19 @@ class Bedrock(Provider):
     name = "bedrock"
     # customModelName is 1–63 characters and must be unique: tunegate appends "-" and 8 characters.
     suffix_max_length = 54
+    # Bedrock's limits depend on the base model: (model id prefix, rules), the first match wins. Source:
+    # aws-samples/amazon-nova-samples customization/bedrock-finetuning/understanding/dataset_validation/
+    # nova_ft_dataset_validator.py (MODEL_TO_NUM_SAMPLES_MAP, NOVA_2_0_LITE_SAMPLE_BOUNDS: 8–20,000 samples
+    # for Nova 1, 200–20,000 for Nova 2 Lite SFT; the maximum counts training and validation together,
+    # checked here per file), and the Nova guide "Selecting hyperparameters" (epochs limited to 5).
+    # Other families (Titan, Claude 3 Haiku, Llama): unverified, so not checked here.
+    model_dataset_rules: ClassVar[tuple[tuple[str, DatasetRules], ...]] = (
+        ("amazon.nova-2-lite", DatasetRules(min_training_examples=200, max_training_examples=20_000, max_epochs=5)),
+        ("amazon.nova-", DatasetRules(min_training_examples=8, max_training_examples=20_000, max_epochs=5)),
+    )
+
+    def dataset_rules_for(self, model: str) -> DatasetRules:
+        return next((rules for prefix, rules in self.model_dataset_rules if model.startswith(prefix)), NO_RULES)
 
     def __init__(self) -> None:
         super().__init__()

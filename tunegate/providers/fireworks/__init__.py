@@ -19,6 +19,7 @@ from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 from tunegate.providers.fireworks import wire
 from tunegate.providers.fireworks.datasets import Spool, to_file, upload_name
 from tunegate.providers.fireworks.jobs import create_body, to_job
+from tunegate.providers.rules import DatasetRules
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -29,7 +30,10 @@ DATASETS = "datasets"
 
 
 class Fireworks(Provider):
-    name = "fireworks"
+    name = "fireworks-ai"
+    aliases = ("fireworks",)
+    # docs.fireworks.ai "Fine-tuning models" (SFT), "Prepare a dataset": minimum 3, maximum 3 million examples.
+    dataset_rules = DatasetRules(min_training_examples=3, max_training_examples=3_000_000)
     default_base_url = "https://api.fireworks.ai/v1"
     # The suffix becomes part of the job id (with 8 random characters; ids are at most 63 long).
     suffix_max_length = 40

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tunegate import models
 from tunegate.errors import InvalidRequest, NotFound
 from tunegate.localjobs import JobDB, wake_all
 from tunegate.localjobs.db import Row, now
 from tunegate.providers.base import JSON, Page
+from tunegate.providers.openai import OPENAI_RULES
+from tunegate.providers.rules import DatasetRules
 from tunegate.providers.tunegate import ManagedFiles
 from tunegate.trainer.spec import METHODS, TrainingError, fine_tuned_model_name, resolve_hyperparameters
 
@@ -92,6 +94,10 @@ def _method(body: JSON) -> tuple[str, dict[str, Any], str]:
 
 class Local(ManagedFiles):
     name = "local"
+    # Local training keeps OpenAI's dataset rules (10 training examples, no validation minimum), so a
+    # script that works here works on OpenAI; the scheduler checks the same rule for unvalidated files.
+    dataset_rules: ClassVar[DatasetRules] = DatasetRules(
+        min_training_examples=OPENAI_RULES.min_training_examples)
 
     def _db(self, ctx: RequestContext) -> JobDB:
         store, _ = ctx.require_store()

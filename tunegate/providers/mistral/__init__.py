@@ -11,6 +11,7 @@ from tunegate import models
 from tunegate.errors import InvalidRequest
 from tunegate.multipart import MultipartWriter
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, generic_error_message
+from tunegate.providers.rules import DatasetRules
 from tunegate.upstream import UpstreamResponse
 
 from . import files as files_
@@ -29,7 +30,11 @@ DEPRECATION_WARNING = ('299 tunegate "Mistral has deprecated its fine-tuning API
 
 
 class Mistral(Provider):
-    name = "mistral"
+    name = "mistral-ai"
+    aliases = ("mistral",)
+    # mistral-openapi.yaml, POST /v1/files: "The size of individual files can be a maximum of 512 MB".
+    # No minimum example count is published (see MAPPING.md): Mistral decides.
+    dataset_rules = DatasetRules(max_file_bytes=512 * 1024**2)
     default_base_url = "https://api.mistral.ai/v1"
     suffix_max_length: ClassVar[int] = 18  # JobIn.suffix: maxLength 18
     # Page size used when re-listing to find an `after` cursor (Mistral's default page_size).

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from tunegate.errors import InvalidRequest, UpstreamError
 from tunegate.multipart import MultipartWriter
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.rules import DatasetRules
 from tunegate.providers.together import files as tfiles
 from tunegate.providers.together import jobs as tjobs
 from tunegate.providers.together.paging import after_index, envelope
@@ -27,8 +28,11 @@ def _sort_key(obj: JSON) -> SortKey:
 
 
 class Together(Provider):
-    name = "together"
+    name = "together-ai"
+    aliases = ("together",)
     default_base_url = "https://api.together.ai/v1"
+    # together-python 1.5.34 (src/together/constants.py): MIN_SAMPLES = 1, MAX_FILE_SIZE_GB = 50.1 (GiB).
+    dataset_rules = DatasetRules(min_training_examples=1, max_file_bytes=int(50.1 * 2**30))
     # "up to 40 character suffix" (FinetuneRequest.suffix in both Python SDKs; the spec states none).
     suffix_max_length = 40
 

@@ -12,6 +12,7 @@ import orjson
 from tunegate import models
 from tunegate.errors import InvalidRequest
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
+from tunegate.providers.rules import DatasetRules
 from tunegate.providers.vertex_ai import jobs
 from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
 from tunegate.providers.vertex_ai.gcs import (
@@ -37,6 +38,11 @@ CONVERTED_PURPOSES = ("fine-tune",)
 class VertexAI(Provider):
     name = "vertex-ai"
     suffix_max_length: ClassVar[int] = 128  # tunedModelDisplayName: up to 128 characters
+    # Vertex docs "About supervised fine-tuning for Gemini models", Limitations (Gemini 2.5 Flash): validation
+    # dataset at most 5000 examples, training file up to 1 GB (JSONL), at most 1M text-only examples. The
+    # current pages state no minimum (an older page said 16, for Gemini 1.x): not checked, Vertex decides.
+    dataset_rules = DatasetRules(max_training_examples=1_000_000, max_validation_examples=5000,
+                                 max_file_bytes=1024**3)
 
     def __init__(self) -> None:
         self.tokens = TokenSource()
