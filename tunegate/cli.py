@@ -156,7 +156,7 @@ def keys_revoke(key_id: str, config: Optional[Path] = ConfigOption) -> None:
 @connections_app.command("add")
 def connections_add(
     name: str = typer.Argument(..., help="Connection name (used as x-portkey-virtual-key)."),
-    provider: str = typer.Option(..., help="Provider name, e.g. openai, azure-openai."),
+    provider: str = typer.Option(..., help="Provider name (Portkey's), e.g. openai, azure-openai, together-ai."),
     api_key: Optional[str] = typer.Option(
         None, envvar="TUNEGATE_PROVIDER_API_KEY", callback=lambda ctx, param, value: _secret_option(
             ctx, param, value, "the provider key", "TUNEGATE_PROVIDER_API_KEY"),
@@ -170,17 +170,20 @@ def connections_add(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Store a provider connection; its secrets are encrypted with TUNEGATE_SECRET_KEY."""
-    from tunegate.providers import REGISTRY
+    from tunegate.providers import known_names, provider_named
 
-    if provider not in REGISTRY:
-        fail(f"unknown provider {provider!r}; known: {', '.join(sorted(REGISTRY))}")
+    adapter = provider_named(provider)
+    if adapter is None:
+        fail(f"unknown provider {provider!r}; known: {known_names()}")
+        return
+    provider = adapter.name  # stored under the canonical name, whichever alias was typed
     try:
         secrets = secret_pairs(secret)
     except SecretInputError as exc:
         fail(str(exc))
         return
     if api_key:
-        secrets[REGISTRY[provider].credential_field] = api_key
+        secrets[adapter.credential_field] = api_key
     options: dict[str, Any] = _pairs(option)
 
     async def add(store: Store) -> bool:
