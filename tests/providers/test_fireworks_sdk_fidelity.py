@@ -79,3 +79,18 @@ def test_single_request_upload_stays_under_150_mb() -> None:
     """fireworks-ai 1.2.30 resources/datasets.py `upload`: "can handle file sizes up to 150Mb"; the
     unit is not given, so a file over 150 * 10**6 bytes goes through the signed-URL flow."""
     assert Fireworks.small_upload_max == 150_000_000
+
+
+def test_signed_upload_refuses_a_dataset_that_needs_encryption(env: tuple[FireworksStandIn, openai.OpenAI],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """fireworks-ai 1.2.30 lib/dataset_upload.py: a signed upload only for plaintext `encryptionState`."""
+    standin, client = env
+    monkeypatch.setattr(Fireworks, "small_upload_max", 100)  # this file goes through the signed URL
+    standin.encryption_state = "ENCRYPTION_STATE_CMEK"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.files.create(file=("big.jsonl", io.BytesIO(EXAMPLES)), purpose="fine-tune")
+    assert bad.value.body["code"] == "unsupported_dataset_encryption"  # type: ignore[index]
+    assert not [r for r in standin.requests if r.method == "PUT" or r.path.endswith(":getUploadEndpoint")]
+    assert standin.datasets == {}  # the dataset made for it is gone again
+    standin.encryption_state = "ENCRYPTION_STATE_PLAINTEXT"
+    assert client.files.create(file=("big.jsonl", io.BytesIO(EXAMPLES)), purpose="fine-tune").status == "processed"

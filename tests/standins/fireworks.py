@@ -77,6 +77,9 @@ class FireworksStandIn:
     faults: dict[str, list[int]] = field(default_factory=dict)
     url: str = ""
     lose_create_answers: int = 0  # create the job, then answer 503 (an answer lost on the way back)
+    # Set on every new dataset when not empty: what an account that requires customer-managed keys would
+    # answer (the field is undeclared; fireworks-ai 1.2.30 lib/dataset_upload.py reads it).
+    encryption_state: str = ""
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- helpers ----
@@ -257,6 +260,8 @@ class FireworksStandIn:
         ds = {**body["dataset"], "name": self.dataset_name(dataset_id), "state": "UPLOADING",
               "status": {"code": "OK", "message": ""}, "createTime": now, "updateTime": now,
               "createdBy": "dev@acme.example"}
+        if self.encryption_state:
+            ds["encryptionState"] = self.encryption_state
         self.datasets[dataset_id] = ds
         self.contents[dataset_id] = {}
         return web.json_response(ds)

@@ -169,7 +169,7 @@ class Fireworks(Provider):
                 raise InvalidRequest("The file is empty.", param="file", code="empty_file")
             stem = os.path.splitext(os.path.basename(upload.filename))[0]
             dataset_id = wire.new_id(f"file-{stem}")
-            await self.call(ctx, "POST", f"/{DATASETS}", idempotent=False, json={
+            created = await self.call(ctx, "POST", f"/{DATASETS}", idempotent=False, json={
                 "datasetId": dataset_id,
                 "dataset": {"displayName": upload.filename, "format": "CHAT", "userUploaded": {},
                             "exampleCount": str(spool.examples)}})
@@ -177,6 +177,7 @@ class Fireworks(Provider):
                 if spool.size <= self.small_upload_max:
                     await self._upload_small(ctx, dataset_id, upload.filename, spool)
                 else:
+                    wire.check_plaintext(created)
                     await self._upload_signed(ctx, dataset_id, upload.filename, spool)
             except BaseException:
                 with contextlib.suppress(APIError):  # leave no half-made dataset behind

@@ -73,6 +73,22 @@ def new_id(hint: str, *, prefix: str = "ft") -> str:
     return f"{slug}-{''.join(secrets.choice(alphabet) for _ in range(8))}"
 
 
+# Dataset encryption states that mean plaintext storage (fireworks-ai 1.2.30 lib/dataset_upload.py; the
+# field is not declared on the Dataset type).
+PLAINTEXT_ENCRYPTION = frozenset({"", "ENCRYPTION_STATE_UNSPECIFIED", "ENCRYPTION_STATE_PLAINTEXT"})
+
+
+def check_plaintext(dataset: Any) -> None:
+    """A signed-URL PUT stores the bytes as sent: Fireworks's own upload helper refuses a dataset that
+    needs client-side (CMEK) encryption rather than store it in plaintext, and so does the gateway."""
+    state = dataset.get("encryptionState") if isinstance(dataset, Mapping) else None
+    if (state or "") not in PLAINTEXT_ENCRYPTION:
+        raise InvalidRequest(f"This Fireworks dataset needs client-side encryption ({state}); files over the "
+                             "single-request limit go through a signed URL that would store them unencrypted, so the "
+                             "upload is refused. Upload it with Fireworks's firectl, or as files of at most "
+                             "150,000,000 bytes.", param="file", code="unsupported_dataset_encryption")
+
+
 _FRACTION = re.compile(r"\.\d+")
 
 
