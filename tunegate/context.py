@@ -27,6 +27,7 @@ from tunegate.hosts import check_custom_host
 from tunegate.limits import RateLimiter
 from tunegate.providers import canonical_name, known_names, provider_named
 from tunegate.providers.base import Provider
+from tunegate.providers.paging import Pending
 from tunegate.store import ApiKey, Connection, Store, StoredObject
 from tunegate.store.secretbox import KEY_PREFIX
 from tunegate.upstream import CallPolicy, Upstream
@@ -54,6 +55,7 @@ class RequestContext:
     upstream_status: int | None = None  # for the request log
     idempotent_create: bool = False  # set when tunegate holds an Idempotency-Key for this create
     idempotency_key: str | None = None  # the client's key, for providers that accept a token (Bedrock)
+    page_cursor: Pending | None = None  # a listing's next position, saved once its visible items are known
     # Headers an adapter adds to this request's answer (e.g. a provider's deprecation Warning); the app
     # puts them on the response, errors included.
     response_headers: dict[str, str] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import InvalidRequest, PayloadTooLarge
 from tunegate.files import FileStore
 from tunegate.limits import UploadSlots
+from tunegate.providers import paging
 from tunegate.providers.base import JSON, Page
 from tunegate.store import Store
 from tunegate.upstream import Upstream
@@ -120,4 +121,5 @@ async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
         listing = {**listing, "data": [o for o in items if owners.get(o["id"]) in (None, ctx.key.id)]}
     unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners]
     await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, ctx.key_id)
+    await paging.commit(ctx, listing["data"])  # the provider's next token, under the last item shown
     return listing

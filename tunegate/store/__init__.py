@@ -28,6 +28,7 @@ from tunegate.store.schema import (
     idempotency,
     managed_files,
     objects,
+    page_cursors,
     request_log,
 )
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
@@ -45,6 +46,11 @@ _UPSERT_OBJECT = sa.text(
 ).bindparams(sa.bindparam("snapshot", type_=objects.c.snapshot.type))
 _UPSERT_OBJECT_RETURNING = sa.text(str(_UPSERT_OBJECT.text) + " RETURNING provider, connection, key_id").bindparams(
     sa.bindparam("snapshot", type_=objects.c.snapshot.type))
+_UPSERT_CURSOR = sa.text(
+    "INSERT INTO page_cursors (cursor_key, provider, token, created_at, expires_at) "
+    "VALUES (:cursor_key, :provider, :token, :created_at, :expires_at) "
+    "ON CONFLICT (cursor_key) DO UPDATE SET token = excluded.token, created_at = excluded.created_at, "
+    "expires_at = excluded.expires_at")
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ class Store:
         self._placements: dict[tuple[str, str], StoredObject] = {}
         self._any_keys: tuple[float, bool] | None = None
         self._log_queue: list[dict[str, Any]] = []
+        self._cursors_pruned = 0  # when this process last deleted expired page cursors
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -346,6 +353,37 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(idempotency.delete().where(
                 idempotency.c.scope == scope, idempotency.c.idem_key == idem_key))
+
+    # ---- page cursors (providers' page tokens behind OpenAI cursors) ----------------------------
+
+    # How long a served cursor keeps its provider token. Provider tokens expire too (their lifetimes
+    # are undocumented); an expired or refused one falls back to re-listing, so this only bounds the table.
+    CURSOR_TTL_SECONDS = 24 * 3600
+    CURSOR_PRUNE_SECONDS = 300  # each process deletes expired rows at most this often, while saving
+
+    async def save_cursor(self, scope: bytes, provider: str, token: str) -> None:
+        """Remember the provider's position behind a cursor. ``scope`` names the caller, the listing and
+        the cursor; only its keyed digest is stored (it may hold credentials)."""
+        now = _now()
+        params = dict(cursor_key=self.box.tag("page-cursor", scope), provider=provider, token=token,
+                      created_at=now, expires_at=now + self.CURSOR_TTL_SECONDS)
+        async with self.engine.begin() as conn:
+            await conn.execute(_UPSERT_CURSOR, params)
+            if now - self._cursors_pruned >= self.CURSOR_PRUNE_SECONDS:
+                self._cursors_pruned = now
+                await conn.execute(page_cursors.delete().where(page_cursors.c.expires_at <= now))
+
+    async def cursor_token(self, scope: bytes) -> str | None:
+        """The position saved under ``scope``, unless it has expired."""
+        query = sa.select(page_cursors.c.token).where(
+            page_cursors.c.cursor_key == self.box.tag("page-cursor", scope), page_cursors.c.expires_at > _now())
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar()
+
+    async def forget_cursor(self, scope: bytes) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(page_cursors.delete().where(
+                page_cursors.c.cursor_key == self.box.tag("page-cursor", scope)))
 
     # ---- gateway-managed files -----------------------------------------------------------------
 

@@ -51,6 +51,14 @@ class SecretBox:
     def seal(self, values: dict[str, str]) -> str:
         return self._fernet.encrypt(orjson.dumps(values)).decode()
 
+    def tag(self, purpose: str, data: bytes) -> str:
+        """A keyed digest (HMAC-SHA256 under a key derived from this box's key, one per ``purpose``): a
+        lookup key that names secret material without storing it, and that nobody holding only the
+        database can recompute from guessed credentials."""
+        secret = self._key.encode() if isinstance(self._key, str) else self._key
+        derived = hashlib.sha256(b"tunegate:" + purpose.encode() + b"\0" + secret).digest()
+        return hmac.new(derived, data, hashlib.sha256).hexdigest()
+
     def open(self, token: str) -> dict[str, str]:
         from cryptography.fernet import InvalidToken
 
