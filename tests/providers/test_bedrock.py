@@ -269,14 +269,19 @@ def test_pagination_with_after_and_auto_paging(standin: tuple[BedrockStandIn, st
     file_id = upload(client)
     made = [client.fine_tuning.jobs.create(model=NOVA, training_file=file_id).id for _ in range(5)]
     assert [j.id for j in client.fine_tuning.jobs.list(limit=2)] == made[::-1]
-    page = client.fine_tuning.jobs.list(limit=2, after=made[3])
+    page = client.fine_tuning.jobs.list(limit=2, after=made[3])  # served above: Bedrock's nextToken
     assert [j.id for j in page.data] == [made[2], made[1]] and page.has_more is True
-    assert all(j.training_file == file_id for j in page.data)  # details read for each summary
+    # Items come from the summaries alone: what only a GET has is null there, and a retrieve has it.
+    assert all(j.training_file is None and j.hyperparameters is None for j in page.data)
+    assert client.fine_tuning.jobs.retrieve(made[2]).training_file == file_id
     last = client.fine_tuning.jobs.list(limit=2, after=made[1])
     assert [j.id for j in last.data] == [made[0]] and last.has_more is False
     lists = [r for r in fake.requests if r.method == "GET" and r.path == "/model-customization-jobs"]
     assert all(r.query["sortBy"] == "CreationTime" and r.query["sortOrder"] == "Descending" for r in lists)
-    assert any("creationTimeBefore" in r.query for r in lists)
+    assert not any("creationTimeBefore" in r.query for r in lists)
+    odd = client.fine_tuning.jobs.list(limit=2, after=made[2])  # never a page's last: found by its time
+    assert [j.id for j in odd.data] == [made[1], made[0]] and odd.has_more is False
+    assert "creationTimeBefore" in fake.requests[-1].query
 
 
 def test_idempotency_key_becomes_the_client_request_token(standin: tuple[BedrockStandIn, str], gw: Gateway) -> None:

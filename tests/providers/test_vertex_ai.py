@@ -290,15 +290,18 @@ def test_pagination_across_pages(env: Env) -> None:
     assert [j.id for j in last.data] == newest_first[6:] and last.has_more is False
     exact = sdk.fine_tuning.jobs.list(limit=2, after=newest_first[4])
     assert [j.id for j in exact.data] == newest_first[5:] and exact.has_more is False
-    # Vertex pages by opaque tokens: the walk used them (100 jobs per upstream page while looking for `after`).
+    # Vertex pages by opaque tokens: a page after a served one continues from Vertex's pageToken; an `after`
+    # never served (newest_first[4]) is looked for from the start, 100 jobs per upstream page.
     listed = env.standin.vertex_requests("GET", "/tuningJobs")
-    assert {"pageSize": "4"} in [r.query for r in listed] and any(r.query.get("pageSize") == "100" for r in listed)
+    assert {"pageSize": "3"} in [r.query for r in listed] and {"pageSize": "100"} in [r.query for r in listed]
+    assert any(r.query.get("pageSize") == "3" and "pageToken" in r.query for r in listed)
     # A provider that pages by 2 whatever pageSize says: the walk follows its tokens.
     env.standin.max_page_size = 2
     before = len(env.standin.vertex_requests("GET", "/tuningJobs"))
     assert [j.id for j in sdk.fine_tuning.jobs.list(limit=2, after=newest_first[0])] == newest_first[1:]
     walked = env.standin.vertex_requests("GET", "/tuningJobs")[before:]
-    assert len(walked) >= 6 and sum("pageToken" in r.query for r in walked) >= 3
+    # Three pages: the first looks for `after` (two upstream pages), each later one is one call with a token.
+    assert len(walked) == 4 and sum("pageToken" in r.query for r in walked) == 3
 
     with pytest.raises(openai.BadRequestError) as exc:
         sdk.fine_tuning.jobs.list(after="ftjob-" + base64.urlsafe_b64encode(

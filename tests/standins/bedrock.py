@@ -83,6 +83,7 @@ class BedrockStandIn:
     requests: list[Recorded] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ARN, in creation order
     tokens: dict[str, str] = field(default_factory=dict)  # clientRequestToken → ARN
+    page_tokens: dict[str, tuple[tuple[tuple[str, str], ...], int]] = field(default_factory=dict)  # → (query, offset)
     faults: list[tuple[int, str]] = field(default_factory=list)
     # access key -> (secret, session token or None): the long-term keys, plus any STS issued
     keys: dict[str, tuple[str, str | None]] = field(default_factory=lambda: {ACCESS_KEY: (SECRET, None)})
@@ -234,6 +235,14 @@ class BedrockStandIn:
             out["customModelArn"] = job["outputModelArn"]
         return out
 
+    # ListModelCustomizationJobs paging, per botocore 1.44.8 (boto/botocore, botocore/data/bedrock/2023-04-20/
+    # service-2.json: ListModelCustomizationJobsRequest.maxResults = MaxResults, integer 1–1000;
+    # nextToken = PaginationToken, string 1–2048 matching \S*, "If the total number of results is greater
+    # than the maxResults value … use the token returned in the nextToken field"; paginators-1.json:
+    # input_token/output_token nextToken, limit_key maxResults, result_key modelCustomizationJobSummaries).
+    # Not in the model, hence assumed: the default page size (100), a token is opaque, tied to the other
+    # query parameters (a token with other filters, or an unknown one, is a ValidationException) and marks
+    # an offset, and none is returned with the last page.
     def list(self, query: dict[str, str]) -> web.Response:
         items = list(self.jobs.values())
         if "creationTimeBefore" in query:
@@ -249,10 +258,21 @@ class BedrockStandIn:
         if "nameContains" in query:
             items = [j for j in items if query["nameContains"] in j["jobName"]]
         items.sort(key=lambda j: j["creationTime"], reverse=query.get("sortOrder", "Descending") == "Descending")
-        start = int(base64.b64decode(query["nextToken"]).decode().split(":")[1]) if "nextToken" in query else 0
         size = int(query.get("maxResults", "100"))
+        if not 1 <= size <= 1000:
+            return self.error(400, "ValidationException", "1 validation error detected: Value at 'maxResults' "
+                              "failed to satisfy constraint: Member must have value less than or equal to 1000")
+        bound = tuple(sorted((k, v) for k, v in query.items() if k not in ("maxResults", "nextToken")))
+        start = 0
+        if "nextToken" in query:
+            issued = self.page_tokens.get(query["nextToken"])
+            if issued is None or issued[0] != bound:
+                return self.error(400, "ValidationException", "The provided pagination token is invalid.")
+            start = issued[1]
         chunk = items[start:start + size]
         answer: dict[str, Any] = {"modelCustomizationJobSummaries": [self.summary(j) for j in chunk]}
         if start + size < len(items):
-            answer["nextToken"] = base64.b64encode(f"offset:{start + size}".encode()).decode()
+            token = base64.b64encode(secrets.token_bytes(48)).decode()
+            self.page_tokens[token] = (bound, start + size)
+            answer["nextToken"] = token
         return web.json_response(answer)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import re
 import time
 import uuid
@@ -59,6 +60,12 @@ JOB_FIELDS = {"dataset", "baseModel", "warmStartFrom", "outputModel", "displayNa
 WANDB_FIELDS = {"apiKey", "enabled", "entity", "project", "runId"}
 
 
+def _invalid(message: str) -> web.HTTPBadRequest:
+    """gRPC-gateway's INVALID_ARGUMENT answer, raised from inside a handler."""
+    return web.HTTPBadRequest(text=json.dumps({"code": GRPC["INVALID_ARGUMENT"], "message": message, "details": []}),
+                              content_type="application/json")
+
+
 def rfc3339(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -80,6 +87,7 @@ class FireworksStandIn:
     # Set on every new dataset when not empty: what an account that requires customer-managed keys would
     # answer (the field is undeclared; fireworks-ai 1.2.30 lib/dataset_upload.py reads it).
     encryption_state: str = ""
+    page_tokens: dict[str, tuple[Any, int]] = field(default_factory=dict)  # token → (bound request, offset)
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- helpers ----
@@ -158,19 +166,38 @@ class FireworksStandIn:
         return await handler(request)  # type: ignore[no-any-return]
 
     # ---- pagination ----
+    # fireworks-ai 1.2.3 (fw-ai-external/python-sdk @ 8399c12, src/fireworks/types/
+    # supervised_fine_tuning_job_list_params.py and dataset_list_params.py): pageSize "The maximum page_size
+    # is 200, values above 200 will be coerced to 200. If unspecified, the default is 50"; pageToken "When
+    # paginating, all other parameters … must match the call that provided the page token"; orderBy "If not
+    # specified, the default order is by name". src/fireworks/pagination.py: the next page is asked for while
+    # nextPageToken is non-empty. AIP-158 (which these follow): a new pageSize with a token is honoured, other
+    # changed parameters are INVALID_ARGUMENT, a negative pageSize too. Assumed (not in the SDK): tokens
+    # are opaque and mark an offset, and a full page always carries one (the next page may be empty).
     def _page(self, items: list[dict[str, Any]], request: web.Request) -> tuple[list[dict[str, Any]], str]:
         order = request.query.get("orderBy", "")
         if order not in ("", "createTime", "createTime desc"):
             raise web.HTTPBadRequest(text="unsupported orderBy")
-        items = sorted(items, key=lambda o: (o["createTime"], o["name"]), reverse=order.endswith("desc"))
-        size = int(request.query.get("pageSize") or 50)
-        if not 0 < size <= 200:
-            size = 200 if size > 200 else 50
+        items = sorted(items, key=lambda o: (o["createTime"], o["name"]) if order else o["name"],
+                       reverse=order.endswith("desc"))
+        size = int(request.query.get("pageSize") or 0)
+        if size < 0:
+            raise _invalid("page_size must not be negative")
+        size = min(size, 200) or 50
+        bound = (request.path, tuple(sorted((k, v) for k, v in request.query.items()
+                                            if k not in ("pageSize", "pageToken"))))
         token = request.query.get("pageToken")
-        start = int(base64.urlsafe_b64decode(token).decode()) if token else 0
+        start = 0
+        if token:
+            issued = self.page_tokens.get(token)
+            if issued is None or issued[0] != bound:
+                raise _invalid("invalid page token")
+            start = issued[1]
         page = items[start:start + size]
-        # Like many AIP servers, a full page always carries a token (the next page may be empty).
-        next_token = base64.urlsafe_b64encode(str(start + size).encode()).decode() if len(page) == size else ""
+        next_token = ""
+        if len(page) == size:
+            next_token = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            self.page_tokens[next_token] = (bound, start + size)
         return page, next_token
 
     # ---- jobs ----

@@ -160,7 +160,7 @@ class VertexStandIn:
     token_errors: list[str] = field(default_factory=list)
     faults: dict[str, list[int]] = field(default_factory=dict)
     url: str = ""  # set once the server runs (the service-account JSON's token_uri points here)
-    _page_tokens: dict[str, int] = field(default_factory=dict)
+    _page_tokens: dict[str, tuple[tuple[str, str], int]] = field(default_factory=dict)  # → (request, offset)
     _cancel_left: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _clock: itertools.count = field(default_factory=lambda: itertools.count(0))
@@ -361,27 +361,38 @@ class VertexStandIn:
         self._cancel_left[job["name"]] = self.cancel_polls
         return web.json_response({})
 
+    # tuningJobs.list paging, per google-cloud-aiplatform 1.165.1 (googleapis/python-aiplatform,
+    # google/cloud/aiplatform_v1/types/genai_tuning_service.py: ListTuningJobsRequest filter, page_size,
+    # page_token "Typically obtained via ListTuningJobsResponse.next_page_token"; ListTuningJobsResponse
+    # tuning_jobs, next_page_token) and the discovery document (pageSize int32, pageToken, nextPageToken).
+    # AIP-158, which Google's list methods follow: a changed pageSize with a token is honoured, any other
+    # changed parameter is INVALID_ARGUMENT, as is a negative pageSize; an empty nextPageToken ends the list.
+    # Assumed (documented nowhere for tuning jobs): the default (10) and largest (100) page sizes, tokens
+    # that mark an offset, and no token with the last page.
     async def list(self, request: web.Request) -> web.Response:
         location = request.match_info["location"]
         jobs = sorted((j for j in self.jobs.values() if f"/locations/{location}/" in j["name"]),
                       key=lambda j: (j["createTime"], j["name"]), reverse=True)
         try:
-            size = int(request.query.get("pageSize") or self.default_page_size)
+            size = int(request.query.get("pageSize") or 0)
         except ValueError:
             return self.error(400, "Invalid value at 'page_size'.")
-        size = max(1, min(size, self.max_page_size))
+        if size < 0:
+            return self.error(400, "page_size must not be negative.")
+        size = min(size or self.default_page_size, self.max_page_size)
+        bound = (request.path, request.query.get("filter", ""))
         start = 0
         if token := request.query.get("pageToken"):
-            if token not in self._page_tokens:
+            issued = self._page_tokens.get(token)
+            if issued is None or issued[0] != bound:
                 return self.error(400, "Invalid page token.")
-            start = self._page_tokens[token]
+            start = issued[1]
         page = jobs[start:start + size]
         out: dict[str, Any] = {}
         if page:  # proto3 JSON leaves empty repeated fields out
             out["tuningJobs"] = page
         if start + size < len(jobs):
             token = secrets.token_urlsafe(18)  # opaque, as Google's are
-            self._page_tokens[token] = start + size
+            self._page_tokens[token] = (bound, start + size)
             out["nextPageToken"] = token
         return web.json_response(out)
-

@@ -9,13 +9,12 @@ a streamed multipart upload. Ids are reversible: a job id wraps the job ARN, a f
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -23,7 +22,7 @@ import orjson
 
 from tunegate import models
 from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
-from tunegate.providers import ids
+from tunegate.providers import ids, paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.bedrock import aws, jobs, s3
 from tunegate.providers.rules import NO_RULES, DatasetRules
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
 DEFAULT_PURPOSE = "fine-tune"
-LIST_DETAIL_CONCURRENCY = 4
+LIST_PAGE_MAX = 1000  # ListModelCustomizationJobs maxResults: 1–1000 (botocore MaxResults)
+_LIST_ORDER = (("sortBy", "CreationTime"), ("sortOrder", "Descending"))
 _FILE_KEY = re.compile(r"(?P<stamp>\d{13})[0-9a-f]{8}/(?P<purpose>[-!_*'().a-zA-Z0-9]+)/(?P<name>[-!_*'().a-zA-Z0-9]+)")
 _STAMP_MAX = 10**13 - 1  # keys hold (_STAMP_MAX - milliseconds): S3's ascending key order is newest first
 
@@ -254,59 +254,44 @@ class Bedrock(Provider):
         return jobs.to_job(await self._get(ctx, arn), base_override=self._base_rate(ctx))
 
     async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
-        """Newest first. ``after=<job id>``: the job's creation time narrows the listing
-        (creationTimeBefore), then the listing is read past that job — no cursor is kept anywhere."""
+        """Newest first, from ListModelCustomizationJobs alone (no GetModelCustomizationJob per job): one
+        call per page. The page after one served here continues from Bedrock's nextToken, saved for its
+        last job (``tunegate.providers.paging``); any other ``after`` is looked up by time (see ``_relist``)."""
         if page.extra.get("metadata"):
             raise InvalidRequest("Bedrock cannot filter jobs by metadata (job tags are not listed).",
                                  param="metadata", code="unsupported_parameter")
-        want = page.limit + 1
-        base = [("sortBy", "CreationTime"), ("sortOrder", "Descending")]
-        after_arn = self._arn(page.after) if page.after else None
-        after_time: int | None = None
-        if after_arn:
-            anchor = await self._get(ctx, after_arn)
-            after_time = jobs.timestamp(anchor.get("creationTime"))
-            if after_time is not None:  # inclusive of the anchor's own second: ties are read past below
-                before = datetime.fromtimestamp(after_time, UTC) + timedelta(seconds=1)
-                base.append(("creationTimeBefore", before.strftime("%Y-%m-%dT%H:%M:%SZ")))
-        seen: list[JSON] = []
-        found = after_arn is None
-        collected: list[JSON] = []
-        token: str | None = None
-        for _ in range(100):  # pages of up to 1000: a bound, not a limit anyone meets
-            query = [*base, ("maxResults", str(min(1000, max(1, want + (0 if found else 10)))))]
-            if token:
-                query.append(("nextToken", token))
-            answer = await self._bedrock(ctx, "GET", "/model-customization-jobs", query=query)
-            for summary in answer.get("modelCustomizationJobSummaries") or []:
-                seen.append(summary)
-                if not found:
-                    found = summary.get("jobArn") == after_arn
-                elif len(collected) < want:
-                    collected.append(summary)
-            token = answer.get("nextToken")
-            if len(collected) >= want or not token:
-                break
-        if not found:  # the anchor is gone: everything strictly older than it
-            collected = [s for s in seen if (jobs.timestamp(s.get("creationTime")) or 0) < (after_time or 0)][:want]
-        items = collected[:page.limit]
-        return models.page(await self._details(ctx, items), len(collected) > page.limit)
-
-    async def _details(self, ctx: RequestContext, summaries: list[JSON]) -> list[JSON]:
-        """Summaries lack the training file and hyperparameters: read each job (a few at a time)."""
-        gate = asyncio.Semaphore(LIST_DETAIL_CONCURRENCY)
+        cursors = paging.Cursors(ctx, "jobs")
+        walked = await paging.resumed(cursors, page.after, lambda start: self._walk(ctx, start, page.limit),
+                                      lambda: self._relist(ctx, page))
+        cursors.served(walked.resume)
         base_rate = self._base_rate(ctx)
+        return models.page([jobs.from_summary(s, base_override=base_rate) for s in walked.items], walked.more)
 
-        async def one(summary: JSON) -> JSON:
-            async with gate:
-                try:
-                    return jobs.to_job(await self._get(ctx, str(summary["jobArn"])), base_override=base_rate)
-                except APIError as exc:
-                    if exc.status != 404:
-                        raise
-                    return jobs.to_job(summary, base_override=base_rate)
+    async def _walk(self, ctx: RequestContext, start: paging.Resume, limit: int) -> paging.Walk:
+        async def fetch(token: str | None, size: int, bound: tuple[tuple[str, str], ...]) -> tuple[list[JSON], str | None]:
+            query = [*_LIST_ORDER, *bound, ("maxResults", str(size))] + ([("nextToken", token)] if token else [])
+            answer = await self._bedrock(ctx, "GET", "/model-customization-jobs", query=query) or {}
+            return list(answer.get("modelCustomizationJobSummaries") or []), answer.get("nextToken") or None
 
-        return list(await asyncio.gather(*(one(s) for s in summaries)))
+        return await paging.walk(fetch, start, limit, max_size=LIST_PAGE_MAX, id_of=lambda s: s.get("jobArn"))
+
+    async def _relist(self, ctx: RequestContext, page: Page) -> paging.Walk:
+        """A page for an ``after`` never served here: that job's creation time (one GET) narrows the listing
+        to jobs created up to its second (creationTimeBefore), read past the job itself; the nextToken of
+        that listing is bound to the same creationTimeBefore, which the saved position keeps."""
+        if not page.after:
+            return await self._walk(ctx, paging.Resume(), page.limit)
+        arn = self._arn(page.after)
+        created = jobs.timestamp((await self._get(ctx, arn)).get("creationTime"))
+        if created is None:
+            return await self._walk(ctx, paging.Resume(None, LIST_PAGE_MAX, arn), page.limit)
+        bound = (("creationTimeBefore", _iso_seconds(created + 1)),)
+        try:  # limit + 1: the job itself comes first, unless newer jobs share its second
+            return await self._walk(ctx, paging.Resume(None, min(LIST_PAGE_MAX, page.limit + 1), arn, bound),
+                                    page.limit)
+        except paging.CursorNotFound:  # listed nowhere: the jobs strictly older than it
+            return await self._walk(ctx, paging.Resume(query=(("creationTimeBefore", _iso_seconds(created)),)),
+                                    page.limit)
 
     async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         """Derived from the job itself (Bedrock keeps no event log): see ``jobs.events``."""
@@ -424,6 +409,10 @@ class Bedrock(Provider):
             if exc.status == 404:
                 raise NotFound(f"No such file: '{file_id}'.") from None
             raise
+
+
+def _iso_seconds(unix: int) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _converted(chunks: AsyncIterator[bytes], target: str) -> AsyncIterator[bytes]:

@@ -246,6 +246,21 @@ def to_job(raw: JSON, *, metadata: dict[str, str] | None = None, base_override: 
     )
 
 
+
+def from_summary(raw: JSON, *, base_override: float | None = None) -> JSON:
+    """A ModelCustomizationJobSummary → an OpenAI job, with no GetModelCustomizationJob call. A summary names
+    no training or validation data, hyperparameters or failure message (botocore's model): those are null
+    here, and a retrieve gives them (MAPPING.md, "Paging")."""
+    job = to_job(raw, base_override=base_override)
+    job["training_file"] = None
+    job["hyperparameters"] = None
+    job["method"] = {"type": "supervised"}
+    if job["error"] is not None:
+        job["error"] = models.job_error("The Bedrock customization job failed (the job list does not say why: "
+                                        "retrieve the job for Bedrock's failureMessage).", code="job_failed")
+    return job
+
+
 _PHASES = (("validationDetails", "Validating the training data"),
            ("dataProcessingDetails", "Processing the training data"),
            ("trainingDetails", "Training"))

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from tunegate import models
 from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
 from tunegate.multipart import MultipartWriter
+from tunegate.providers import paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 from tunegate.providers.fireworks import wire
 from tunegate.providers.fireworks.datasets import Spool, to_file, upload_name
@@ -65,32 +66,30 @@ class Fireworks(Provider):
 
     async def scan(self, ctx: RequestContext, path: str, key: str, page: Page, order_by: str,
                    public_id: Callable[[JSON], str | None]) -> tuple[list[JSON], bool]:
-        """One OpenAI page from a pageToken listing. `after` is found by re-listing from the start in
-        the same order (page tokens stay inside this call, so any gateway process can serve the next
-        page): the items after it, `limit` of them, and whether one more exists."""
-        found = page.after is None
-        items: list[JSON] = []
-        token: str | None = None
-        size = self.page_size_max if page.after else max(1, min(page.limit + 1, self.page_size_max))
-        while True:
-            params = [("pageSize", str(size)), ("orderBy", order_by)]
-            if token:
-                params.append(("pageToken", token))
+        """One OpenAI page from a pageToken listing, one call per page: the page after one served here
+        continues from Fireworks's nextPageToken, saved for its last item (``tunegate.providers.paging``; the
+        SDK: "all other parameters … must match the call that provided the page token", so the order is part
+        of the saved scope). Any other `after` is found by re-listing from the start in the same order."""
+        cursors = paging.Cursors(ctx, key, {"orderBy": order_by})
+
+        async def fetch(token: str | None, size: int, _bound: tuple[tuple[str, str], ...]) -> tuple[list[JSON], str | None]:
+            params = [("pageSize", str(size)), ("orderBy", order_by)] + ([("pageToken", token)] if token else [])
             raw = await self.call(ctx, "GET", path, params=params) or {}
-            for item in raw.get(key) or []:
-                if not found:
-                    found = public_id(item) == page.after
-                    continue
-                items.append(item)
-                if len(items) > page.limit:
-                    return items[:page.limit], True
-            token = raw.get("nextPageToken") or None
-            if not token:
-                break
-        if not found:
-            raise InvalidRequest(f"'after' names no item of this list: '{page.after}'.", param="after",
-                                 code="invalid_cursor")
-        return items, False
+            return list(raw.get(key) or []), raw.get("nextPageToken") or None
+
+        async def run(start: paging.Resume) -> paging.Walk:
+            return await paging.walk(fetch, start, page.limit, max_size=self.page_size_max, id_of=public_id)
+
+        async def relist() -> paging.Walk:
+            try:
+                return await run(paging.Resume(None, self.page_size_max, page.after) if page.after else paging.Resume())
+            except paging.CursorNotFound:
+                raise InvalidRequest(f"'after' names no item of this list: '{page.after}'.", param="after",
+                                     code="invalid_cursor") from None
+
+        walked = await paging.resumed(cursors, page.after, run, relist)
+        cursors.served(walked.resume)
+        return walked.items, walked.more
 
     # ---- jobs ----------------------------------------------------------------------------------
 

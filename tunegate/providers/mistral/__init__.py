@@ -11,6 +11,7 @@ from tunegate import models
 from tunegate.errors import InvalidRequest
 from tunegate.multipart import MultipartWriter
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, generic_error_message
+from tunegate.providers.paging import Cursors
 from tunegate.providers.rules import DatasetRules
 from tunegate.upstream import UpstreamResponse
 
@@ -85,7 +86,8 @@ class Mistral(Provider):
                                   params=[("page", str(number)), ("page_size", str(size)), *filters])
             return raw if isinstance(raw, dict) else {}
 
-        return await scan(fetch, page, kind=kind, max_page_size=self.max_page_size)
+        return await scan(fetch, page, kind=kind, max_page_size=self.max_page_size,
+                          cursors=Cursors(ctx, path, {"filters": filters}))
 
     # ---- jobs ----------------------------------------------------------------------------------
 

@@ -4,13 +4,14 @@ Storage. See MAPPING.md for every field, status and the pagination scheme."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from tunegate import models
 from tunegate.errors import InvalidRequest
+from tunegate.providers import paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.rules import DatasetRules
 from tunegate.providers.vertex_ai import jobs
@@ -29,8 +30,7 @@ if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
 DEFAULT_REGION = "us-central1"
-LIST_PAGE = 100  # pageSize while walking tuningJobs.list to find `after`
-MAX_LIST_PAGES = 200  # give up looking for `after` after this many upstream pages (20,000 jobs)
+LIST_PAGE = 100  # the largest tuningJobs.list pageSize asked for (Vertex lowers larger ones)
 CANCEL_POLLS = (0.25, 0.5, 1.0)  # re-reads after :cancel while the job is still JOB_STATE_CANCELLING
 CONVERTED_PURPOSES = ("fine-tune",)
 
@@ -141,48 +141,44 @@ class VertexAI(Provider):
             raw = await self._get(ctx, name)
         return jobs.to_job(raw)
 
-    async def _walk_jobs(self, ctx: RequestContext, page_size: int) -> AsyncIterator[JSON]:
-        region, parent = self.parent(ctx)
-        url = f"{self.api_root(ctx, region)}/{parent}/tuningJobs"
-        token = None
-        for _ in range(MAX_LIST_PAGES):
-            params = [("pageSize", str(page_size))] + ([("pageToken", token)] if token else [])
-            raw = await self.call(ctx, "GET", url, params=params, idempotent=True) or {}
-            for job in raw.get("tuningJobs") or []:
-                yield job
-            token = raw.get("nextPageToken")
-            if not token:
-                return
-        raise InvalidRequest(f"Listing stopped after {MAX_LIST_PAGES} pages of tuning jobs without reaching the "
-                             "requested 'after' job.", param="after", code="after_not_found")
-
     async def list_jobs(self, ctx: RequestContext, page: Page) -> JSON:
-        """Vertex paginates with opaque page tokens; OpenAI's ``after`` is a job id. The list is walked from its
-        start (Vertex's own order, newest first) until the ``after`` job, then ``limit`` + 1 jobs are read: the
-        extra one tells ``has_more``. Stateless, so any gateway instance answers any ``after``."""
-        after = jobs.job_name(page.after) if page.after else None
+        """Vertex's own order (newest first), one tuningJobs.list call per page: the page after one served
+        here continues from Vertex's nextPageToken, saved for its last job (``tunegate.providers.paging``). Any
+        other ``after`` is found by walking the list from its start. ``metadata`` filters on labels here (the
+        list's ``filter`` grammar for tuning jobs is undocumented)."""
         wanted = page.extra.get("metadata") or {}
         unknown = sorted(k for k in page.extra if k != "metadata")
         if unknown:
             raise InvalidRequest(f"Vertex AI cannot filter tuning jobs by '{unknown[0]}'.", param=unknown[0])
-        scanning = after is not None or bool(wanted)
-        page_size = LIST_PAGE if scanning else max(1, min(LIST_PAGE, page.limit + 1))
-        found: list[JSON] = []
-        seen_after = after is None
-        async for raw in self._walk_jobs(ctx, page_size):
-            if not seen_after:
-                seen_after = raw.get("name") == after
-                continue
-            labels = raw.get("labels") or {}
-            if any(labels.get(k) != v for k, v in wanted.items()):
-                continue
-            found.append(jobs.to_job(raw))
-            if len(found) > page.limit:
-                return models.page(found[:page.limit], True)
-        if not seen_after:
-            raise InvalidRequest(f"'after' names a job that is not in this project's tuning job list: "
-                                 f"'{page.after}'.", param="after", code="after_not_found")
-        return models.page(found, False)
+        after = jobs.job_name(page.after) if page.after else None
+        keep = (lambda raw: all((raw.get("labels") or {}).get(k) == v for k, v in wanted.items())) if wanted else None
+        cursors = paging.Cursors(ctx, "jobs", {"metadata": wanted})
+
+        async def run(start: paging.Resume) -> paging.Walk:
+            return await self._walk_jobs(ctx, start, page.limit, keep)
+
+        async def relist() -> paging.Walk:
+            try:
+                return await run(paging.Resume(None, LIST_PAGE, after) if after else paging.Resume())
+            except paging.CursorNotFound:
+                raise InvalidRequest(f"'after' names a job that is not in this project's tuning job list: "
+                                     f"'{page.after}'.", param="after", code="after_not_found") from None
+
+        walked = await paging.resumed(cursors, page.after, run, relist)
+        cursors.served(walked.resume)
+        return models.page([jobs.to_job(raw) for raw in walked.items], walked.more)
+
+    async def _walk_jobs(self, ctx: RequestContext, start: paging.Resume, limit: int,
+                         keep: Callable[[JSON], bool] | None) -> paging.Walk:
+        region, parent = self.parent(ctx)
+        url = f"{self.api_root(ctx, region)}/{parent}/tuningJobs"
+
+        async def fetch(token: str | None, size: int, _bound: tuple[tuple[str, str], ...]) -> tuple[list[JSON], str | None]:
+            params = [("pageSize", str(size))] + ([("pageToken", token)] if token else [])
+            raw = await self.call(ctx, "GET", url, params=params, idempotent=True) or {}
+            return list(raw.get("tuningJobs") or []), raw.get("nextPageToken") or None
+
+        return await paging.walk(fetch, start, limit, max_size=LIST_PAGE, id_of=lambda j: j.get("name"), keep=keep)
 
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         """``tunedModel.checkpoints`` (present when the job kept intermediate checkpoints), paged locally."""
