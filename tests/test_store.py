@@ -83,12 +83,23 @@ async def test_connections_are_encrypted(store: Store) -> None:
 
 async def test_registry_first_owner_wins(store: Store) -> None:
     await store.record("job", "ftjob-1", "openai", "c1", "key-a", "queued", {"id": "ftjob-1"})
-    await store.record("job", "ftjob-1", "openai", "c1", "key-b", "running", {"id": "ftjob-1", "status": "running"})
+    # Another key's sighting neither takes the object nor rewrites what its owner sees (issue 17, finding 7).
+    await store.record("job", "ftjob-1", "openai", "c1", "key-b", "running", {"id": "ftjob-1", "forged": True})
     found = await store.lookup("job", "ftjob-1")
-    assert found is not None and found.key_id == "key-a" and found.status == "running"
-    await store.record_many("job", [("ftjob-1", "succeeded", None), ("ftjob-2", "queued", None)], "openai", None,
-                            "key-c")
-    assert await store.owners("job", ["ftjob-1", "ftjob-2", "ftjob-3"]) == {"ftjob-1": "key-a", "ftjob-2": "key-c"}
+    assert found is not None and found.key_id == "key-a" and found.status == "queued"
+    assert found.snapshot == {"id": "ftjob-1"}
+    # Neither does a sighting on another connection or provider, even by the owner.
+    await store.record("job", "ftjob-1", "openai", "c2", "key-a", "failed", {"id": "ftjob-1", "other": 1})
+    await store.record("job", "ftjob-1", "together-ai", "c1", "key-a", "failed", {"id": "ftjob-1", "other": 2})
+    assert (await store.lookup("job", "ftjob-1")).status == "queued"  # type: ignore[union-attr]
+    await store.record("job", "ftjob-1", "openai", "c1", "key-a", "running", {"id": "ftjob-1", "status": "running"})
+    assert (await store.lookup("job", "ftjob-1")).status == "running"  # type: ignore[union-attr]
+    # A sighting that does not claim leaves a new object unowned; the owner's own refresh still lands.
+    await store.record("job", "ftjob-9", "openai", "c1", "key-b", "queued", None, claim=False)
+    assert (await store.owners("job", ["ftjob-9"])) == {"ftjob-9": None}
+    await store.record_many("job", [("ftjob-1", "succeeded", None), ("ftjob-2", "queued", None)], "openai", "c1",
+                            "key-a")
+    assert await store.owners("job", ["ftjob-1", "ftjob-2", "ftjob-3"]) == {"ftjob-1": "key-a", "ftjob-2": "key-a"}
     assert (await store.lookup("job", "ftjob-1")).status == "succeeded"  # type: ignore[union-attr]
     await store.forget("job", "ftjob-2")
     assert await store.lookup("job", "ftjob-2") is None
@@ -115,9 +126,12 @@ async def test_managed_file_pages(store: Store) -> None:
     assert [r["id"] for r in rows] == ["file-tg0"] and not more
     rows, _ = await store.list_managed_files(limit=10, after=None, purpose=None, ascending=True, key_id="other")
     assert rows == []
-    await store.add_file_copy("0" * 64, "openai", None, "file-remote")
-    assert await store.file_copy("0" * 64, "openai", None) == "file-remote"
-    assert await store.file_copy("0" * 64, "openai", "conn") is None
+    await store.add_file_copy("0" * 64, "openai", None, "key-a", "file-remote")
+    assert await store.file_copy("0" * 64, "openai", None, "key-a") == "file-remote"
+    assert await store.file_copy("0" * 64, "openai", "conn", "key-a") is None
+    # Another key never reuses it (issue 17, finding 12), nor does an open gateway.
+    assert await store.file_copy("0" * 64, "openai", None, "key-b") is None
+    assert await store.file_copy("0" * 64, "openai", None, None) is None
 
 
 async def test_request_log(store: Store) -> None:

@@ -12,6 +12,8 @@ tunegate keys configured the gateway is open and provider keys pass through.
 
 from __future__ import annotations
 
+import math
+import re
 import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from tunegate.upstream import CallPolicy, Upstream
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "service_account")
 _CONTEXT_HEADERS = {"provider", "api-key", "virtual-key", "config", "custom-host", "trace-id",
                     "request-timeout"}
+MAX_TIMEOUT_SECONDS = 3600.0
 
 
 @dataclass
@@ -98,6 +101,33 @@ class RequestContext:
         return text
 
 
+def _merge_options(provider: Provider, connection: Connection | None, requested: dict[str, str],
+                   stored_secrets: bool) -> dict[str, Any]:
+    """The provider options of a request. A connection's own options win: a header may not change what
+    the operator set (project, organisation, role, bucket, endpoint …) unless the connection lists the
+    option in `client_options`. With the connection's secrets in use, a header may not pick the host
+    either (`Provider.host_options`), or the secret would follow it."""
+    if connection is None:
+        return dict(requested)
+    stored = dict(connection.options)
+    allowed = stored.get("client_options")
+    allowed = {str(o) for o in allowed} if isinstance(allowed, list) else set()
+    for name, value in requested.items():
+        header = "x-portkey-" + name.replace("_", "-")
+        if name in allowed or (name in stored and str(stored[name]) == value):
+            continue
+        if name in stored and stored[name] not in (None, ""):
+            raise Forbidden(f"{header} is set by the connection '{connection.name}' and may not be changed "
+                            "by a request (the operator can list it in the connection's client_options).",
+                            param=header, code="option_locked")
+        if stored_secrets and name in provider.host_options:
+            raise Forbidden(f"{header} would send the connection '{connection.name}''s credentials to a host "
+                            "the request chose; the connection does not allow that.", param=header,
+                            code="custom_host_not_allowed")
+    return {**stored, **{k: v for k, v in requested.items() if k in allowed or k not in stored
+                         or stored[k] in (None, "")}}
+
+
 def _configured_base_url(settings: Settings, provider: Provider) -> str | None:
     """The operator's `[providers.<name>] base_url`, under the canonical name or an alias (a config file
     written before the names became Portkey's still applies)."""
@@ -134,6 +164,17 @@ def _parse_config(raw: str | None) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InvalidRequest("x-portkey-config must be a JSON object.", param="x-portkey-config",
                              code="invalid_config")
+    for name in ("provider", "virtual_key"):
+        if config.get(name) is not None and not isinstance(config[name], str):
+            raise InvalidRequest(f"x-portkey-config '{name}' must be a string.", param="x-portkey-config",
+                                 code="invalid_config")
+    if config.get("retry") is not None and not isinstance(config["retry"], dict):
+        raise InvalidRequest("x-portkey-config 'retry' must be an object {attempts, on_status_codes}.",
+                             param="x-portkey-config", code="invalid_config")
+    timeout = config.get("request_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float | str)):
+        raise InvalidRequest("x-portkey-config 'request_timeout' must be a number of milliseconds.",
+                             param="x-portkey-config", code="invalid_config")
     return config
 
 
@@ -154,8 +195,9 @@ class ContextResolver:
         if key is not None and (limit := key.rate_limit_per_min or self.settings.rate_limit_per_min):
             self.rates.check(key.id, limit)
 
-        connection = await self._named_connection(headers.get("x-portkey-virtual-key") or config.get("virtual_key"))
-        recorded = await self._recorded(ref, key)
+        connection = await self._named_connection(headers.get("x-portkey-virtual-key") or config.get("virtual_key"),
+                                                  key)
+        recorded = await self._recorded(ref, key, bool(provider_key))
         provider_name = (headers.get("x-portkey-provider") or (connection.provider if connection else None)
                          or config.get("provider") or (recorded.provider if recorded else None)
                          or default_provider or self.settings.default_provider)
@@ -169,6 +211,9 @@ class ContextResolver:
                                  f"{known_names()}.", param="x-portkey-provider",
                                  code="unknown_provider")
         provider_name = provider.name
+        if ref is not None and not provider.canonical_id(*ref):
+            # Not an id this provider hands out (an encoding, a second spelling): it names nothing.
+            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
         # Stored names are canonical (migration 0004, Store.add_connection); canonical_name() keeps a row
         # written by an older gateway working.
         if connection is not None and canonical_name(connection.provider) != provider_name:
@@ -183,28 +228,58 @@ class ContextResolver:
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
                              policy=self._policy(headers, config, connection), key=key, settings=self.settings,
                              store=self.store, files=self.files)
+        own_key = bool(provider_key) and (key is None or key.allow_provider_keys)
         if connection is not None:
             if key is not None and not key.may_use(connection.name):
                 raise Forbidden(f"This key is not granted the connection '{connection.name}'.",
                                 param="x-portkey-virtual-key")
             ctx.connection = connection.name
-            ctx.credentials = dict(connection.secrets)
-            ctx.options = dict(connection.options)
+            if not own_key:  # the caller's own key replaces the stored secrets, never mixes with them
+                ctx.credentials = dict(connection.secrets)
             ctx.base_url_override = connection.base_url
-
-        if provider_key and (key is None or key.allow_provider_keys):
+        if own_key:
+            assert provider_key is not None
             ctx.credentials[provider.credential_field] = provider_key
         elif key is not None and connection is None:
             raise Forbidden(f"This key has no connection for provider '{provider_name}'.",
-                            param="x-portkey-provider", code="no_connection")
-        ctx.options.update(_header_options(headers))
-        custom_host = await self._custom_host(headers.get("x-portkey-custom-host"))
+                            param="x-portkey-virtual-key" if headers.get("x-portkey-virtual-key")
+                            else "x-portkey-provider", code="no_connection")
+        stored_secrets = connection is not None and bool(connection.secrets) and not own_key
+        ctx.options = _merge_options(provider, connection, _header_options(headers), stored_secrets)
+        await self._check_options(ctx, provider, connection)
+        custom_host = await self._custom_host(headers.get("x-portkey-custom-host"), connection, stored_secrets)
         if custom_host:
-            # Calls to it resolve through the guard again (see tunegate.hosts: DNS rebinding).
             ctx.policy.client_host = (urlsplit(custom_host).hostname or "").lower()
         ctx.base_url_override = (custom_host or ctx.base_url_override
                                  or _configured_base_url(self.settings, provider))
+        ctx.policy.trusted_hosts = self._trusted_hosts(provider, connection)
         return ctx
+
+    def _trusted_hosts(self, provider: Provider, connection: Connection | None) -> frozenset[str]:
+        """The hosts the operator chose for this provider: only these connect without the address check."""
+        hosts = provider.operator_hosts()
+        for url in (_configured_base_url(self.settings, provider), connection.base_url if connection else None):
+            if url and (host := urlsplit(url).hostname):
+                hosts.add(host.lower())
+        return frozenset(hosts)
+
+    async def _check_options(self, ctx: RequestContext, provider: Provider, connection: Connection | None) -> None:
+        """Options that end up in a URL match their grammar; URL options a client sent pass the custom-host
+        rule (the connect-time guard then holds them to it)."""
+        for name, pattern in provider.option_patterns.items():
+            value = ctx.options.get(name)
+            if value not in (None, "") and (not isinstance(value, str) or not re.fullmatch(pattern, value)):
+                raise InvalidRequest(f"'{value}' is not a valid value for x-portkey-{name.replace('_', '-')}.",
+                                     param="x-portkey-" + name.replace("_", "-"), code="invalid_provider_option")
+        for name in provider.url_options:
+            value = ctx.options.get(name)
+            if not value or (connection is not None and connection.options.get(name) == value):
+                continue  # the operator's own value
+            header = "x-portkey-" + name.replace("_", "-")
+            checked = await check_custom_host(str(value), self.settings.allowed_custom_hosts, param=header,
+                                              what=header)
+            ctx.options[name] = checked
+            ctx.policy.client_host = (urlsplit(checked).hostname or "").lower()
 
     async def _authenticate(self, headers: Mapping[str, str]) -> tuple[ApiKey | None, str | None]:
         """(tunegate key, provider key). x-portkey-api-key decides when both headers are present."""
@@ -223,22 +298,41 @@ class ContextResolver:
                                "'Authorization: Bearer'.", code="missing_api_key")
         return key, provider_keys[0] if provider_keys else None
 
-    async def _named_connection(self, name: str | None) -> Connection | None:
+    async def _named_connection(self, name: Any, key: ApiKey | None) -> Connection | None:
         if not name:
             return None
+        if not isinstance(name, str) or len(name) > 200:
+            raise InvalidRequest("The connection name must be a string of at most 200 characters.",
+                                 param="x-portkey-virtual-key", code="invalid_connection")
+        if key is not None and not key.may_use(name):
+            # Checked before the lookup, with one answer for "not granted" and "does not exist": a key
+            # cannot learn which connection names exist.
+            raise Forbidden(f"This key is not granted the connection '{name}'.", param="x-portkey-virtual-key")
         connection = await self.store.get_connection(name)
         if connection is None:
+            if key is not None and "*" not in key.connections:
+                raise Forbidden(f"This key is not granted the connection '{name}'.", param="x-portkey-virtual-key")
             raise InvalidRequest(f"No connection named '{name}'.", param="x-portkey-virtual-key",
                                  code="unknown_connection")
         return connection
 
-    async def _recorded(self, ref: tuple[str, str] | None, key: ApiKey | None) -> StoredObject | None:
+    async def _recorded(self, ref: tuple[str, str] | None, key: ApiKey | None,
+                        own_provider_key: bool) -> StoredObject | None:
+        """The registry's record of the path's object, and the ownership rule (docs/security.md): a key
+        reaches its own objects; unowned ones through a connection it may use (checked later); unowned
+        ones of no connection (made on an open gateway with a caller's own provider key) only with a
+        provider key of its own, which the provider then checks."""
         if ref is None:
             return None
+        if len(ref[1]) > 512:
+            raise NotFound(f"No such {ref[0]}.")
         recorded = await self.store.placement(*ref)
-        if recorded is not None and key is not None and recorded.key_id not in (None, key.id):
-            # Another key's object: answer as if it did not exist, so ids cannot be probed.
-            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
+        if recorded is not None and key is not None:
+            foreign = recorded.key_id not in (None, key.id)
+            orphan = recorded.key_id is None and recorded.connection is None and not own_provider_key
+            if foreign or orphan:
+                # Answer as if it did not exist, so ids cannot be probed.
+                raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
         return recorded
 
     async def _granted_connection(self, key: ApiKey, provider_name: str) -> Connection | None:
@@ -255,9 +349,23 @@ class ContextResolver:
             chosen = available[0] if available else None
         return await self.store.get_connection(chosen) if chosen else None
 
-    async def _custom_host(self, value: str | None) -> str | None:
+    async def _custom_host(self, value: str | None, connection: Connection | None,
+                           stored_secrets: bool) -> str | None:
+        """x-portkey-custom-host, checked. With a stored connection's secrets the host is the
+        connection's: a client may choose another only from the connection's `allowed_client_hosts`."""
         if not value:
             return None
+        if len(value) > 2048:
+            raise InvalidRequest("x-portkey-custom-host is longer than 2048 characters.",
+                                 param="x-portkey-custom-host", code="invalid_custom_host")
+        if stored_secrets and connection is not None:
+            host = (urlsplit(value).hostname or "").lower()
+            listed = connection.options.get("allowed_client_hosts")
+            if not isinstance(listed, list) or host not in [str(h).lower() for h in listed]:
+                raise Forbidden(f"Connection '{connection.name}' sends its credentials only to its own host; "
+                                "x-portkey-custom-host may not replace it (the operator can list hosts in the "
+                                "connection's allowed_client_hosts).", param="x-portkey-custom-host",
+                                code="custom_host_not_allowed")
         return await check_custom_host(value, self.settings.allowed_custom_hosts)
 
     def _policy(self, headers: Mapping[str, str], config: dict[str, Any],
@@ -273,13 +381,15 @@ class ContextResolver:
         raw_timeout = headers.get("x-portkey-request-timeout") or config.get("request_timeout")
         if raw_timeout:
             try:
+                if isinstance(raw_timeout, bool):
+                    raise TypeError("a boolean is not a timeout")
                 seconds = float(raw_timeout) / 1000  # Portkey gives it in milliseconds
             except (TypeError, ValueError) as exc:
                 raise InvalidRequest("x-portkey-request-timeout must be a number of milliseconds.",
                                      param="x-portkey-request-timeout") from exc
-            if seconds <= 0:
-                raise InvalidRequest("x-portkey-request-timeout must be positive.",
-                                     param="x-portkey-request-timeout")
+            if not math.isfinite(seconds) or not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+                raise InvalidRequest(f"x-portkey-request-timeout must be a positive number of milliseconds up to "
+                                     f"{int(MAX_TIMEOUT_SECONDS * 1000)}.", param="x-portkey-request-timeout")
             timeouts = Timeouts(connect=min(timeouts.connect, seconds), first_byte=seconds, idle=seconds)
         retry = self.settings.retry
         if isinstance(config.get("retry"), dict):
@@ -287,10 +397,13 @@ class ContextResolver:
             try:
                 # Portkey counts retries; tunegate's policy counts tries.
                 attempts = int(spec["attempts"]) + 1 if "attempts" in spec else retry.attempts
-                retry = RetryPolicy(attempts=min(attempts, 10),
-                                    on_status_codes=list(spec.get("on_status_codes", retry.on_status_codes)),
+                codes = spec.get("on_status_codes", retry.on_status_codes)
+                if not isinstance(codes, list) or len(codes) > 64 or not all(
+                        isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
+                    raise ValueError("on_status_codes must be a list of HTTP status codes")
+                retry = RetryPolicy(attempts=max(1, min(attempts, 10)), on_status_codes=list(codes),
                                     backoff_base=retry.backoff_base, backoff_max=retry.backoff_max)
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidRequest("x-portkey-config retry must be {attempts, on_status_codes}.",
                                      param="x-portkey-config") from exc
         return CallPolicy(timeouts=timeouts, retry=retry)

@@ -150,3 +150,18 @@ def guarded_protocol(header_timeout: float, max_head_bytes: int) -> type[asyncio
     cls.header_timeout = header_timeout
     cls.max_head_bytes = max_head_bytes
     return cls  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    """``GuardedProtocol``: the guarded protocol built from this process's settings (environment and
+    TUNEGATE_CONFIG), so that a worker process started by uvicorn gets the same limits as the parent."""
+    if name != "GuardedProtocol":
+        raise AttributeError(name)
+    import os
+
+    from tunegate.config import Settings
+
+    settings = Settings.load(os.environ.get("TUNEGATE_CONFIG") or None)
+    protocol = guarded_protocol(settings.header_timeout, settings.max_header_bytes + 8 * 1024)
+    globals()["GuardedProtocol"] = protocol
+    return protocol

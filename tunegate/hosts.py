@@ -44,6 +44,14 @@ def _listed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
     return False
 
 
+def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a URL's host spells out literally (``[::ffff:a9fe:a9fe]`` included), else None."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+
+
 def address_allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str]) -> bool:
     return _is_public(ip) or _listed(host, ip, allowed)
 

@@ -38,11 +38,11 @@ def app() -> Starlette:
 
 def connection_limits(settings: Settings) -> dict[str, Any]:
     """uvicorn settings against clients that hold connections (slowloris) or send endless headers."""
-    from tunegate.guard import guarded_protocol
-
     # The request line and header framing come on top of the headers the app's 431 counts.
     head = settings.max_header_bytes + 8 * 1024
-    return dict(http=guarded_protocol(settings.header_timeout, head), timeout_keep_alive=settings.keep_alive_timeout,
+    # By import path, not by class: with --workers uvicorn pickles its config for each worker process,
+    # and the worker builds the guarded protocol from the same settings (tunegate.guard.GuardedProtocol).
+    return dict(http="tunegate.guard:GuardedProtocol", timeout_keep_alive=settings.keep_alive_timeout,
                 limit_concurrency=settings.max_connections, h11_max_incomplete_event_size=head)
 
 

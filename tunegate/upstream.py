@@ -20,10 +20,13 @@ import orjson
 import yarl
 
 from tunegate.config import RetryPolicy, Timeouts
-from tunegate.errors import UpstreamTimeout, UpstreamUnreachable
-from tunegate.hosts import GuardedResolver, HostNotAllowed, refusal
+from tunegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from tunegate.hosts import GuardedResolver, HostNotAllowed, address_allowed, ip_literal, refusal
 
 USER_AGENT = "tunegate/0.1"
+# The most of an upstream answer the gateway reads into memory (after decompression). Provider answers
+# are small JSON documents; file bodies are streamed (``Upstream.open``), never read whole.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 
 
 @dataclass
@@ -48,7 +51,13 @@ class CallPolicy:
     timeouts: Timeouts
     retry: RetryPolicy
     stats: dict[str, int] = field(default_factory=lambda: {"attempts": 0, "retries": 0})
-    client_host: str | None = None  # the host of x-portkey-custom-host: its calls resolve through the guard
+    # Hosts the operator configured for this call (the provider's built-in default, its base URL in the
+    # settings, a connection's base URL, endpoint variables such as AWS_ENDPOINT_URL): only these skip the
+    # address check. Every other URL — from a header, an option, an id, or handed back by an upstream —
+    # connects through the guarded pool.
+    trusted_hosts: frozenset[str] = frozenset()
+    client_host: str | None = None  # the host of x-portkey-custom-host, to word a refusal as the client's
+    max_answer_bytes: int = MAX_ANSWER_BYTES
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -69,10 +78,11 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 class Upstream:
     """Holds the sessions; created in the app's lifespan, closed at shutdown.
 
-    Two pools: one for the hosts the operator configured (providers' URLs, endpoint overrides), and one
-    for hosts a client chose (``x-portkey-custom-host``), whose resolver refuses the addresses the
-    custom-host rule refuses (``allowed_client_hosts`` is the operator's list). Separate pools also mean
-    separate DNS caches: nothing resolved for one is reused by the other."""
+    Two pools: one for the hosts the operator configured (``CallPolicy.trusted_hosts``), and one for
+    every other host, whose resolver refuses the addresses the custom-host rule refuses at connect time
+    (``allowed_client_hosts`` is the operator's list). There is no third way to connect: a URL a client
+    chose or an upstream handed back can only reach the guarded pool. Separate pools also mean separate
+    DNS caches: nothing resolved for one is reused by the other."""
 
     def __init__(self, allowed_client_hosts: list[str] | None = None) -> None:
         self._allowed = ["localhost", "127.0.0.1", "::1"] if allowed_client_hosts is None else allowed_client_hosts
@@ -105,10 +115,15 @@ class Upstream:
         return self._client_session
 
     def _session_for(self, url: str | yarl.URL, policy: CallPolicy) -> aiohttp.ClientSession:
-        if policy.client_host is None:
+        host = ((url if isinstance(url, yarl.URL) else yarl.URL(url)).host or "").lower().rstrip(".")
+        if host in policy.trusted_hosts:
             return self.session
-        host = (url if isinstance(url, yarl.URL) else yarl.URL(url)).host
-        return self.client_session if host is not None and host.lower() == policy.client_host else self.session
+        # aiohttp never asks the resolver about an address literal (http://169.254.169.254/), so the
+        # guard's rule is applied to literals here, before the connection is opened.
+        literal = ip_literal(host)
+        if literal is not None and not address_allowed(host, literal, self._allowed):
+            raise _refused(host, policy)
+        return self.client_session
 
     async def close(self) -> None:
         for session in (self._session, self._client_session):
@@ -142,7 +157,7 @@ class Upstream:
         for attempt in range(1, max(1, attempts) + 1):
             policy.stats["attempts"] += 1
             try:
-                response = await self._send(self._session_for(url, policy), method, url, policy.timeouts,
+                response = await self._send(self._session_for(url, policy), method, url, policy,
                                             send_headers, params, body)
             except (UpstreamUnreachable, UpstreamTimeout):
                 if attempt >= attempts:
@@ -158,8 +173,9 @@ class Upstream:
             return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _send(self, session: aiohttp.ClientSession, method: str, url: str, timeouts: Timeouts,
+    async def _send(self, session: aiohttp.ClientSession, method: str, url: str, policy: CallPolicy,
                     headers: Mapping[str, str], params: Any, body: Any) -> UpstreamResponse:
+        timeouts = policy.timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, sock_read=timeouts.idle)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_byte) as deadline:
@@ -167,13 +183,13 @@ class Upstream:
                                                  timeout=timeout, allow_redirects=False) as resp:
                     # First byte arrived: from here only the idle timeout (sock_read) applies.
                     deadline.reschedule(None)
-                    payload = await resp.read()
+                    payload = await read_bounded(resp, policy.max_answer_bytes)
                     return UpstreamResponse(resp.status, resp.headers, payload)
         except TimeoutError as exc:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
         except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, HostNotAllowed):  # the custom host's DNS answer changed (rebinding)
-                raise refusal(exc.os_error.host) from None
+            if isinstance(exc.os_error, HostNotAllowed):
+                raise _refused(exc.os_error.host, policy) from None
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise UpstreamUnreachable("The connection to the provider broke off.") from exc
@@ -196,10 +212,42 @@ class Upstream:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, HostNotAllowed):
-                raise refusal(exc.os_error.host) from None
+                raise _refused(exc.os_error.host, policy) from None
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable("Could not connect to the provider.") from exc
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole (decompressed) answer, or a 502 once it passes ``limit``: an upstream that answers with
+    a gigabyte — or a small gzip bomb — costs at most ``limit`` bytes of memory. aiohttp decompresses
+    in bounded steps as the body is read, so counting what comes out is enough."""
+    declared = resp.content_length
+    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> UpstreamError:
+    return UpstreamError(f"The provider's answer is larger than the gateway reads ({limit} bytes).", status=502,
+                         code="upstream_answer_too_large")
+
+
+def _refused(host: str, policy: CallPolicy) -> Exception:
+    """A connect the guard stopped: the client's own custom host is the client's mistake (400); any other
+    URL came from an upstream's answer or a stored value, so the provider side is at fault (502)."""
+    if policy.client_host is not None and host.lower() == policy.client_host:
+        return refusal(host)
+    return UpstreamError(f"The gateway refused to connect to '{host}': it resolves to a private, loopback, "
+                         "link-local or metadata address that is not allowed.", status=502,
+                         code="upstream_host_not_allowed")
 
 
 _SLICE = 256 * 1024

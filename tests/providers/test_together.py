@@ -279,7 +279,7 @@ def test_unmappable_values_are_a_400(setup: tuple[TogetherStandIn, Gateway, dict
 def test_unsupported_operations(setup: tuple[TogetherStandIn, Gateway, dict[str, str]]) -> None:
     standin, gw, headers = setup
     sdk = client(gw, standin, headers)
-    calls = [lambda: sdk.fine_tuning.jobs.pause("ft-1"), lambda: sdk.fine_tuning.jobs.resume("ft-1"),
+    calls = [lambda: sdk.fine_tuning.jobs.pause("ft-00000000-0000-4000-8000-000000000001"), lambda: sdk.fine_tuning.jobs.resume("ft-00000000-0000-4000-8000-000000000001"),
              lambda: sdk.uploads.create(bytes=1, filename="x.jsonl", mime_type="application/jsonl",
                                         purpose="fine-tune"),
              lambda: sdk.fine_tuning.checkpoints.permissions.list("ft-1:10"),
@@ -348,8 +348,8 @@ def test_provider_errors_arrive_openai_shaped(setup: tuple[TogetherStandIn, Gate
 
     sdk = client(gw, standin, headers)
     with pytest.raises(openai.NotFoundError) as missing:
-        sdk.fine_tuning.jobs.retrieve("ft-nope")
-    assert missing.value.body["message"] == "Fine-tune job ft-nope not found"  # type: ignore[index]
+        sdk.fine_tuning.jobs.retrieve("ft-00000000-0000-4000-8000-0000000000ff")
+    assert missing.value.body["message"] == "Fine-tune job ft-00000000-0000-4000-8000-0000000000ff not found"  # type: ignore[index]
 
     once = client(gw, standin, headers, **{"x-portkey-config": NO_RETRY})
     standin.faults["/fine-tunes"] = [429]

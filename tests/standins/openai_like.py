@@ -360,10 +360,11 @@ def free_port() -> int:
 class ServerThread:
     """Runs an aiohttp application on a real loopback socket in a background thread."""
 
-    def __init__(self, app: web.Application, port: int | None = None) -> None:
+    def __init__(self, app: web.Application, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.app = app
+        self.host = host
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -372,7 +373,7 @@ class ServerThread:
         asyncio.set_event_loop(self._loop)
         runner = web.AppRunner(self.app, access_log=None)
         self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
         self._runner = runner
         self._ready.set()
         self._loop.run_forever()

@@ -76,6 +76,9 @@ async def json_body(request: Request, *, optional: bool = False) -> JSON:
     return body
 
 
+MAX_PAGE_LIMIT = 10_000  # the largest page any provider serves (OpenAI's file list)
+
+
 def page(request: Request, default_limit: int, *extra: str) -> Page:
     """OpenAI pagination from the query string: ``limit``, ``after``, ``metadata[k]=v`` and the named
     extras. ``limit=0`` is allowed (the spec sets no minimum and the SDK's own tests send it)."""
@@ -87,39 +90,57 @@ def page(request: Request, default_limit: int, *extra: str) -> Page:
             limit = int(raw_limit)
         except ValueError:
             raise InvalidRequest("'limit' must be an integer.", param="limit", code="invalid_limit") from None
-        if limit < 0:
-            raise InvalidRequest("'limit' must not be negative.", param="limit", code="invalid_limit")
+        if not 0 <= limit <= MAX_PAGE_LIMIT:
+            raise InvalidRequest(f"'limit' must be from 0 to {MAX_PAGE_LIMIT}.", param="limit", code="invalid_limit")
+    after = query.get("after") or None
+    if after is not None and len(after) > 512:
+        raise InvalidRequest("'after' is longer than any id.", param="after", code="invalid_cursor")
     found: dict[str, Any] = {name: query[name] for name in extra if query.get(name)}
     metadata = {k[len("metadata["):-1]: v for k, v in query.multi_items()
                 if k.startswith("metadata[") and k.endswith("]")}
     if metadata:
         found["metadata"] = metadata
-    return Page(limit=limit, after=query.get("after") or None, extra=found)
+    return Page(limit=limit, after=after, extra=found)
 
 
-async def remember(ctx: RequestContext, kind: str, obj: JSON) -> None:
-    """Record an object created through tunegate (synchronously: ownership must hold at once). A job's
-    result files belong to the job's owner, so another key cannot download them by id."""
+async def remember(ctx: RequestContext, kind: str, obj: JSON, *, created: bool = False) -> None:
+    """Record an object the provider answered with (synchronously: ownership must hold at once). Only
+    an object this request ``created`` becomes the key's; one merely seen stays unowned (it was made
+    elsewhere). A job's result files belong to the job's owner, so another key cannot download them."""
     if ctx.store and isinstance(obj.get("id"), str):
         await ctx.store.record(kind, obj["id"], ctx.provider_name, ctx.connection, ctx.key_id,
-                               obj.get("status"), obj)
+                               obj.get("status"), obj, claim=created)
         results = [f for f in obj.get("result_files") or [] if isinstance(f, str)] if kind == "job" else []
         if results:
-            owner = (await ctx.store.owners("job", [obj["id"]])).get(obj["id"], ctx.key_id)
+            owners = await ctx.store.owners("job", [obj["id"]])
+            if obj["id"] not in owners or owners[obj["id"]] not in (None, ctx.key_id):
+                return  # not a job this key may speak for
             known = await ctx.store.owners("file", results)
             await ctx.store.record_many("file", [(f, None, None) for f in results if f not in known],
-                                        ctx.provider_name, ctx.connection, owner)
+                                        ctx.provider_name, ctx.connection, owners[obj["id"]])
+
+
+# Result files are named only in their job; listed or fetched before the job was seen here, they would
+# go to whichever key asked first. They are shown once their job has given them an owner.
+_RESULT_PURPOSES = {"fine-tune-results"}
 
 
 async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
-    """Drop the objects another key owns and record the ones seen for the first time."""
+    """Drop the objects another key owns, and record the ones seen for the first time — unowned: the
+    first key to list an object does not become its owner (docs/security.md)."""
     items = [o for o in listing.get("data", []) if isinstance(o, dict) and isinstance(o.get("id"), str)]
     if ctx.store is None or not items:
         return listing
     owners = await ctx.store.owners(kind, [o["id"] for o in items])
     if ctx.key is not None:
-        listing = {**listing, "data": [o for o in items if owners.get(o["id"]) in (None, ctx.key.id)]}
-    unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners]
-    await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, ctx.key_id)
+        listing = {**listing, "data": [o for o in items if owners.get(o["id"]) in (None, ctx.key.id)
+                                       and not (o["id"] not in owners and unclaimed_result(o))]}
+    unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners and not unclaimed_result(o)]
+    await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, None)
     await paging.commit(ctx, listing["data"])  # the provider's next token, under the last item shown
     return listing
+
+
+def unclaimed_result(obj: JSON) -> bool:
+    """A result file the registry has not yet tied to its job (and so to an owner)."""
+    return obj.get("purpose") in _RESULT_PURPOSES

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from tunegate.api import datasets
-from tunegate.api.common import context, page, remember, respond, services, visible
+from tunegate.api.common import context, page, remember, respond, services, unclaimed_result, visible
 from tunegate.context import RequestContext
-from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge, missing_param
+from tunegate.errors import APIError, InvalidRequest, NotFound, NotSupported, PayloadTooLarge, missing_param
 from tunegate.multipart import MultipartReader
 from tunegate.providers.base import JSON, IncomingFile
 from tunegate.spool import Spool
@@ -151,7 +151,7 @@ async def upload_file(request: Request) -> Response:
             created, report = await _upload(ctx, form, max_bytes)
         finally:
             form.close()
-    await remember(ctx, "file", created)
+    await remember(ctx, "file", created, created=True)
     if ctx.provider.keeps_files and report is not None and ctx.store is not None:
         await ctx.store.set_managed_report(created["id"], report.to_dict())  # shown in the dashboard
     elif report is not None:
@@ -188,15 +188,41 @@ def _file_ref(request: Request) -> tuple[str, str]:
     return ("file", request.path_params["file_id"])
 
 
+async def _unrecorded(ctx: RequestContext, file_id: str) -> bool:
+    """Whether a keyed request names a file the registry does not know (then made elsewhere)."""
+    return ctx.key is not None and ctx.store is not None and await ctx.store.placement("file", file_id) is None
+
+
+def _refuse_unclaimed_result(file_id: str, found: JSON) -> None:
+    if unclaimed_result(found):
+        raise NotFound(f"No such File object: '{file_id}'.", param="file_id")
+
+
+async def _check_unrecorded(ctx: RequestContext, file_id: str) -> None:
+    """Before a download or delete of a file the registry does not know: a job's result file is reached
+    only once its job has given it an owner (docs/security.md, rule on result files)."""
+    if await _unrecorded(ctx, file_id):
+        try:
+            found = await ctx.provider.retrieve_file(ctx, file_id)
+        except NotSupported:
+            return
+        _refuse_unclaimed_result(file_id, found)
+
+
 async def retrieve_file(request: Request) -> Response:
     ctx = await context(request, _file_ref(request))
-    found: JSON = await ctx.provider.retrieve_file(ctx, request.path_params["file_id"])
+    file_id = request.path_params["file_id"]
+    unrecorded = await _unrecorded(ctx, file_id)
+    found: JSON = await ctx.provider.retrieve_file(ctx, file_id)
+    if unrecorded:
+        _refuse_unclaimed_result(file_id, found)
     await remember(ctx, "file", found)
     return respond(found)
 
 
 async def delete_file(request: Request) -> Response:
     ctx = await context(request, _file_ref(request))
+    await _check_unrecorded(ctx, request.path_params["file_id"])
     result = await ctx.provider.delete_file(ctx, request.path_params["file_id"])
     if ctx.store is not None:
         await ctx.store.forget("file", request.path_params["file_id"])
@@ -206,5 +232,6 @@ async def delete_file(request: Request) -> Response:
 
 async def file_content(request: Request) -> Response:
     ctx = await context(request, _file_ref(request))
+    await _check_unrecorded(ctx, request.path_params["file_id"])
     download = await ctx.provider.file_content(ctx, request.path_params["file_id"])
     return StreamingResponse(download.chunks, media_type=download.media_type, headers=download.headers)

@@ -4,6 +4,7 @@ operations (checkpoint permissions, graders) passed to providers that have them.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -16,6 +17,9 @@ from tunegate.context import RequestContext
 from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
 from tunegate.files import is_managed_file_id
 from tunegate.providers.base import JSON, IncomingFile
+
+# Checkpoint names (`ft:gpt-4o-mini-2024-07-18:org:suffix:ckpt-step-10`) and permission ids.
+_PASSTHROUGH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:._-]{0,255}")
 
 
 def validate_create(ctx: RequestContext, body: JSON) -> None:
@@ -64,7 +68,7 @@ async def create_job(request: Request) -> Response:
     idem_key = request.headers.get("idempotency-key")
     if not idem_key or ctx.store is None:
         job = await ctx.provider.create_job(ctx, body)
-        await remember(ctx, "job", job)
+        await remember(ctx, "job", job, created=True)
         return respond(job)
     return await _create_once(ctx, idem_key, body)
 
@@ -98,7 +102,7 @@ async def _create_once(ctx: RequestContext, idem_key: str, body: JSON) -> Respon
     except BaseException:
         await ctx.store.release_idempotency(scope, idem_key)
         raise
-    await remember(ctx, "job", job)
+    await remember(ctx, "job", job, created=True)
     await ctx.store.finish_idempotency(scope, idem_key, 200, orjson.dumps(job))
     return respond(job)
 
@@ -114,14 +118,14 @@ async def managed_file_on_provider(ctx: RequestContext, file_id: str, field: str
         return file_id  # a provider's own id
     if ctx.key is not None and row["key_id"] not in (None, ctx.key.id):
         raise NotFound(f"No such File object: '{file_id}'.", param=field, code="file_not_found")
-    copied = await ctx.store.file_copy(row["sha256"], ctx.provider_name, ctx.connection)
+    copied = await ctx.store.file_copy(row["sha256"], ctx.provider_name, ctx.connection, ctx.key_id)
     if copied is not None:
         return copied
     upload = IncomingFile(filename=row["filename"], purpose=row["purpose"], content_type="application/jsonl",
                           chunks=ctx.files.read(row["location"]), size_hint=row["bytes"])
     created = await ctx.provider.upload_file(ctx, upload)
-    await remember(ctx, "file", created)
-    await ctx.store.add_file_copy(row["sha256"], ctx.provider_name, ctx.connection, created["id"])
+    await remember(ctx, "file", created, created=True)
+    await ctx.store.add_file_copy(row["sha256"], ctx.provider_name, ctx.connection, ctx.key_id, created["id"])
     return str(created["id"])
 
 
@@ -162,6 +166,10 @@ async def list_checkpoints(request: Request) -> Response:
 async def passthrough(request: Request) -> Response:
     """Checkpoint permissions and graders: forwarded to providers that speak the OpenAI API."""
     ctx = await context(request)
+    for name, value in request.path_params.items():
+        if not _PASSTHROUGH_SEGMENT.fullmatch(value):
+            # A decoded '%2F', '%3F' or '..' would cut or climb the upstream path: name nothing instead.
+            raise NotFound(f"No such {name.replace('_', ' ')}: '{value[:200]}'.", param=name)
     path = request.url.path.removeprefix("/v1")
     body = await json_body(request, optional=True) if request.method == "POST" else None
     result = await ctx.provider.passthrough(ctx, request.method, path, request.query_params.multi_items(), body)

@@ -29,7 +29,7 @@ async def create_upload(request: Request) -> Response:
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_UPLOAD_BYTES:
         raise InvalidRequest(f"'bytes' must be an integer from 0 to {MAX_UPLOAD_BYTES}.", param="bytes")
     created = await ctx.provider.create_upload(ctx, body)
-    await remember(ctx, "upload", created)
+    await remember(ctx, "upload", created, created=True)
     return respond(created)
 
 
@@ -51,7 +51,7 @@ async def complete_upload(request: Request) -> Response:
     done = await ctx.provider.complete_upload(ctx, request.path_params["upload_id"], body)
     await remember(ctx, "upload", done)
     if isinstance(done.get("file"), dict):
-        await remember(ctx, "file", done["file"])
+        await remember(ctx, "file", done["file"], created=True)
     return respond(done)
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
 
 from tunegate import aws
 from tunegate.aws.s3 import Bucket, S3Client, xml_error
@@ -80,8 +81,11 @@ class S3Store:
             raise ValueError("file_store = 's3' needs AWS keys in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.")
         region = (settings.file_store_s3_region or os.environ.get("AWS_REGION")
                   or os.environ.get("AWS_DEFAULT_REGION") or aws.DEFAULT_REGION)
-        return cls(upstream, CallPolicy(settings.timeouts, settings.retry), credentials,
-                   Bucket(bucket, region, aws.endpoint_from_env("s3")), settings.file_store_s3_prefix,
+        endpoint = aws.endpoint_from_env("s3")
+        # The store's endpoint is the operator's (environment): it may be a private address (MinIO).
+        trusted = frozenset({host.lower()}) if endpoint and (host := urlsplit(endpoint).hostname) else frozenset()
+        return cls(upstream, CallPolicy(settings.timeouts, settings.retry, trusted_hosts=trusted), credentials,
+                   Bucket(bucket, region, endpoint), settings.file_store_s3_prefix,
                    settings.data_dir / "files" / "s3-cache", settings.file_store_s3_cache_bytes)
 
     def prepare(self) -> None:

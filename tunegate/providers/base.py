@@ -11,9 +11,13 @@ in ``providers/__init__.py``.
 
 from __future__ import annotations
 
+import email.utils
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urlsplit
 
 from tunegate import models
 from tunegate.errors import InvalidRequest, NotSupported, UpstreamError
@@ -24,6 +28,11 @@ if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
 JSON = dict[str, Any]
+
+# An object id as tunegate hands them out: letters, digits, '-' and '_' (ARNs, resource names and URIs
+# are wrapped by tunegate.providers.ids). With no '%', '/', '?', '#' or '.', an id can neither cut an
+# upstream path short, nor climb it, nor reach the query.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
 
 # The OpenAI statuses every provider's own words are mapped onto.
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
@@ -76,6 +85,32 @@ class Provider:
     # The provider's dataset limits, checked when a job is created (tunegate.providers.rules); the
     # source of each number is in the provider's MAPPING.md.
     dataset_rules: ClassVar[DatasetRules] = NO_RULES
+    # Options whose value decides which host the calls go to (a URL, a resource name). With a stored
+    # connection's credentials a client may not set them (the secret would follow the host), unless the
+    # connection lists them in its `client_options`.
+    # The spelling of the ids this provider hands out (jobs, files, uploads). Providers whose ids are
+    # lower case (UUIDs, slugs, hex) say so, since their services may not tell `ABC` from `abc`.
+    id_grammar: ClassVar[str] = SAFE_ID.pattern
+    host_options: ClassVar[tuple[str, ...]] = ()
+    # Options that are whole URLs a client may choose: checked like x-portkey-custom-host.
+    url_options: ClassVar[tuple[str, ...]] = ()
+    # Grammar of options that become part of a URL or host (a region, a project, an account): a value
+    # outside it is a 400 before anything is sent.
+    option_patterns: ClassVar[dict[str, str]] = {}
+
+    # ---- ids and hosts ---------------------------------------------------------------------------
+
+    def canonical_id(self, kind: str, raw: str) -> bool:
+        """Whether ``raw`` is a ``kind`` id ("job", "file", "upload") in the one spelling this provider
+        hands out. The ownership check compares strings, so a second spelling of the same upstream
+        object (another case, an encoding, junk a lenient decoder drops) must never get that far."""
+        return re.fullmatch(self.id_grammar, raw) is not None
+
+    def operator_hosts(self) -> set[str]:
+        """Hosts this provider connects to that the operator chose, not a client: its built-in default,
+        and endpoints read from the gateway's environment. Only these skip the connect-time check."""
+        host = urlsplit(self.default_base_url).hostname if self.default_base_url else None
+        return {host.lower()} if host else set()
 
     # ---- helpers shared by adapters ------------------------------------------------------------
 
@@ -97,6 +132,10 @@ class Provider:
 
     def check(self, ctx: RequestContext, response: UpstreamResponse) -> Any:
         """The decoded JSON of a successful answer; an OpenAI-shaped error otherwise."""
+        if 300 <= response.status < 400:
+            # Redirects are never followed (a Location is a URL the upstream chose): say so plainly.
+            raise UpstreamError(f"The provider answered with a redirect (HTTP {response.status}), which the "
+                                "gateway does not follow.", status=502, code="upstream_redirect")
         if response.ok:
             try:
                 return response.json()
@@ -106,10 +145,12 @@ class Provider:
         message, err_type, code = self.error_message(response)
         status = response.status if 400 <= response.status < 600 else 502
         headers = {}
-        if response.status == 429 and "Retry-After" in response.headers:
-            headers["Retry-After"] = response.headers["Retry-After"]
-        raise UpstreamError(ctx.redact(message), status=status, type=err_type or "upstream_error",
-                            code=code or f"upstream_{status}", headers=headers)
+        if response.status == 429 and (retry_after := clean_retry_after(response.headers.get("Retry-After", ""))):
+            headers["Retry-After"] = retry_after
+        # Every text that reaches the client is redacted, not only the message: providers have been
+        # seen to echo a key in an error code or type.
+        raise UpstreamError(ctx.redact(message), status=status, type=ctx.redact(err_type or "upstream_error")[:64],
+                            code=ctx.redact(code or f"upstream_{status}")[:64], headers=headers)
 
     async def download(self, ctx: RequestContext, url: str, *, headers: dict[str, str] | None = None,
                        params: Any = None) -> Download:
@@ -130,6 +171,12 @@ class Provider:
                 resp.release()
 
         return Download(chunks(), media_type=resp.headers.get("Content-Type", "application/octet-stream"))
+
+    @staticmethod
+    def segment(value: str) -> str:
+        """An id as one URL path segment: every reserved character escaped (the id grammar already
+        excludes them; this keeps a path from ever being cut or climbed should one slip through)."""
+        return quote(value, safe="")
 
     def dataset_rules_for(self, model: str) -> DatasetRules:
         """The rules for a job on this base model (providers whose limits differ by model override this)."""
@@ -200,6 +247,19 @@ class Provider:
     async def passthrough(self, ctx: RequestContext, method: str, path: str,
                           query: list[tuple[str, str]], body: JSON | None) -> JSON:
         raise self.unsupported(f"{method} /v1{path}")
+
+
+def clean_retry_after(value: str) -> str | None:
+    """A Retry-After the client may see: seconds, or an HTTP date re-written from its parsed value, so
+    nothing an upstream put there (a secret, a header injection) travels on as it was."""
+    value = value.strip()
+    if value.isdigit() and len(value) <= 9:
+        return value
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return email.utils.format_datetime(when if when.tzinfo else when.replace(tzinfo=UTC), usegmt=True)
 
 
 def generic_error_message(response: UpstreamResponse) -> tuple[str, str | None, str | None]:

@@ -23,6 +23,12 @@ def decode(prefix: str, public_id: str, kind: str = "object") -> str:
     if head != prefix or not sep or not token:
         raise NotFound(f"No such {kind}: '{public_id}'.")
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        native = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise NotFound(f"No such {kind}: '{public_id}'.") from None
+    # Python's decoder is lenient: it drops characters outside the alphabet and ignores unused low bits
+    # of the last character, so many spellings decode to one native id. Only the one spelling that
+    # ``encode`` produces is ours; any other would pass the ownership check under a different string.
+    if encode(prefix, native) != public_id:
+        raise NotFound(f"No such {kind}: '{public_id}'.")
+    return native

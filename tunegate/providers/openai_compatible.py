@@ -80,24 +80,24 @@ class OpenAICompatible(Provider):
         return self._job_list(ctx, await self.call(ctx, "GET", "/fine_tuning/jobs", params=self.page_params(page)))
 
     async def retrieve_job(self, ctx: RequestContext, job_id: str) -> JSON:
-        return self.to_job(ctx, await self.call(ctx, "GET", f"/fine_tuning/jobs/{job_id}"))
+        return self.to_job(ctx, await self.call(ctx, "GET", f"/fine_tuning/jobs/{self.segment(job_id)}"))
 
     async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
         # Cancelling twice is harmless, so a cancel may be retried.
-        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{job_id}/cancel", idempotent=True))
+        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{self.segment(job_id)}/cancel", idempotent=True))
 
     async def pause_job(self, ctx: RequestContext, job_id: str) -> JSON:
-        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{job_id}/pause", idempotent=True))
+        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{self.segment(job_id)}/pause", idempotent=True))
 
     async def resume_job(self, ctx: RequestContext, job_id: str) -> JSON:
-        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{job_id}/resume", idempotent=True))
+        return self.to_job(ctx, await self.call(ctx, "POST", f"/fine_tuning/jobs/{self.segment(job_id)}/resume", idempotent=True))
 
     async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
-        return await self.call(ctx, "GET", f"/fine_tuning/jobs/{job_id}/events",  # type: ignore[no-any-return]
+        return await self.call(ctx, "GET", f"/fine_tuning/jobs/{self.segment(job_id)}/events",  # type: ignore[no-any-return]
                                params=self.page_params(page))
 
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
-        return await self.call(ctx, "GET", f"/fine_tuning/jobs/{job_id}/checkpoints",  # type: ignore[no-any-return]
+        return await self.call(ctx, "GET", f"/fine_tuning/jobs/{self.segment(job_id)}/checkpoints",  # type: ignore[no-any-return]
                                params=self.page_params(page))
 
     # ---- files ---------------------------------------------------------------------------------
@@ -118,13 +118,13 @@ class OpenAICompatible(Provider):
                 "has_more": bool(raw.get("has_more", False))}
 
     async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        return self.to_file(ctx, await self.call(ctx, "GET", f"/files/{file_id}"))
+        return self.to_file(ctx, await self.call(ctx, "GET", f"/files/{self.segment(file_id)}"))
 
     async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        return await self.call(ctx, "DELETE", f"/files/{file_id}")  # type: ignore[no-any-return]
+        return await self.call(ctx, "DELETE", f"/files/{self.segment(file_id)}")  # type: ignore[no-any-return]
 
     async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
-        return await self.download(ctx, self.url(ctx, f"/files/{file_id}/content"), headers=self.headers(ctx),
+        return await self.download(ctx, self.url(ctx, f"/files/{self.segment(file_id)}/content"), headers=self.headers(ctx),
                                    params=self.query(ctx))
 
     # ---- uploads -------------------------------------------------------------------------------
@@ -136,19 +136,19 @@ class OpenAICompatible(Provider):
         writer = MultipartWriter()
         body = writer.body([], "data", part.filename, part.content_type, part.chunks)
         response = await ctx.upstream.request(
-            "POST", self.url(ctx, f"/uploads/{upload_id}/parts"), ctx.policy, params=self.query(ctx), data=body,
+            "POST", self.url(ctx, f"/uploads/{self.segment(upload_id)}/parts"), ctx.policy, params=self.query(ctx), data=body,
             headers={**self.headers(ctx), "Content-Type": writer.content_type})
         ctx.upstream_status = response.status
         return self.check(ctx, response)  # type: ignore[no-any-return]
 
     async def complete_upload(self, ctx: RequestContext, upload_id: str, body: JSON) -> JSON:
-        raw = await self.call(ctx, "POST", f"/uploads/{upload_id}/complete", json=body)
+        raw = await self.call(ctx, "POST", f"/uploads/{self.segment(upload_id)}/complete", json=body)
         if isinstance(raw.get("file"), dict):
             raw["file"] = self.to_file(ctx, raw["file"])
         return raw  # type: ignore[no-any-return]
 
     async def cancel_upload(self, ctx: RequestContext, upload_id: str) -> JSON:
-        return await self.call(ctx, "POST", f"/uploads/{upload_id}/cancel", idempotent=True)  # type: ignore[no-any-return]
+        return await self.call(ctx, "POST", f"/uploads/{self.segment(upload_id)}/cancel", idempotent=True)  # type: ignore[no-any-return]
 
     # ---- everything else under /fine_tuning/ -----------------------------------------------------
 

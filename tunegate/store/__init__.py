@@ -38,11 +38,17 @@ __all__ = ["ApiKey", "Connection", "Store", "StoredObject"]
 # The registry's upsert, one text for SQLite (3.35+) and PostgreSQL. SQLAlchemy 2.0's dialect insert()
 # constructs (needed for ON CONFLICT) are never cached (`inherit_cache = False`): each call compiled the
 # INSERT anew, ~0.3 ms of CPU on every created job. A text() statement is compiled once.
+# A sighting refreshes status and snapshot only where the writer may: the same provider and connection,
+# and an object that is unowned or the writer's own. Without the guard, an upstream a caller chose could
+# answer with another key's id and rewrite what that key's dashboard shows.
 _UPSERT_OBJECT = sa.text(
     "INSERT INTO objects (kind, id, provider, connection, key_id, status, snapshot, created_at, updated_at) "
     "VALUES (:kind, :id, :provider, :connection, :key_id, :status, :snapshot, :created_at, :updated_at) "
     "ON CONFLICT (kind, id) DO UPDATE SET status = excluded.status, snapshot = excluded.snapshot, "
-    "updated_at = excluded.updated_at"
+    "updated_at = excluded.updated_at "
+    "WHERE objects.provider = excluded.provider "
+    "AND COALESCE(objects.connection, '') = COALESCE(excluded.connection, '') "
+    "AND (objects.key_id IS NULL OR objects.key_id = :writer)"
 ).bindparams(sa.bindparam("snapshot", type_=objects.c.snapshot.type))
 _UPSERT_OBJECT_RETURNING = sa.text(str(_UPSERT_OBJECT.text) + " RETURNING provider, connection, key_id").bindparams(
     sa.bindparam("snapshot", type_=objects.c.snapshot.type))
@@ -252,17 +258,23 @@ class Store:
 
     async def record(self, kind: str, object_id: str, provider: str, connection: str | None,
                      key_id: str | None, status: str | None = None,
-                     snapshot: dict[str, Any] | None = None) -> None:
-        """Remember an object. The first key to record an object owns it; later sightings only
-        refresh its status and snapshot (and are skipped while the status is unchanged)."""
+                     snapshot: dict[str, Any] | None = None, *, claim: bool = True) -> None:
+        """Remember an object seen by ``key_id``. With ``claim`` (the object was created by this request)
+        a new record is that key's; without it (a retrieve of something created elsewhere) a new record
+        has no owner. Later sightings refresh status and snapshot only where the key may write (see
+        ``_UPSERT_OBJECT``), and are skipped while the status is unchanged."""
         known = self._placements.get((kind, object_id))
         if known is not None and known.status == status and status is not None:
             return
         now = _now()
-        params = dict(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
-                      status=status, snapshot=snapshot, created_at=now, updated_at=now)
+        params = dict(kind=kind, id=object_id, provider=provider, connection=connection,
+                      key_id=key_id if claim else None, writer=key_id, status=status, snapshot=snapshot,
+                      created_at=now, updated_at=now)
         async with self.engine.begin() as conn:
-            row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).one()
+            row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).first()
+        if row is None:  # a record this key may not write: leave it, and the cache, as they are
+            self._placements.pop((kind, object_id), None)
+            return
         self._place(StoredObject(kind, object_id, row[0], row[1], row[2], status, None))
 
     PLACEMENTS_CACHED = 20_000  # ~6 MiB; the oldest entries make room (they are re-read on use)
@@ -289,8 +301,8 @@ class Store:
         if not items:
             return
         now = _now()
-        rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, status=s,
-                     snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
+        rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, writer=key_id,
+                     status=s, snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
         async with self.engine.begin() as conn:
             await conn.execute(_UPSERT_OBJECT, rows)
         for object_id, _status, _snap in items:
@@ -424,21 +436,25 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(managed_files.delete().where(managed_files.c.id == file_id))
 
-    async def file_copy(self, sha256: str, provider: str, connection: str | None) -> str | None:
-        """The provider's id for a copy of this content pushed earlier, if any."""
+    async def file_copy(self, sha256: str, provider: str, connection: str | None, owner: str | None) -> str | None:
+        """The provider's id for a copy of this content that ``owner`` pushed earlier, if any. Copies are
+        never shared between keys: one key's job must not name another key's remote file."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(file_copies.c.remote_id).where(
                 file_copies.c.sha256 == sha256, file_copies.c.provider == provider,
-                file_copies.c.connection == (connection or ""), file_copies.c.target_format == provider))).first()
+                file_copies.c.connection == (connection or ""), file_copies.c.target_format == provider,
+                file_copies.c.owner == (owner or "")))).first()
         return row[0] if row else None
 
-    async def add_file_copy(self, sha256: str, provider: str, connection: str | None, remote_id: str) -> None:
+    async def add_file_copy(self, sha256: str, provider: str, connection: str | None, owner: str | None,
+                            remote_id: str) -> None:
         stmt = self._dialect.insert(file_copies).values(
             sha256=sha256, provider=provider, connection=connection or "", target_format=provider,
-            remote_id=remote_id, created_at=_now())
+            owner=owner or "", remote_id=remote_id, created_at=_now())
         async with self.engine.begin() as conn:
             await conn.execute(stmt.on_conflict_do_update(
-                index_elements=["sha256", "provider", "connection", "target_format"], set_=dict(remote_id=remote_id)))
+                index_elements=["sha256", "provider", "connection", "target_format", "owner"],
+                set_=dict(remote_id=remote_id)))
 
     # ---- request log (batched, off the request path) ---------------------------------------------
 

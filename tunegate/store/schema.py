@@ -101,6 +101,7 @@ file_copies = sa.Table(
     sa.Column("provider", sa.String(64), primary_key=True),
     sa.Column("connection", sa.String(200), primary_key=True),  # "" when none
     sa.Column("target_format", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(64), primary_key=True, server_default=""),  # the key that pushed it; "" open
     sa.Column("remote_id", sa.Text, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )

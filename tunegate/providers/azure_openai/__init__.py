@@ -48,6 +48,14 @@ class AzureOpenAI(OpenAICompatible):
     # range is not in the 2024-10-21 spec (FineTuningHyperParameters.n_epochs has no bounds): not checked.
     dataset_rules = DatasetRules(min_training_examples=10, max_file_bytes=512 * 1024**2)
     suffix_max_length = 64
+    # Azure ids are lower-case hex (`ftjob-0f41…`): an upper-case spelling is refused, not looked up.
+    id_grammar = r"[a-z0-9][a-z0-9_-]{0,127}"
+    # Both pick the host the resource key goes to: a request may not set them over a stored connection.
+    host_options = ("azure_endpoint", "azure_resource_name")
+    url_options = ("azure_endpoint",)  # a URL a client chose: held to the custom-host rule
+    # Azure resource names: letters, digits and hyphens (they become `{name}.openai.azure.com`).
+    option_patterns = {"azure_resource_name": r"[A-Za-z0-9][A-Za-z0-9-]{0,62}",
+                       "azure_api_version": r"[A-Za-z0-9][A-Za-z0-9.-]{0,31}"}
 
     def api_version(self, ctx: RequestContext) -> str:
         return str(ctx.option("azure_api_version", GA_API_VERSION))

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 
@@ -62,6 +62,29 @@ class Bedrock(Provider):
 
     async def credentials(self, ctx: RequestContext) -> aws.AwsAuth:
         return await self.roles.credentials(ctx)
+
+    # ---- ids and hosts ---------------------------------------------------------------------------
+
+    def canonical_id(self, kind: str, raw: str) -> bool:
+        """Ids wrap an ARN (jobs) or an s3:// URI (files), base64 decoded strictly (``ids.decode``)."""
+        if kind not in ("job", "file"):
+            return super().canonical_id(kind, raw)
+        try:
+            native = ids.decode("ftjob" if kind == "job" else "file", raw)
+        except NotFound:
+            return False
+        if kind == "job":
+            return bool(jobs.JOB_ARN.fullmatch(native))
+        try:
+            s3.parse_uri(native)
+        except ValueError:
+            return False
+        return True
+
+    def operator_hosts(self) -> set[str]:
+        """Endpoints from the operator's AWS_ENDPOINT_URL[_BEDROCK|_S3|_STS] (emulators, VPC endpoints)."""
+        urls = (aws.endpoint_from_env(service) for service in ("bedrock", "s3", "sts"))
+        return {host.lower() for url in urls if url and (host := urlsplit(url).hostname)}
 
     # ---- plumbing --------------------------------------------------------------------------------
 

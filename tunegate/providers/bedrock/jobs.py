@@ -24,6 +24,10 @@ JSON = dict[str, Any]
 # Bedrock patterns (spec shapes of the same name).
 JOB_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*")
 CUSTOM_MODEL_NAME = re.compile(r"([0-9a-zA-Z][_-]?){1,63}")
+# A job ARN (ModelCustomizationJobArn in botocore's bedrock 2023-04-20 model is stricter; moto names jobs
+# `…/{jobName}`): whatever follows the resource type stays within characters that cannot reach a query.
+JOB_ARN = re.compile(r"arn:aws(-[a-z]+)*:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:model-customization-job/"
+                     r"[A-Za-z0-9.:/+_-]{1,256}")
 ROLE_ARN = re.compile(r"arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+")
 S3_URI = re.compile(r"s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](?:/[-!_*'().a-z0-9A-Z]+(?:/[-!_*'().a-z0-9A-Z]+)*)?/?")
 TAG = re.compile(r"[a-zA-Z0-9\s._:/=+@-]*")

@@ -32,6 +32,8 @@ DATASETS = "datasets"
 
 class Fireworks(Provider):
     name = "fireworks-ai"
+    # Fireworks resource ids: lower-case letters, digits and hyphens, at most 63.
+    id_grammar = r"[a-z0-9][a-z0-9-]{0,62}"
     aliases = ("fireworks",)
     # docs.fireworks.ai "Fine-tuning models" (SFT), "Prepare a dataset": minimum 3, maximum 3 million examples.
     dataset_rules = DatasetRules(min_training_examples=3, max_training_examples=3_000_000)

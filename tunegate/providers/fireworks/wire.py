@@ -14,10 +14,10 @@ from tunegate.upstream import UpstreamResponse
 
 # Fireworks resource ids (the last segment of `accounts/{a}/datasets/{id}`): lowercase letters, digits
 # and hyphens, at most 63 characters. Ids made elsewhere (a random UUID when none is given) fit too.
-NEW_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+NEW_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 # What tunegate accepts as a public id in a URL path before putting it into an upstream path: no
 # '/', ':' or '%', so a public id can never reach another resource or a custom verb.
-PUBLIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+PUBLIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 # google.rpc.Code numbers, as gRPC-gateway error bodies carry them.
 GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",

@@ -32,6 +32,8 @@ DEPRECATION_WARNING = ('299 tunegate "Mistral has deprecated its fine-tuning API
 
 class Mistral(Provider):
     name = "mistral-ai"
+    # UUIDs, lower case as Mistral hands them out.
+    id_grammar = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     aliases = ("mistral",)
     # mistral-openapi.yaml, POST /v1/files: "The size of individual files can be a maximum of 512 MB".
     # No minimum example count is published (see MAPPING.md): Mistral decides.

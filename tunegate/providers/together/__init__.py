@@ -29,6 +29,8 @@ def _sort_key(obj: JSON) -> SortKey:
 
 class Together(Provider):
     name = "together-ai"
+    # `ft-<uuid>` and `file-<uuid>`, lower case as Together hands them out.
+    id_grammar = r"(ft|file)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
     aliases = ("together",)
     default_base_url = "https://api.together.ai/v1"
     # together-python 1.5.34 (src/together/constants.py): MIN_SAMPLES = 1, MAX_FILE_SIZE_GB = 50.1 (GiB).

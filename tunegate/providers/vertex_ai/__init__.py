@@ -4,17 +4,18 @@ Storage. See MAPPING.md for every field, status and the pagination scheme."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 
 from tunegate import models
-from tunegate.errors import InvalidRequest
+from tunegate.errors import InvalidRequest, NotFound
 from tunegate.providers import paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.rules import DatasetRules
-from tunegate.providers.vertex_ai import jobs
+from tunegate.providers.vertex_ai import gcs, jobs
 from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
 from tunegate.providers.vertex_ai.gcs import (
     DEFAULT_PREFIX,
@@ -43,6 +44,26 @@ class VertexAI(Provider):
     # current pages state no minimum (an older page said 16, for Gemini 1.x): not checked, Vertex decides.
     dataset_rules = DatasetRules(max_training_examples=1_000_000, max_validation_examples=5000,
                                  max_file_bytes=1024**3)
+    # The region becomes part of the host (`{region}-aiplatform.googleapis.com`), the project part of
+    # the path: both held to Google's grammar (project ids: 6–30 of a-z, 0-9, '-'; domain-scoped ones
+    # carry `example.com:`).
+    option_patterns = {"vertex_region": r"[a-z][a-z0-9-]{0,39}",
+                       "vertex_project_id": r"[a-z0-9][a-z0-9.:-]{0,62}"}
+
+    def canonical_id(self, kind: str, raw: str) -> bool:
+        try:
+            if kind == "job":
+                jobs.job_name(raw)
+            elif kind == "file":
+                gcs.object_from_id(raw)
+            else:
+                return super().canonical_id(kind, raw)
+        except NotFound:
+            return False
+        return True
+
+    def operator_hosts(self) -> set[str]:
+        return super().operator_hosts() | gcs.operator_hosts()
 
     def __init__(self) -> None:
         self.tokens = TokenSource()
@@ -57,6 +78,9 @@ class VertexAI(Provider):
             project = info.get("project_id") if info else None
         if not project:
             ctx.require_option("vertex_project_id")
+        if not re.fullmatch(self.option_patterns["vertex_project_id"], str(project)):
+            raise InvalidRequest(f"'{project}' is not a Google Cloud project id.", param="x-portkey-vertex-project-id",
+                                 code="invalid_provider_option")
         return str(project)
 
     def region(self, ctx: RequestContext) -> str:

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from tunegate import models
 from tunegate.errors import InvalidRequest, NotFound, UpstreamError
@@ -33,6 +33,7 @@ DEFAULT_PREFIX = "tunegate/"
 LIST_PAGE = 1000  # objects.list maxResults while walking (GCS's own maximum)
 _MAX_TIME = 10**13  # names carry (this - created ms) so that GCS's lexicographic order is newest first
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # Cloud Storage bucket names
 _RANGE = re.compile(r"bytes=0-(\d+)")
 
 
@@ -43,6 +44,12 @@ def root() -> str:
     return (host if "://" in host else "http://" + host).rstrip("/")
 
 
+def operator_hosts() -> set[str]:
+    """Cloud Storage's host, or the emulator the operator's environment names."""
+    host = urlsplit(root()).hostname
+    return {host.lower()} if host else set()
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     bucket, _, name = uri.removeprefix("gs://").partition("/")
     return bucket, name
@@ -51,7 +58,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 def object_from_id(public_id: str) -> tuple[str, str]:
     uri = ids.decode(FILE_PREFIX, public_id, "file")
     bucket, name = split_uri(uri)
-    if not uri.startswith("gs://") or not bucket or not name:
+    if not uri.startswith("gs://") or not _BUCKET.fullmatch(bucket) or not name or not name.isprintable():
         raise NotFound(f"No such file: '{public_id}'.")
     return bucket, name
 

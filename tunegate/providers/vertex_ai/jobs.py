@@ -53,7 +53,9 @@ SPEC_FIELD = {"supervised": "supervisedTuningSpec", "dpo": "preferenceOptimizati
 _LABEL_KEY = re.compile(r"^[a-z\u00c0-\uffff][a-z0-9_\-\u00c0-\uffff]{0,63}$")
 _LABEL_VALUE = re.compile(r"^[a-z0-9_\-\u00c0-\uffff]{0,64}$")
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$")
-_JOB_NAME = re.compile(r"^projects/[^/]+/locations/([^/]+)/tuningJobs/[^/]+$")
+# projects/{project id or number}/locations/{region}/tuningJobs/{number}: the location becomes part of a
+# host name (`{location}-aiplatform.googleapis.com`), so it is held to a region's grammar.
+_JOB_NAME = re.compile(r"projects/[a-z0-9][a-z0-9.:-]{0,62}/locations/([a-z][a-z0-9-]{0,39})/tuningJobs/[0-9]{1,25}")
 
 
 # ---- ids ---------------------------------------------------------------------------------------
@@ -66,13 +68,13 @@ def job_id(name: str) -> str:
 def job_name(public_id: str) -> str:
     """The TuningJob resource name inside a public job id; 404 when it is not one."""
     name = ids.decode(JOB_PREFIX, public_id, "fine-tuning job")
-    if not _JOB_NAME.match(name):
+    if not _JOB_NAME.fullmatch(name):
         raise NotFound(f"No such fine-tuning job: '{public_id}'.")
     return name
 
 
 def job_location(name: str) -> str:
-    m = _JOB_NAME.match(name)
+    m = _JOB_NAME.fullmatch(name)
     assert m is not None
     return m.group(1)
 
