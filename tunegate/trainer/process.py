@@ -17,12 +17,16 @@ Usage from the gateway (poll() never blocks, so it can be called from an asyncio
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.util
 import os
 import queue as queue_mod
+import re
 import signal
+import subprocess
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .spec import TrainingError, TrainResult, TrainSpec
@@ -40,10 +44,53 @@ OFFLINE_ENV = {
 }
 
 
+# What a training child may inherit from the gateway's environment. The gateway holds provider secrets
+# (AWS_*, GOOGLE_*, TUNEGATE_SECRET_KEY, database URLs with passwords …); a training child runs model
+# code and needs none of them: only where things are (paths, caches, locale) and how to run (CUDA, threads).
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "SHELL",
+    "LD_LIBRARY_PATH", "VIRTUAL_ENV", "PYTHONHASHSEED", "XDG_CACHE_HOME", "TRANSFORMERS_CACHE",
+    "HUGGINGFACE_HUB_CACHE", "TOKENIZERS_PARALLELISM", "SSL_CERT_FILE", "SSL_CERT_DIR",
+})
+CHILD_ENV_PREFIXES = ("LC_", "HF_", "CUDA_", "NVIDIA_", "NCCL_", "TORCH_", "PYTORCH_", "OMP_", "MKL_",
+                      "OPENBLAS_", "KMP_", "TUNEGATE_TRAINER_")
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``environ``; a name that looks secret is left out even when its prefix
+    is allowed (``HF_TOKEN``: the child never downloads, it runs offline)."""
+    return {name: value for name, value in environ.items()
+            if (name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)) and not _SECRET_NAME.search(name)}
+
+
+_launch_env = threading.local()  # the environment the next spawn from this thread gets (None: inherit)
+_spawnv_passfds = multiprocessing.util.spawnv_passfds
+
+
+def _spawnv_passfds_with_env(path: Any, args: Any, passfds: Any) -> int:
+    """multiprocessing's spawn, with an environment. ``spawnv_passfds`` has no ``env`` argument and
+    inherits all of ``os.environ``; changing ``os.environ`` around a start would race every other thread
+    of the gateway. Only a start made by ``TrainingProcess`` (this thread's ``_launch_env``) is changed."""
+    env = getattr(_launch_env, "env", None)
+    if env is None:
+        return _spawnv_passfds(path, args, passfds)
+    child = subprocess.Popen(args, executable=path, pass_fds=tuple(sorted(map(int, passfds))), env=env,
+                             close_fds=True, restore_signals=False)
+    # multiprocessing waits for this pid itself: subprocess must never reap it (nor, once it is gone, a
+    # later process that got the same pid), so the object is marked finished and kept from its cleanup.
+    child.returncode = 0
+    return child.pid
+
+
+multiprocessing.util.spawnv_passfds = _spawnv_passfds_with_env  # type: ignore[assignment]
+
+
 def _child_main(spec_dict: dict[str, Any], events: Any, stop: Any, extra_env: dict[str, str]) -> None:
     """Entry point of the child process. Must stay importable at module level (spawn)."""
     os.environ.update(OFFLINE_ENV)
     os.environ.update(extra_env)
+    os.umask(0o077)  # checkpoints and adapters: the gateway user's alone (tunegate.private)
     # A clean SIGTERM exit: let the default action kill us (no Python cleanup that could hang on CUDA).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the gateway's terminal is the parent's business
@@ -115,7 +162,11 @@ class TrainingProcess:
             name=f"tunegate-train-{self.spec.job_id}",
             daemon=True,
         )
-        self._proc.start()
+        _launch_env.env = child_environment(os.environ)
+        try:
+            self._proc.start()
+        finally:
+            _launch_env.env = None
         self.status = "running"
 
     @property
