@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # GET /metrics: with a token set, only `Authorization: Bearer <metrics_token>` may scrape; without
     # one, an open gateway's metrics are open and a keyed gateway's need a valid tunegate key.
     metrics_token: str | None = None
+    # The dashboard's session cookie gets the Secure flag: None, when the request came over https; True,
+    # always (set it behind a proxy that ends TLS, where the gateway itself sees http); False, never.
+    ui_secure_cookie: bool | None = None
     log_level: str = "info"
 
     @classmethod

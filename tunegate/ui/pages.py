@@ -2,12 +2,15 @@
 chart script, all served by the gateway itself (no CDN; works offline).
 
 Access follows the API: with no tunegate key configured the gateway is open and so is the
-dashboard; once a key exists, a page needs one. The key is entered in a login form (or passed once
-as ``?key=``, which is swapped for the cookie and dropped from the URL); the browser then holds an
-HttpOnly, SameSite=Lax cookie with the key sealed by the gateway's secret (Fernet, so the raw key
-is never stored in the browser and the session expires). Every page re-authenticates the key, so a
-revoked key loses the dashboard within a second. ``/ui/api/…`` answers JSON for the CLI, with the key
-in ``x-portkey-api-key`` or ``Authorization: Bearer`` as for the API.
+dashboard; once a key exists, a page needs one. The key is entered in the login form (never in a
+link: a ``?key=`` URL sits in browser history, proxy logs and Referer headers, so such links are
+refused and log nobody in); the browser then holds an HttpOnly, SameSite=Lax cookie with the key
+sealed by the gateway's secret (Fernet, so the raw key is never stored in the browser and the session
+expires), ``Secure`` over https or when ``ui_secure_cookie`` says so. The login and logout forms only
+accept posts from the gateway's own pages (``Sec-Fetch-Site``, else ``Origin``): another site cannot
+log a visitor in under its own key (login CSRF). Every page re-authenticates the key, so a revoked key
+loses the dashboard within a second. ``/ui/api/…`` answers JSON for the CLI, with the key in
+``x-portkey-api-key`` or ``Authorization: Bearer`` as for the API.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import functools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -36,6 +39,7 @@ from tunegate.ui.data import JOB_STATUSES, JobFilters, Viewer
 HERE = Path(__file__).parent
 COOKIE = "tunegate_ui"
 SESSION_SECONDS = 12 * 3600
+LOGIN_BODY_BYTES = 8192  # the login form: a key and a return path
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                "frame-ancestors 'none'; form-action 'self'",
@@ -117,8 +121,38 @@ async def viewer(request: Request) -> Viewer:
 
 def _session_cookie(response: Response, request: Request, svc: Services, full_key: str) -> None:
     token = svc.store.box.seal({"k": full_key, "t": int(time.time())})  # type: ignore[dict-item]
+    secure = svc.settings.ui_secure_cookie
     response.set_cookie(COOKIE, token, max_age=SESSION_SECONDS, path="/ui", httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https")
+                        secure=request.url.scheme == "https" if secure is None else secure)
+
+
+def _same_origin(request: Request) -> bool:
+    """Whether a POST comes from the gateway's own pages. Browsers say so in ``Sec-Fetch-Site`` (and,
+    older ones, in ``Origin``); a request with neither header is no browser's cross-site form."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")  # "none": typed or bookmarked by the user
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin != "null" and urlsplit(origin).netloc.lower() == request.headers.get("host", "").lower()
+
+
+async def _login_fields(request: Request) -> dict[str, str] | None:
+    """The login form's fields (a small urlencoded body, read at most ``LOGIN_BODY_BYTES``); None when
+    the body is not such a form."""
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > LOGIN_BODY_BYTES:
+            return None
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), max_num_fields=8)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return dict(pairs)
 
 
 def _safe_next(target: str | None) -> str:
@@ -136,17 +170,12 @@ def page(handler: Any) -> Any:
     """Wrap a page handler: handle ``?key=``, require a login when keys exist."""
 
     async def wrapped(request: Request) -> Response:
-        svc = services(request)
-        once = request.query_params.get("key")
-        if once:
-            key = await svc.store.authenticate(once) if once.startswith(KEY_PREFIX) else None
-            if key is None:
-                return _render(request, "login.html", {"error": "That key is not valid.", "next": request.url.path},
-                               status=401)
+        if "key" in request.query_params:
+            # Login links are gone (the key would sit in history and logs); nothing is checked or set.
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "key"]
-            response = RedirectResponse(request.url.path + ("?" + urlencode(rest) if rest else ""), status_code=303)
-            _session_cookie(response, request, svc, once)
-            return response
+            return _render(request, "login.html", {
+                "error": "Keys are not accepted in links: enter the key here.",
+                "next": _safe_next(request.url.path + ("?" + urlencode(rest) if rest else ""))}, status=400)
         try:
             who = await viewer(request)
         except LoginRequired:
@@ -167,7 +196,13 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     svc = services(request)
-    form = await request.form()
+    if not _same_origin(request):
+        return _render(request, "login.html", {"next": "/ui/jobs", "error": "This login came from another site "
+                                               "and was refused."}, status=403)
+    form = await _login_fields(request)
+    if form is None:
+        return _render(request, "login.html", {"next": "/ui/jobs", "error": "The login form was not understood."},
+                       status=400)
     full = str(form.get("key") or "").strip()
     target = _safe_next(str(form.get("next") or ""))
     key = await svc.store.authenticate(full) if full.startswith(KEY_PREFIX) else None
@@ -179,6 +214,9 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if not _same_origin(request):
+        return _render(request, "login.html", {"next": "/ui/jobs", "error": "This request came from another site "
+                                               "and was refused."}, status=403)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/ui")
     return response
