@@ -169,6 +169,14 @@ def spellings(draw: st.DrawFn, canonical: str) -> str:
     return spelled
 
 
+def test_a_bare_answer_is_a_502_not_a_500(lab: tuple[Gateway, CatchAll, str, str]) -> None:
+    """The catch-all answers `{}`: an adapter that cannot read it says so (502), it does not crash."""
+    gw, _upstream, alice, _bob = lab
+    crashed = [case.provider for case in CASES
+               if send(gw, alice, case.provider, "GET", f"/v1/fine_tuning/jobs/{case.job}") == 500]
+    assert crashed == []
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.provider for c in CASES])
 def test_alice_reaches_her_own_objects(lab: tuple[Gateway, CatchAll, str, str], case: Case) -> None:
     """The control: with the canonical id, Alice's requests do name her objects upstream."""

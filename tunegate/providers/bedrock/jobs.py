@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from tunegate import models
-from tunegate.errors import InvalidRequest
+from tunegate.errors import InvalidRequest, UpstreamError
 from tunegate.providers import ids
 
 JSON = dict[str, Any]
@@ -231,8 +231,12 @@ def to_job(raw: JSON, *, metadata: dict[str, str] | None = None, base_override: 
         extra["customization_type"] = raw["customizationType"]
     if (raw.get("trainingMetrics") or {}).get("trainingLoss") is not None and native == "Completed":
         extra["training_loss"] = raw["trainingMetrics"]["trainingLoss"]
+    arn = raw.get("jobArn")
+    if not isinstance(arn, str) or not arn:
+        raise UpstreamError("Bedrock answered with a job that has no jobArn.", status=502,
+                            code="upstream_invalid_response")
     return models.job(
-        id=ids.encode("ftjob", str(raw["jobArn"])),
+        id=ids.encode("ftjob", arn),
         model=base_model,
         status=status,
         created_at=timestamp(raw.get("creationTime")) or 0,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tunegate import models
-from tunegate.errors import InvalidRequest
+from tunegate.errors import InvalidRequest, UpstreamError
 from tunegate.providers.base import JSON
 
 # Together's documented default learning rate (POST /fine-tunes: `learning_rate`, default 0.00001).
@@ -340,8 +340,10 @@ def to_job(raw: JSON, *, now: float | None = None) -> JSON:
     if raw.get("suffix"):
         extra["suffix"] = raw["suffix"]
     seed = raw.get("random_seed")
+    if not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise UpstreamError("Together answered with a job that has no id.", status=502, code="upstream_invalid_response")
     return models.job(
-        id=str(raw["id"]),
+        id=raw["id"],
         model=str(raw.get("model") or ""),
         status=status,
         created_at=created,
