@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     max_concurrent_uploads: int = 8  # per key (per gateway process when open)
     validate_uploads: bool = True
     local_concurrency: int = 1  # `local` provider: training processes per gateway instance (0: none here)
+    # `local` provider limits. A job's model is a Hugging Face id (from the local cache, never downloaded)
+    # or a model directory under one of these roots; no other path on the host is looked at.
+    local_model_roots: list[Path] = Field(default_factory=list)
+    local_max_active_jobs_per_key: int = Field(default=8, ge=1)  # validating, queued or running (429 beyond)
+    local_max_lora_r: int = Field(default=64, ge=1)
+    local_max_seq_length: int = Field(default=8192, ge=8)
+    local_max_epochs: int = Field(default=50, ge=1)  # an "auto" count is lowered to it
+    local_keep_checkpoints: int = Field(default=3, ge=1)  # per job, the newest ones; the best one is kept too
+    # Bytes of managed files (`tunegate`/`local` providers, job results included) one key may keep
+    # (one shared budget on an open gateway); None: no bound. Beyond it, uploads are answered 429.
+    managed_files_max_bytes_per_key: int | None = Field(default=20 * 1024**3, ge=0)
     default_provider: str | None = None  # used when a request names no provider at all
     # Where /v1/files requests that name no provider go; "tunegate" keeps them in the gateway's own store.
     default_file_provider: str | None = None

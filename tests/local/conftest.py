@@ -25,10 +25,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Any]:
+def gateway(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.gateway import Gateway
 
-    with Gateway(tmp_path / "data") as gw:
+    # The tiny model is built under the session's temporary root: the operator's model root here.
+    with Gateway(tmp_path / "data", local_model_roots=[tmp_path_factory.getbasetemp()]) as gw:
         yield gw
 
 

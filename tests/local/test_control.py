@@ -109,7 +109,7 @@ def test_a_job_whose_instance_died_resumes_from_its_checkpoint(sdk: Any, gateway
     assert row["status"] == "running" and row["claimed_by"] == old.instance
 
     async def replace() -> Scheduler:
-        new = Scheduler(old.store, old.files, old.data_dir, concurrency=1)
+        new = Scheduler(old.store, old.files, old.data_dir, concurrency=1, model_roots=old.model_roots)
         await new.start()
         return new
 

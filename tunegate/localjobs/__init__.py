@@ -23,6 +23,8 @@ __all__ = ["JobDB", "Scheduler", "job_dir", "start_scheduler", "wake_all"]
 
 async def start_scheduler(settings: Settings, store: Store, files: FileStore) -> Scheduler:
     """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown)."""
-    scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency)
+    scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency,
+                          model_roots=settings.local_model_roots, keep_checkpoints=settings.local_keep_checkpoints,
+                          max_epochs=settings.local_max_epochs)
     await scheduler.start()
     return scheduler

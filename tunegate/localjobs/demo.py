@@ -92,7 +92,8 @@ class _Gateway:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         settings = Settings(data_dir=data_dir, port=self.port, database_url=None, default_provider=None,
-                            local_concurrency=max(1, Settings().local_concurrency))
+                            local_concurrency=max(1, Settings().local_concurrency),
+                            local_model_roots=[data_dir / "models"])  # where the demo builds its model
         self.app = create_app(settings)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                                     lifespan="on", access_log=False))
@@ -165,7 +166,8 @@ def run_demo(data_dir: Path | None = None, out: Callable[[str], None] = print) -
                         out(f"  Fine-tuning job started: {data['total_steps']} steps, n_epochs={hp.get('n_epochs')}, "
                             f"batch_size={hp.get('batch_size')}, learning_rate={hp.get('learning_rate')}")
                         continue
-                    adapter_dir = data.get("adapter_dir", adapter_dir)
+                    if data.get("adapter_dir"):  # relative to the data directory
+                        adapter_dir = str(root / data["adapter_dir"])
                     out(f"  [{event['level']}] {event['message']}")
             if current["status"] != status:
                 status = current["status"]

@@ -28,13 +28,21 @@ import socket
 import tarfile
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunegate.files import FileStore, new_file_id
 from tunegate.localjobs.db import JobDB, Row, now
+from tunegate.localjobs.limits import (
+    PathScrubber,
+    best_checkpoint,
+    lower_auto_epochs,
+    model_reference,
+    model_unavailable,
+    prune_checkpoints,
+)
 from tunegate.store import Store
 
 log = logging.getLogger("tunegate.localjobs")
@@ -69,19 +77,18 @@ def checkpoint_step(path: str | None) -> int:
 # ---- validation (blocking; runs in a thread) ---------------------------------------------------
 
 
-def model_available(model: str) -> bool:
-    """A local model directory, or a Hugging Face id already in the local cache (never downloaded)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return True
-    if model.startswith(("/", ".", "~")) or model.count("/") > 1:
-        return False
+def model_available(reference: str) -> bool:
+    """A model directory (an absolute path ``model_reference`` allowed), or a Hugging Face id already in
+    the local cache (never downloaded). An id is never looked up as a path: "gpt2" is no folder of the
+    gateway's working directory."""
+    if reference.startswith("/"):
+        return Path(reference).is_dir()
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
     try:
-        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+        return isinstance(try_to_load_from_cache(reference, "config.json"), str)
     except Exception:  # an id the hub library refuses (bad characters) is simply not there
         return False
 
@@ -108,7 +115,8 @@ def _too_few_examples(examples: int) -> dict[str, Any] | None:
 
 
 def validate_job(model: str, method: str, requested: dict[str, Any], training: Path | None,
-                 validation: Path | None, has_validation: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                 validation: Path | None, has_validation: bool, model_roots: Sequence[Path] = (),
+                 max_epochs: int | None = None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(resolved hyperparameters, None) or (None, error object)."""
     from tunegate.data.validator import validate_path
     from tunegate.trainer import TrainingError, resolve_hyperparameters
@@ -136,12 +144,10 @@ def validate_job(model: str, method: str, requested: dict[str, Any], training: P
         return None, {"code": "local_training_unavailable",
                       "message": "This gateway cannot train locally: install PyTorch, transformers and peft "
                                  "(pip install 'tunegate[local]').", "param": None}
-    if not model_available(model):
-        return None, {"code": "model_not_found",
-                      "message": f"Model '{model}' is neither a model directory on the gateway host nor in its "
-                                 "local Hugging Face cache (models are never downloaded by a job).",
-                      "param": "model"}
-    return resolved, None
+    reference = model_reference(model, model_roots)
+    if reference is None or not model_available(reference):
+        return None, model_unavailable(model)  # the same words whatever is (or is not) at that path
+    return (resolved if max_epochs is None else lower_auto_epochs(resolved, requested, max_epochs)), None
 
 
 def pack_adapter(adapter_dir: str, archive: Path) -> None:
@@ -190,11 +196,16 @@ class Scheduler:
                  interval: float = 0.5, heartbeat_interval: float = 5.0, stale_after: float = 60.0,
                  max_attempts: int = 3, shutdown_grace: float = 15.0,
                  runner: Callable[[Any, Callable[[dict[str, Any]], None]], Any] | None = None,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, model_roots: Sequence[Path] = (), keep_checkpoints: int = 3,
+                 max_epochs: int | None = None) -> None:
         self.store = store
         self.files = files
         self.db = JobDB(store.engine)
         self.data_dir = Path(data_dir)
+        self.model_roots = tuple(Path(r) for r in model_roots)
+        self.keep_checkpoints = keep_checkpoints
+        self.max_epochs = max_epochs
+        self.scrub = PathScrubber(self.data_dir)  # what clients read names no absolute path of this host
         self.concurrency = max(0, concurrency)
         self.interval = interval
         self.heartbeat_interval = heartbeat_interval
@@ -295,7 +306,8 @@ class Scheduler:
             paths.append(await self.files.local_path(found["location"]) if found else None)
         try:
             resolved, error = await asyncio.to_thread(validate_job, row["model"], method, requested, paths[0],
-                                                      paths[1], bool(row["validation_file"]))
+                                                      paths[1], bool(row["validation_file"]), self.model_roots,
+                                                      self.max_epochs)
         except Exception as exc:  # a validator bug must fail the job, not wedge it in validating_files
             log.exception("validating local job %s failed", row["id"])
             resolved, error = None, {"code": "validation_error", "message": f"Validation failed: {exc}",
@@ -360,7 +372,15 @@ class Scheduler:
                 "code": "invalid_training_file", "message": "The training file no longer exists.",
                 "param": "training_file"}}, "The training file no longer exists.", level="error")
             return
-        spec = TrainSpec(job_id=row["id"], model=row["model"], training_file=str(paths[0]),
+        reference = model_reference(row["model"], self.model_roots)  # the roots may have changed since
+        if reference is None:
+            error = model_unavailable(row["model"])
+            await self._finish(row["id"], {"status": "failed", "error": error}, error["message"], level="error")
+            return
+        if requested.get("n_epochs") in (None, "auto") and (row["hyperparameters"] or {}).get("n_epochs"):
+            # The count validation settled on (an operator ceiling may have lowered it), not a new "auto".
+            requested = {**requested, "n_epochs": row["hyperparameters"]["n_epochs"]}
+        spec = TrainSpec(job_id=row["id"], model=reference, training_file=str(paths[0]),
                          validation_file=paths[1], method=method, hyperparameters=requested, seed=int(row["seed"]),
                          suffix=row["suffix"], output_dir=row["output_dir"], resume_from=row["resume_from"])
         run = Running(row["id"], row, None)
@@ -392,22 +412,33 @@ class Scheduler:
             return
         keep: list[dict[str, Any]] = []
         progress: dict[str, Any] | None = None
+        checkpointed = False
         for ev in events:
             kind = ev.get("type")
             if kind in ("message", "metrics"):
                 text = str(ev.get("message") or "")
                 if kind == "message" and (text in _ENGINE_DUPLICATES or text.startswith(_ENGINE_PREFIXES)):
                     continue
-                keep.append(ev)
+                keep.append(self.scrub.event(ev))
             elif kind == "progress":
                 progress = ev
             elif kind == "checkpoint":
                 await self.db.put_checkpoint(run.job_id, int(ev["step"]), ev.get("metrics") or {}, str(ev["path"]))
+                checkpointed = True
         await self.db.add_events(run.job_id, keep)
+        if checkpointed:
+            await self._retain_checkpoints(run)
         if progress is not None:
             await self.db.cas(run.job_id, {"claimed_by": self.instance, "status": "running"},
                               {"trained_tokens": int(progress.get("trained_tokens") or 0),
                                "estimated_finish": progress.get("estimated_finish")})
+
+    async def _retain_checkpoints(self, run: Running, also: str | None = None) -> None:
+        """Keep the job's newest ``keep_checkpoints`` checkpoint directories, its best one (lowest loss) and
+        the one it resumes from (or ``also``); delete the others."""
+        rows, _ = await self.db.list_checkpoints(run.job_id, limit=10_000, after_step=None)
+        keep = [best_checkpoint(rows), run.row.get("resume_from"), also]
+        await asyncio.to_thread(prune_checkpoints, job_dir(self.data_dir, run.job_id), self.keep_checkpoints, keep)
 
     async def _apply_requests(self) -> None:
         if not self.running:
@@ -431,12 +462,15 @@ class Scheduler:
         result = getattr(proc, "result", None)
         if status == "succeeded" and result is not None:
             files = await self._result_files(run, result)
+            await self._retain_checkpoints(run)
             await self._finish(run.job_id, {
                 "status": "succeeded", "fine_tuned_model": result.fine_tuned_model,
                 "trained_tokens": int(result.trained_tokens), "result_files": [f["id"] for f in files],
                 "estimated_finish": None},
                 "Result files: " + ", ".join(f"{f['filename']} ({f['id']})" for f in files),
-                data={"adapter_dir": result.adapter_dir, "metrics_csv": result.metrics_csv,
+                # Relative to the data directory: the host's own paths are no business of API clients.
+                data={"adapter_dir": self.scrub.relative(result.adapter_dir),
+                      "metrics_csv": self.scrub.relative(result.metrics_csv),
                       "result_files": [f["id"] for f in files]})
         elif status == "paused" and result is not None:
             values: dict[str, Any] = {"status": "queued", "resume_from": result.resume_checkpoint,
@@ -450,12 +484,14 @@ class Scheduler:
             else:
                 values["paused"] = True
                 text = "Job paused; resume it with POST /v1/fine_tuning/jobs/{id}/resume".replace("{id}", run.job_id)
+            await self._retain_checkpoints(run, also=result.resume_checkpoint)
             await self._finish(run.job_id, values, text, terminal=False)
         elif status == "cancelled":
             await self._finish(run.job_id, {"status": "cancelled", "estimated_finish": None}, "Job cancelled")
         else:
             error = getattr(proc, "error", None) or {"code": "training_error",
                                                       "message": "The training process failed.", "param": None}
+            error = {**error, "message": self.scrub.text(str(error.get("message") or ""))}
             if getattr(proc, "traceback", None):
                 log.error("local job %s failed:\n%s", run.job_id, proc.traceback)
             # The child already emitted the error message as an event.

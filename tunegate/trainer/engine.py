@@ -63,7 +63,8 @@ def load_model_and_tokenizer(model_ref: str, device: str):
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    local = os.path.isdir(os.path.expanduser(model_ref))
+    # Only an absolute path is a directory; anything else is a Hub id ("gpt2" is no folder of the cwd).
+    local = os.path.isabs(os.path.expanduser(model_ref)) and os.path.isdir(os.path.expanduser(model_ref))
     ref = os.path.expanduser(model_ref) if local else model_ref
     if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16

@@ -14,9 +14,11 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tunegate import models
+from tunegate.config import Settings
 from tunegate.errors import InvalidRequest, NotFound
 from tunegate.localjobs import JobDB, wake_all
 from tunegate.localjobs.db import Row, now
+from tunegate.localjobs.limits import check_active_jobs, check_ceilings, model_shape_ok, model_unavailable
 from tunegate.providers.base import JSON, Page
 from tunegate.providers.openai import OPENAI_RULES
 from tunegate.providers.rules import DatasetRules
@@ -135,6 +137,12 @@ class Local(ManagedFiles):
         except TrainingError as exc:
             param = (exc.param or "hyperparameters").replace("hyperparameters", hp_path, 1)
             raise InvalidRequest(exc.message, param=param, code=exc.code) from None
+        settings = ctx.settings or Settings()
+        check_ceilings(requested, settings, hp_path)
+        if not model_shape_ok(body.get("model")):
+            error = model_unavailable(str(body.get("model")))
+            raise InvalidRequest(error["message"], param="model", code=error["code"])
+        await check_active_jobs(self._db(ctx).engine, ctx.key_id, settings.local_max_active_jobs_per_key)
         await self._training_file(ctx, body["training_file"], "training_file")
         if body.get("validation_file"):
             await self._training_file(ctx, body["validation_file"], "validation_file")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tunegate import models
 from tunegate.errors import NotFound
 from tunegate.files import new_file_id
+from tunegate.localjobs.limits import stored_bytes, within_quota
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ class ManagedFiles(Provider):
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
         store, files = ctx.require_store()
         file_id = new_file_id()
-        stored = await files.write(file_id, upload.chunks)
+        limit = ctx.settings.managed_files_max_bytes_per_key if ctx.settings else None
+        used = await stored_bytes(store.engine, ctx.key_id) if limit is not None else 0
+        stored = await files.write(file_id, within_quota(upload.chunks, used, limit))  # 429 past the key's quota
         now = int(time.time())
         seconds = upload.fields.get("expires_after[seconds]")
         row = dict(id=file_id, key_id=ctx.key_id, filename=upload.filename, purpose=upload.purpose,
