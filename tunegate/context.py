@@ -190,8 +190,8 @@ class ContextResolver:
 
     async def resolve(self, headers: Mapping[str, str], trace_id: str,
                       ref: tuple[str, str] | None = None, default_provider: str | None = None) -> RequestContext:
+        key, provider_key = await self._authenticate(headers)  # an anonymous caller hears 401 first
         config = _parse_config(headers.get("x-portkey-config"))
-        key, provider_key = await self._authenticate(headers)
         if key is not None and (limit := key.rate_limit_per_min or self.settings.rate_limit_per_min):
             self.rates.check(key.id, limit)
 
