@@ -42,7 +42,7 @@ def test_anonymous_401s_write_no_rows_and_are_counted(gateway: Gateway) -> None:
     assert [r["status"] for r in rows if r["status"] == 401] == []
     text = requests.get(gateway.url + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=10).text
     line = next(x for x in text.splitlines() if x.startswith("tunegate_requests_total{")
-                and 'operation="list_jobs"' in x and 'status="401"' in x)
+                and 'provider="none"' in x and 'operation="list_jobs"' in x and 'status="401"' in x)
     assert float(line.rsplit(" ", 1)[1]) >= 30
 
 
