@@ -54,7 +54,8 @@ def test_cancel_kills_the_training_process(sdk: Any, gateway: Any, training_file
 def test_pause_then_resume_continues_from_the_checkpoint(sdk: Any, gateway: Any, training_file: str,
                                                          tiny_model: str) -> None:
     job = sdk.fine_tuning.jobs.create(model=tiny_model, training_file=training_file, seed=3,
-                                      hyperparameters={"n_epochs": 4, "batch_size": 1})  # 64 steps
+                                      hyperparameters={"n_epochs": 8, "batch_size": 1})  # 128 steps
+    # (64 steps could finish before the pause arrived on an idle machine: the test then raced the trainer)
     running_pid(gateway, job.id)
     wait_until(lambda: has_metrics(sdk, job.id, 3), timeout=60, interval=0.02)
     paused = sdk.fine_tuning.jobs.pause(job.id)
@@ -63,7 +64,7 @@ def test_pause_then_resume_continues_from_the_checkpoint(sdk: Any, gateway: Any,
     messages = [e.message for e in sdk.fine_tuning.jobs.list_events(job.id, limit=50)]
     at = next(m for m in messages if m.startswith("Job paused at step"))
     step = int(at.split("step ")[1].split("/")[0])
-    assert 3 <= step < 64
+    assert 3 <= step < 128
     # Paused jobs are not picked up again.
     gateway.app.state.local_jobs.wake()
     assert sdk.fine_tuning.jobs.retrieve(job.id).status == "queued"
@@ -73,11 +74,11 @@ def test_pause_then_resume_continues_from_the_checkpoint(sdk: Any, gateway: Any,
     final = wait_until(lambda: (r := sdk.fine_tuning.jobs.retrieve(job.id)).status in ("succeeded", "failed") and r,
                        timeout=90)
     assert final.status == "succeeded", final.error
-    events = list(reversed(list(sdk.fine_tuning.jobs.list_events(job.id, limit=100))))
+    events = list(reversed(list(sdk.fine_tuning.jobs.list_events(job.id, limit=200))))
     assert f"Resuming from checkpoint at step {step}" in [e.message for e in events]
     steps = [e.data["step"] for e in events if e.type == "metrics"]
-    assert steps == list(range(1, 65))  # every step once: the resumed run went on where the pause stopped
-    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id)] == [64, 48, 32, 16]
+    assert steps == list(range(1, 129))  # every step once: the resumed run went on where the pause stopped
+    assert [c.step_number for c in sdk.fine_tuning.jobs.checkpoints.list(job.id, limit=20)] == list(range(128, 0, -16))
 
 
 def test_a_job_whose_instance_died_resumes_from_its_checkpoint(sdk: Any, gateway: Any, training_file: str,
