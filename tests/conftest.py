@@ -9,6 +9,9 @@ import pytest
 from tests.gateway import Gateway
 from tests.standins.openai_like import ServerThread, StandIn
 
+# The `store` fixture (SQLite, and PostgreSQL where TUNEGATE_TEST_POSTGRES_URL is set).
+pytest_plugins = ["tests.stores"]
+
 SPECS = Path(__file__).resolve().parents[1].parent / "shared" / "specs"
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,6 @@ import pytest
 import sqlalchemy as sa
 
 from tests.gateway import _TEST_FERNET_KEY
-from tests.test_store import _reset_postgres
 from tunegate import store as store_module
 from tunegate.context import RequestContext
 from tunegate.providers import REGISTRY
@@ -24,24 +21,6 @@ from tunegate.providers.paging import Cursors, Resume
 from tunegate.store import Store, migrate
 from tunegate.store.schema import page_cursors
 from tunegate.store.secretbox import SecretBox
-
-POSTGRES = os.environ.get("TUNEGATE_TEST_POSTGRES_URL")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "postgres":
-        if not POSTGRES:
-            pytest.skip("TUNEGATE_TEST_POSTGRES_URL not set (bash .ci/run starts a server)")
-        await _reset_postgres(POSTGRES)
-        url = POSTGRES
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    s = await Store.open(url, SecretBox(_TEST_FERNET_KEY))
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def _rows(store: Store) -> list[dict[str, Any]]:

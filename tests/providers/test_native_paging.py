@@ -27,7 +27,7 @@ from tests.standins.fireworks import FireworksStandIn
 from tests.standins.mistral import MistralStandIn
 from tests.standins.openai_like import ServerThread
 from tests.standins.vertex import PROJECT_NUMBER, VertexStandIn, rfc3339
-from tests.test_store import _reset_postgres
+from tests.stores import _reset_postgres
 from tunegate.providers import ids
 from tunegate.providers.vertex_ai import jobs as vertex_jobs
 
