@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunegate import logs, metrics, tracing, ui
-from tunegate.api import files, fine_tuning, health, uploads
+from tunegate.api import chat, files, fine_tuning, health, models, uploads
 from tunegate.api.common import Services
 from tunegate.config import Settings
 from tunegate.context import ContextResolver, new_trace_id
@@ -52,6 +52,11 @@ ROUTES = [
     Route("/v1/fine_tuning/alpha/graders/run", fine_tuning.passthrough, methods=["POST"], name="run_grader"),
     Route("/v1/fine_tuning/alpha/graders/validate", fine_tuning.passthrough, methods=["POST"],
           name="validate_grader"),
+    Route("/v1/chat/completions", chat.chat_completions, methods=["POST"], name="chat_completions"),
+    Route("/v1/models", models.list_models, methods=["GET"], name="list_models"),
+    Route("/v1/models/{model:path}/deploy", models.deploy_model, methods=["POST"], name="deploy_model"),
+    Route("/v1/models/{model:path}", models.retrieve_model, methods=["GET"], name="retrieve_model"),
+    Route("/v1/models/{model:path}", models.delete_model, methods=["DELETE"], name="delete_model"),
     Route("/v1/files", files.list_files, methods=["GET"], name="list_files"),
     Route("/v1/files", files.upload_file, methods=["POST"], name="upload_file"),
     Route("/v1/files/{file_id}", files.retrieve_file, methods=["GET"], name="retrieve_file"),

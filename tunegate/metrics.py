@@ -51,7 +51,38 @@ UPSTREAM_RETRIES = Counter("tunegate_upstream_retries", "Upstream calls retried 
 UPLOADED_BYTES = Counter("tunegate_uploaded_bytes", "Bytes of file uploads accepted by the gateway.",
                          ["provider"])
 
+CHAT_TTFT = Histogram("tunegate_chat_time_to_first_token_seconds", "Time from a streamed chat request to its "
+                      "first chunk.", ["provider", "model"],
+                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf")))
+CHAT_TOKENS_PER_SECOND = Histogram("tunegate_chat_tokens_per_second", "Output tokens per second of a chat "
+                                   "completion (streamed: from the first chunk on).", ["provider", "model"],
+                                   buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, float("inf")))
+CHAT_OUTPUT_TOKENS = Counter("tunegate_chat_output_tokens", "Output tokens of chat completions (the provider's "
+                             "usage when it sends one, else one per streamed content chunk).", ["provider", "model"])
+MAX_MODEL_LABELS = 500  # tuned models are many; past this, new ones share the label "other"
+_model_labels: set[str] = set()
+
 _UPLOAD_BYTES = "tunegate.upload_bytes"
+
+
+def _model_label(model: str) -> str:
+    if model in _model_labels or len(_model_labels) < MAX_MODEL_LABELS:
+        _model_labels.add(model)
+        return model
+    return "other"
+
+
+def observe_chat(provider: str, model: str, seconds: float, first_token: float | None, tokens: int | None, *,
+                 generation_seconds: float | None = None) -> None:
+    """One finished chat completion: time to first token (streams), output tokens and tokens/s."""
+    label = _model_label(model)
+    if first_token is not None:
+        CHAT_TTFT.labels(provider, label).observe(first_token)
+    if tokens:
+        CHAT_OUTPUT_TOKENS.labels(provider, label).inc(tokens)
+        spent = generation_seconds if generation_seconds else seconds
+        if spent > 0:
+            CHAT_TOKENS_PER_SECOND.labels(provider, label).observe(tokens / spent)
 
 
 def is_upload(scope: Scope) -> bool:

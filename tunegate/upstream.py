@@ -197,17 +197,44 @@ class Upstream:
             raise UpstreamUnreachable(f"The request to the provider failed ({type(exc).__name__}).") from exc
 
     async def open(self, method: str, url: str, policy: CallPolicy, *,
-                   headers: Mapping[str, str] | None = None, params: Any = None) -> aiohttp.ClientResponse:
-        """Open a response whose body the caller streams on (downloads); the caller releases it.
-        Not retried: a download is read once."""
+                   headers: Mapping[str, str] | None = None, params: Any = None, json: Any = None,
+                   retry: bool = False) -> aiohttp.ClientResponse:
+        """Open a response whose body the caller streams on (downloads, streamed chat); the caller
+        releases it. With ``retry``, a failure *before the answer starts* (no connection, a retryable
+        status) is tried again under the policy; once the response is handed over it never is."""
+        send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        body = orjson.dumps(json) if json is not None else None
+        if body is not None:
+            send_headers.setdefault("Content-Type", "application/json")
+        attempts = max(1, policy.retry.attempts) if retry else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                resp = await self._open_once(method, url, policy, send_headers, params, body)
+            except (UpstreamUnreachable, UpstreamTimeout):
+                if attempt >= attempts:
+                    raise
+                await asyncio.sleep(_backoff(policy.retry, attempt, None))
+                policy.stats["retries"] += 1
+                continue
+            if attempt < attempts and resp.status in policy.retry.on_status_codes:
+                wait = _backoff(policy.retry, attempt, retry_after_seconds(resp.headers))
+                resp.release()
+                await asyncio.sleep(wait)
+                policy.stats["retries"] += 1
+                continue
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _open_once(self, method: str, url: str, policy: CallPolicy, headers: Mapping[str, str],
+                         params: Any, body: bytes | None) -> aiohttp.ClientResponse:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=policy.timeouts.connect,
                                         sock_read=policy.timeouts.idle)
         policy.stats["attempts"] += 1
         try:
             async with asyncio.timeout(policy.timeouts.connect + policy.timeouts.first_byte):
                 return await self._session_for(url, policy).request(method, url, params=params, timeout=timeout,
-                                                  headers={"User-Agent": USER_AGENT, **(headers or {})},
-                                                  allow_redirects=False)
+                                                                    headers=headers, data=body,
+                                                                    allow_redirects=False)
         except TimeoutError as exc:
             raise UpstreamTimeout("The provider did not answer in time.") from exc
         except aiohttp.ClientConnectorError as exc:

@@ -110,6 +110,8 @@ async def remember(ctx: RequestContext, kind: str, obj: JSON, *, created: bool =
     if ctx.store and isinstance(obj.get("id"), str):
         await ctx.store.record(kind, obj["id"], ctx.provider_name, ctx.connection, ctx.key_id,
                                obj.get("status"), obj, claim=created)
+        if kind == "job":
+            await remember_models(ctx, [obj])
         results = [f for f in obj.get("result_files") or [] if isinstance(f, str)] if kind == "job" else []
         if results:
             owners = await ctx.store.owners("job", [obj["id"]])
@@ -118,6 +120,35 @@ async def remember(ctx: RequestContext, kind: str, obj: JSON, *, created: bool =
             known = await ctx.store.owners("file", results)
             await ctx.store.record_many("file", [(f, None, None) for f in results if f not in known],
                                         ctx.provider_name, ctx.connection, owners[obj["id"]])
+
+
+async def remember_models(ctx: RequestContext, jobs: list[JSON]) -> None:
+    """A job's ``fine_tuned_model`` joins the registry with the job's owner, provider and connection, so
+    a chat request naming it needs no provider header and another key cannot call it."""
+    assert ctx.store is not None
+    named = {j["model_name"]: j for j in (_tuned(job) for job in jobs) if j is not None}
+    if not named:
+        return
+    known = await ctx.store.owners("model", list(named))
+    fresh = {name: j for name, j in named.items() if name not in known}
+    if not fresh:
+        return
+    job_owners = await ctx.store.owners("job", [j["job"] for j in fresh.values()])
+    by_owner: dict[str | None, list[tuple[str, str | None, JSON | None]]] = {}
+    for name, j in fresh.items():
+        if j["job"] not in job_owners:
+            continue  # a job the registry has not recorded (yet) gives no owner to go by
+        by_owner.setdefault(job_owners[j["job"]], []).append((name, "available", j))
+    for owner, items in by_owner.items():
+        await ctx.store.record_many("model", items, ctx.provider_name, ctx.connection, owner)
+
+
+def _tuned(job: JSON) -> JSON | None:
+    name = job.get("fine_tuned_model")
+    if not isinstance(name, str) or not name or not isinstance(job.get("id"), str) or len(name) > 512:
+        return None
+    return {"model_name": name, "job": job["id"], "base_model": job.get("model"),
+            "created": job.get("finished_at") or job.get("created_at")}
 
 
 # Result files are named only in their job; listed or fetched before the job was seen here, they would
@@ -137,6 +168,8 @@ async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
                                        and not (o["id"] not in owners and unclaimed_result(o))]}
     unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners and not unclaimed_result(o)]
     await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, None)
+    if kind == "job":
+        await remember_models(ctx, listing["data"])
     await paging.commit(ctx, listing["data"])  # the provider's next token, under the last item shown
     return listing
 

@@ -19,10 +19,12 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
 
+import aiohttp
+
 from tunegate import models
-from tunegate.errors import InvalidRequest, NotSupported, UpstreamError
+from tunegate.errors import InvalidRequest, NotSupported, UpstreamError, UpstreamUnreachable
 from tunegate.providers.rules import NO_RULES, DatasetRules
-from tunegate.upstream import UpstreamResponse
+from tunegate.upstream import UpstreamResponse, read_bounded
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
@@ -33,6 +35,10 @@ JSON = dict[str, Any]
 # are wrapped by tunegate.providers.ids). With no '%', '/', '?', '#' or '.', an id can neither cut an
 # upstream path short, nor climb it, nor reach the query.
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
+
+# A model name as providers spell them: OpenAI's `ft:base:org:suffix:id`, Together's `org/name`, Bedrock's
+# ARNs, Vertex's `projects/…/endpoints/…`. No whitespace, '?', '#', '%' or '\\'; never a '..' segment.
+MODEL_NAME = re.compile(r"(?!.*(?:^|/)\.\.(?:/|$))[A-Za-z0-9][A-Za-z0-9:._/@+-]{0,255}")
 
 # The OpenAI statuses every provider's own words are mapped onto.
 JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
@@ -104,6 +110,8 @@ class Provider:
         """Whether ``raw`` is a ``kind`` id ("job", "file", "upload") in the one spelling this provider
         hands out. The ownership check compares strings, so a second spelling of the same upstream
         object (another case, an encoding, junk a lenient decoder drops) must never get that far."""
+        if kind == "model":
+            return MODEL_NAME.fullmatch(raw) is not None
         return re.fullmatch(self.id_grammar, raw) is not None
 
     def operator_hosts(self) -> set[str]:
@@ -171,6 +179,33 @@ class Provider:
                 resp.release()
 
         return Download(chunks(), media_type=resp.headers.get("Content-Type", "application/octet-stream"))
+
+    async def open_stream(self, ctx: RequestContext, method: str, url: str, *, headers: dict[str, str],
+                          json: Any = None, params: Any = None) -> aiohttp.ClientResponse:
+        """Open a streamed answer (chat with ``stream: true``): retried under the policy until it starts,
+        an error status read (bounded) and mapped like any other answer. The caller releases it."""
+        resp = await ctx.upstream.open(method, url, ctx.policy, headers=headers, params=params, json=json,
+                                       retry=True)
+        ctx.upstream_status = resp.status
+        if resp.status >= 300:
+            try:
+                body = await read_bounded(resp, 1024 * 1024)
+            finally:
+                resp.release()
+            self.check(ctx, UpstreamResponse(resp.status, resp.headers, body))
+        return resp
+
+    @staticmethod
+    async def body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """An opened answer's bytes as they arrive; the connection is released however the reading ends
+        (finished, failed, or the client went away and the task was cancelled)."""
+        try:
+            async for piece in resp.content.iter_any():
+                yield piece
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise UpstreamUnreachable("The provider's stream broke off.") from exc
+        finally:
+            resp.release()
 
     @staticmethod
     def segment(value: str) -> str:
@@ -241,6 +276,35 @@ class Provider:
 
     async def cancel_upload(self, ctx: RequestContext, upload_id: str) -> JSON:
         raise self.unsupported("multi-part uploads")
+
+    # ---- using the tuned model: chat completions and models (tunegate/serving) -------------------
+    # `body` is the client's chat request, already checked for OpenAI's common shape
+    # (tunegate.serving.request.check_chat_request). Answers are OpenAI objects: `chat.completion`,
+    # `chat.completion.chunk`, `model`, `list`.
+
+    async def chat(self, ctx: RequestContext, body: JSON) -> JSON:
+        raise self.unsupported("chat completions")
+
+    async def chat_stream(self, ctx: RequestContext, body: JSON) -> AsyncIterator[JSON]:
+        """Open a streamed chat completion. Awaiting this sends the request and waits for the provider's
+        answer to start, so a refusal (401, 404, 429 …) is still an ordinary error response; the iterator
+        then yields `chat.completion.chunk` objects as the provider sends them. An error while iterating
+        reaches the client as a final SSE error event (the response has started by then)."""
+        raise self.unsupported("streamed chat completions")
+
+    async def list_models(self, ctx: RequestContext) -> JSON:
+        raise self.unsupported("listing models")
+
+    async def retrieve_model(self, ctx: RequestContext, model: str) -> JSON:
+        raise self.unsupported("retrieving models")
+
+    async def delete_model(self, ctx: RequestContext, model: str) -> JSON:
+        raise self.unsupported("deleting models")
+
+    async def deploy_model(self, ctx: RequestContext, model: str, body: JSON) -> JSON:
+        """Make a tuned model callable where the provider needs an explicit step (a deployment, a
+        provisioned throughput); the model object answered carries the deployment's state."""
+        raise self.unsupported("deploying models (its tuned models need no deployment step, or it has none)")
 
     # ---- other OpenAI fine-tuning operations (checkpoint permissions, graders) -------------------
 

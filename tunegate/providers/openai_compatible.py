@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunegate.multipart import MultipartWriter
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.base import JSON, Download, IncomingFile, Page
+from tunegate.providers.openai_chat import OpenAIChat
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
 
-class OpenAICompatible(Provider):
+class OpenAICompatible(OpenAIChat):
     # ---- hooks -------------------------------------------------------------------------------
 
     def url(self, ctx: RequestContext, path: str) -> str:
@@ -36,6 +37,12 @@ class OpenAICompatible(Provider):
 
     def to_create_body(self, ctx: RequestContext, body: JSON) -> JSON:
         return body
+
+    def chat_headers(self, ctx: RequestContext) -> dict[str, str]:
+        return self.headers(ctx)
+
+    def chat_params(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        return self.query(ctx)
 
     # ---- plumbing ------------------------------------------------------------------------------
 
