@@ -98,8 +98,8 @@ class Bedrock(Provider):
         code = (response.headers.get("x-amzn-ErrorType") or "").split(":", 1)[0] or None
         body = response.body.lstrip()
         if body.startswith(b"<"):
-            xml_code, message = s3.xml_error(body)
-            return (message or f"Amazon S3 answered with HTTP {response.status}."), None, xml_code or code
+            xml_code, message = s3.xml_error(body)  # only S3 answers in XML here: name it as S3's
+            return s3.named_message(response.status, xml_code, message), None, xml_code or code
         try:
             data = response.json()
         except ValueError:
@@ -429,7 +429,7 @@ class Bedrock(Provider):
         try:
             return await self.download(ctx, aws.open_url(url), headers=headers)
         except UpstreamError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and exc.code != "NoSuchBucket":  # a missing bucket stays S3's error
                 raise NotFound(f"No such file: '{file_id}'.") from None
             raise
 

@@ -9,6 +9,7 @@ Hyperparameter names, ranges and defaults: the Bedrock user guide's "Custom mode
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -185,6 +186,41 @@ def timestamp(value: Any) -> int | None:
     return int(parsed.timestamp())
 
 
+def _echoed_int(value: Any) -> int | None:
+    """An integer hyperparameter as Bedrock echoes it (a string: "2", maybe "2.0"); None when it is not one."""
+    number = _echoed_number(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _echoed_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def echoed_hyperparameters(raw: Any, base: float | None) -> JSON:
+    """Bedrock's ``hyperParameters`` (a map of strings, any keys the model family takes) back in OpenAI's
+    names. A value that is missing, empty or not a number is left out (the job is still answered): Bedrock
+    echoes what it stores, and a job made outside tunegate may carry anything there."""
+    hp_in = raw if isinstance(raw, dict) else {}
+    hp: JSON = {}
+    if (epochs := _echoed_int(hp_in.get("epochCount"))) is not None:
+        hp["n_epochs"] = epochs
+    if (batch := _echoed_int(hp_in.get("batchSize"))) is not None:
+        hp["batch_size"] = batch
+    multiplier = _echoed_number(hp_in.get("learningRateMultiplier"))
+    rate = _echoed_number(hp_in.get("learningRate"))
+    if multiplier is not None:
+        hp["learning_rate_multiplier"] = multiplier
+    elif rate is not None and base:
+        hp["learning_rate_multiplier"] = float(f"{rate / base:.6g}")
+    return hp
+
+
 def status_of(raw: JSON) -> str:
     native = raw.get("status") or "InProgress"
     status = JOB_STATUS.get(native, "running")
@@ -209,18 +245,7 @@ def to_job(raw: JSON, *, metadata: dict[str, str] | None = None, base_override: 
     status = status_of(raw)
     base_model = model_id(str(raw.get("baseModelArn") or raw.get("baseModelIdentifier") or ""))
     fam = family(base_model)
-    hp_in = raw.get("hyperParameters") or {}
-    hp: JSON = {}
-    if "epochCount" in hp_in:
-        hp["n_epochs"] = int(hp_in["epochCount"])
-    if "batchSize" in hp_in:
-        hp["batch_size"] = int(hp_in["batchSize"])
-    if "learningRateMultiplier" in hp_in:
-        hp["learning_rate_multiplier"] = float(hp_in["learningRateMultiplier"])
-    elif "learningRate" in hp_in:
-        base = base_override or (fam.base_learning_rate if fam else None)
-        if base:
-            hp["learning_rate_multiplier"] = float(f"{float(hp_in['learningRate']) / base:.6g}")
+    hp = echoed_hyperparameters(raw.get("hyperParameters"), base_override or (fam.base_learning_rate if fam else None))
     validators = (raw.get("validationDataConfig") or {}).get("validators") or []
     error = None
     if native == "Failed":
