@@ -16,6 +16,7 @@ from rich.table import Table
 
 from tunegate.client import files_app, jobs_app
 from tunegate.config import Settings
+from tunegate.migration.cli import migrate_app
 from tunegate.private import secure_data_dir
 from tunegate.secret_input import SecretInputError, read_secret, secret_pairs
 from tunegate.store import Store
@@ -29,6 +30,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(connections_app, name="connections")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(migrate_app, name="migrate")
+db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
@@ -83,12 +87,24 @@ def serve(
                               "--port", str(port or settings.port), "--workers", str(workers)])
 
 
-@app.command()
-def migrate(config: Optional[Path] = ConfigOption) -> None:
-    """Create or upgrade the database schema."""
+def _upgrade_schema(config: Path | None) -> None:
     settings = _settings(config)
     _with_store(config, lambda store: asyncio.sleep(0))
     console.print(f"database ready: {settings.resolved_database_url.split('@')[-1]}")
+
+
+@migrate_app.callback(invoke_without_command=True)
+def migrate(ctx: typer.Context, config: Optional[Path] = ConfigOption) -> None:
+    """Without a subcommand: create or upgrade the database schema (as 'tunegate db upgrade'; 'serve'
+    runs it). With one: move fine-tuning off a provider (inventory, export, replay)."""
+    if ctx.invoked_subcommand is None:
+        _upgrade_schema(config)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Optional[Path] = ConfigOption) -> None:
+    """Create or upgrade the database schema."""
+    _upgrade_schema(config)
 
 
 @app.command()
