@@ -39,6 +39,7 @@ ROUTES = [
     Route("/v1/fine_tuning/jobs", fine_tuning.list_jobs, methods=["GET"], name="list_jobs"),
     Route("/v1/fine_tuning/jobs", fine_tuning.create_job, methods=["POST"], name="create_job"),
     Route("/v1/fine_tuning/jobs/{job_id}", fine_tuning.retrieve_job, methods=["GET"], name="retrieve_job"),
+    Route("/v1/fine_tuning/jobs/{job_id}", fine_tuning.delete_job, methods=["DELETE"], name="delete_job"),
     Route("/v1/fine_tuning/jobs/{job_id}/cancel", fine_tuning.cancel_job, methods=["POST"], name="cancel_job"),
     Route("/v1/fine_tuning/jobs/{job_id}/pause", fine_tuning.pause_job, methods=["POST"], name="pause_job"),
     Route("/v1/fine_tuning/jobs/{job_id}/resume", fine_tuning.resume_job, methods=["POST"], name="resume_job"),

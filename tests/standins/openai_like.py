@@ -1,6 +1,17 @@
 """A stateful stand-in for OpenAI's fine-tuning, files and uploads API — and, in Azure mode, for
 Azure OpenAI's GA data plane (``/openai/...?api-version=2024-10-21``, ``api-key`` header, Azure's
-statuses and ``organisation_id``) or its ``/openai/v1`` surface.
+statuses and ``organisation_id``), a dated preview of it (``azure-preview``, ``api_version``), or its
+``/openai/v1`` surface.
+
+Azure authoring modes follow Azure/azure-rest-api-specs
+``specification/cognitiveservices/data-plane/AzureOpenAI/authoring/stable/2024-10-21/azureopenai.json``
+(commit 3ecc2097, ../shared/specs) and ``.../preview/2025-04-01-preview/azureopenai.json`` (commit 57b4285a)
+with their ``examples/``: create answers 201 with ``"hyperparameters": {"n_epochs": -1}`` when the service
+chose; hyperparameters are int32/double (a string such as "auto" is refused); ``suffix`` up to 40 characters;
+``Files_List`` takes only ``purpose`` before 2025-04-01-preview and answers ``{"object", "data"}`` without
+``has_more``; ``FineTuning_Delete`` answers 204 with no body; pause/resume only from 2025-04-01-preview;
+``trainingType`` (Azure's fine-tuning how-to, MicrosoftDocs/azure-ai-docs fine-tuning-rest.md) from
+2025-04-01-preview. What Azure answers for a field its schema lacks is unverified: the stand-in answers 400.
 
 Shapes follow ``../shared/specs/openai-openapi.yaml`` (FineTuningJob, OpenAIFile, Upload, list
 envelopes, ErrorResponse) and ``azure-openai-authoring-2024-10-21.json`` (FineTuningJob with
@@ -36,8 +47,11 @@ class Recorded:
 
 @dataclass
 class StandIn:
-    mode: str = "openai"  # openai | azure-ga | azure-v1
+    mode: str = "openai"  # openai | azure-ga | azure-preview | azure-v1
     api_key: str = "sk-standin-secret-0001"
+    api_version: str = "2025-04-01-preview"  # azure-preview mode only
+    # Azure modes: Entra ID access tokens accepted as `Authorization: Bearer` instead of the api-key.
+    bearer_tokens: set[str] = field(default_factory=set)
     requests: list[Recorded] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -54,22 +68,35 @@ class StandIn:
 
     @property
     def prefix(self) -> str:
-        return {"openai": "", "azure-ga": "/openai", "azure-v1": "/openai/v1"}[self.mode]
+        return {"openai": "", "azure-ga": "/openai", "azure-preview": "/openai", "azure-v1": "/openai/v1"}[self.mode]
+
+    @property
+    def authoring(self) -> bool:
+        """Azure's dated (authoring) surface: GA or a dated preview."""
+        return self.mode in ("azure-ga", "azure-preview")
+
+    def since(self, date: str) -> bool:
+        """Whether this Azure preview has a feature first specified in the `date` preview."""
+        return self.mode == "azure-v1" or self.mode == "azure-preview" and self.api_version[:10] >= date
 
     def error(self, status: int, message: str, code: str | None = None, param: str | None = None) -> web.Response:
         return web.json_response({"error": {"message": message, "type": "invalid_request_error", "param": param,
                                             "code": code}}, status=status)
 
     def out_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        if self.mode != "azure-ga":
+        if not self.authoring:
             return job
-        azure = {k: v for k, v in job.items() if k not in ("organization_id", "metadata", "method", "integrations")}
+        dropped = ("organization_id", "metadata", "integrations") + (("method",) if self.mode == "azure-ga" else ())
+        azure = {k: v for k, v in job.items() if k not in dropped}
         azure["organisation_id"] = job["organization_id"]
         azure["status"] = AZURE_STATUS[job["status"]]
+        # The examples' FineTuningJob: numbers only, -1 where the service chose (post_finetuning_job.json).
+        azure["hyperparameters"] = {k: -1 if v == "auto" else v for k, v in job["hyperparameters"].items()
+                                    if k == "n_epochs" or v != "auto"}
         return azure
 
     def out_file(self, f: dict[str, Any]) -> dict[str, Any]:
-        if self.mode != "azure-ga":
+        if not self.authoring:
             return f
         return {**f, "status": "processed" if f["status"] == "processed" else "pending"}
 
@@ -105,9 +132,12 @@ class StandIn:
         r.add_get(f"{p}/fine_tuning/jobs", self.list_jobs)
         r.add_get(f"{p}/fine_tuning/jobs/{{id}}", self.get_job)
         r.add_post(f"{p}/fine_tuning/jobs/{{id}}/cancel", self.cancel_job)
-        if self.mode != "azure-ga":
+        if self.authoring:
+            r.add_delete(f"{p}/fine_tuning/jobs/{{id}}", self.delete_job)
+        if not self.authoring or self.since("2025-04-01"):
             r.add_post(f"{p}/fine_tuning/jobs/{{id}}/pause", self.pause_job)
             r.add_post(f"{p}/fine_tuning/jobs/{{id}}/resume", self.resume_job)
+        if not self.authoring:
             r.add_route("*", f"{p}/fine_tuning/checkpoints/{{ckpt}}/permissions", self.permissions)
             r.add_route("*", f"{p}/fine_tuning/checkpoints/{{ckpt}}/permissions/{{pid}}", self.permissions)
             r.add_post(f"{p}/fine_tuning/alpha/graders/{{op}}", self.graders)
@@ -136,21 +166,42 @@ class StandIn:
                 headers = {"Retry-After": "0"} if status == 429 else {}
                 return web.json_response({"error": {"message": f"scripted {status}", "type": "server_error",
                                                     "param": None, "code": None}}, status=status, headers=headers)
-        if self.mode == "azure-ga":
-            if request.query.get("api-version") != "2024-10-21":
+        if self.mode.startswith("azure"):
+            wanted = {"azure-ga": "2024-10-21", "azure-preview": self.api_version}.get(self.mode)
+            if wanted and request.query.get("api-version") != wanted:
                 return self.error(400, "api-version is missing or unsupported", "invalid_api_version")
-            if request.headers.get("api-key") != self.api_key:
-                return self.error(401, "Access denied due to invalid subscription key.", "401")
-        elif self.mode == "azure-v1":
-            if request.headers.get("api-key") != self.api_key:
+            bearer = request.headers.get("Authorization", "")
+            if request.headers.get("api-key") != self.api_key and bearer[7:] not in self.bearer_tokens:
                 return self.error(401, "Access denied due to invalid subscription key.", "401")
         elif request.headers.get("Authorization") != f"Bearer {self.api_key}":
             given = request.headers.get("Authorization", "")[7:]
             return self.error(401, f"Incorrect API key provided: {given[:3]}***{given[-4:]}.", "invalid_api_key")
         return await handler(request)  # type: ignore[no-any-return]
 
+    def azure_refusal(self, body: dict[str, Any]) -> web.Response | None:
+        """What the authoring specs' FineTuningJobCreation does not take (answer unverified: a 400)."""
+        fields = {"model", "training_file", "validation_file", "hyperparameters", "suffix", "seed"}
+        if self.since("2025-02-01"):
+            fields |= {"method", "integrations"}
+        if self.since("2025-04-01"):
+            fields.add("trainingType")
+        for name in body:
+            if name not in fields:
+                return self.error(400, f"The property '{name}' is not supported.", "invalidPayload", name)
+        for holder in [body.get("hyperparameters") or {}, *((v or {}).get("hyperparameters") or {}
+                                                            for k, v in (body.get("method") or {}).items()
+                                                            if k != "type" and isinstance(v, dict))]:
+            for name, value in holder.items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    return self.error(400, f"hyperparameters.{name} must be a number.", "invalidPayload", name)
+        if len(body.get("suffix") or "") > 40:
+            return self.error(400, "suffix can contain up to 40 characters.", "invalidPayload", "suffix")
+        return None
+
     async def create_job(self, request: web.Request) -> web.Response:
         body = await request.json()
+        if self.authoring and (refused := self.azure_refusal(body)) is not None:
+            return refused
         if body.get("training_file") not in self.files:
             return self.error(400, f"invalid training_file: {body.get('training_file')}", "invalid_file",
                               "training_file")
@@ -169,7 +220,8 @@ class StandIn:
                "method": body.get("method") or {"type": "supervised", "supervised": {"hyperparameters": hp}}}
         self.jobs[job_id] = job
         job["_suffix"] = body.get("suffix")
-        return web.json_response(self._public(self.out_job(job)), status=201 if self.mode == "azure-ga" else 200)
+        job["_training_type"] = body.get("trainingType")
+        return web.json_response(self._public(self.out_job(job)), status=201 if self.authoring else 200)
 
     @staticmethod
     def _public(obj: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +263,11 @@ class StandIn:
         job["status"] = "cancelled"
         job["finished_at"] = int(time.time())
         return web.json_response(self._public(self.out_job(job)))
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        if self.jobs.pop(request.match_info["id"], None) is None:
+            return self.error(404, "No such job", "fine_tune_not_found")
+        return web.Response(status=204)  # FineTuning_Delete: "204: The fine tune was successfully deleted."
 
     async def pause_job(self, request: web.Request) -> web.Response:
         job = self._job(request)
@@ -284,6 +341,9 @@ class StandIn:
         files = sorted(self.files.values(), key=lambda f: f["id"], reverse=request.query.get("order") != "asc")
         if request.query.get("purpose"):
             files = [f for f in files if f["purpose"] == request.query["purpose"]]
+        if self.authoring and not self.since("2025-04-01"):
+            # Files_List before 2025-04-01-preview: `purpose` only, the whole list, no has_more.
+            return web.json_response({"object": "list", "data": [self.out_file(f) for f in files]})
         page, more = self._page(files, request, 10000)
         return web.json_response({"object": "list", "data": [self.out_file(f) for f in page], "has_more": more,
                                   "first_id": page[0]["id"] if page else None,

@@ -153,6 +153,15 @@ pause_job = _job_operation("pause_job")
 resume_job = _job_operation("resume_job")
 
 
+async def delete_job(request: Request) -> Response:
+    """DELETE /v1/fine_tuning/jobs/{id}: not in OpenAI's API; a 400 from providers that cannot delete jobs."""
+    ctx = await context(request, _job_ref(request))
+    result = await ctx.provider.delete_job(ctx, request.path_params["job_id"])
+    if ctx.store is not None:
+        await ctx.store.forget("job", request.path_params["job_id"])
+    return respond(result)
+
+
 async def list_events(request: Request) -> Response:
     ctx = await context(request, _job_ref(request))
     return respond(await ctx.provider.list_events(ctx, request.path_params["job_id"], page(request, 20)))

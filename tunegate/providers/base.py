@@ -240,6 +240,11 @@ class Provider:
     async def resume_job(self, ctx: RequestContext, job_id: str) -> JSON:
         raise self.unsupported("resuming fine-tuning jobs")
 
+    async def delete_job(self, ctx: RequestContext, job_id: str) -> JSON:
+        # Not in OpenAI's API; providers that can delete a job (Azure OpenAI) answer
+        # {"id", "object": "fine_tuning.job", "deleted": true}.
+        raise self.unsupported("deleting fine-tuning jobs")
+
     async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         raise self.unsupported("fine-tuning job events")
 
