@@ -159,6 +159,7 @@ class VertexStandIn:
     mints: dict[str, int] = field(default_factory=dict)  # email -> tokens issued
     token_errors: list[str] = field(default_factory=list)
     faults: dict[str, list[int]] = field(default_factory=dict)
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # "bucket/name" -> GCS Object resource
     url: str = ""  # set once the server runs (the service-account JSON's token_uri points here)
     _page_tokens: dict[str, tuple[tuple[str, str], int]] = field(default_factory=dict)  # → (request, offset)
     _cancel_left: dict[str, int] = field(default_factory=dict)
@@ -190,7 +191,27 @@ class VertexStandIn:
         r.add_get(base, self.list)
         r.add_get(base + "/{job}", self.get)
         r.add_post(base + "/{job}", self.cancel)  # {job} is "<id>:cancel"
+        r.add_get("/storage/v1/b/{bucket}/o/{object}", self.gcs_get)
         return app
+
+    def _token_of(self, request: web.Request) -> str | None:
+        """The caller's access token when it is one this stand-in issued and it has not expired."""
+        auth = request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        known = self.tokens.get(token)
+        return token if known is not None and known[1] >= time.time() else None
+
+    # Cloud Storage objects.get (JSON API v1, ``vertex-gcs-storage-v1-objects.json``), only as far as the token
+    # check goes: Cloud Storage answers an unknown or expired token with 401 in Google's error envelope, and
+    # an object it does not hold with 404 "No such object: {bucket}/{object}".
+    async def gcs_get(self, request: web.Request) -> web.Response:
+        if self._token_of(request) is None:
+            return self.error(401, "Invalid Credentials")
+        bucket, name = request.match_info["bucket"], request.match_info["object"]
+        obj = self.objects.get(f"{bucket}/{name}")
+        if obj is None:
+            return self.error(404, f"No such object: {bucket}/{name}")
+        return web.json_response(obj)
 
     @staticmethod
     def error(status: int, message: str) -> web.Response:

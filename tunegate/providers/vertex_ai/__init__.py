@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 
 from tunegate import models
-from tunegate.errors import InvalidRequest, NotFound
+from tunegate.errors import InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
 from tunegate.providers.rules import DatasetRules
@@ -34,6 +34,10 @@ DEFAULT_REGION = "us-central1"
 LIST_PAGE = 100  # the largest tuningJobs.list pageSize asked for (Vertex lowers larger ones)
 CANCEL_POLLS = (0.25, 0.5, 1.0)  # re-reads after :cancel while the job is still JOB_STATE_CANCELLING
 CONVERTED_PURPOSES = ("fine-tune",)
+# Multi-region (mREP) locations and their hosts `aiplatform.{location}.rep.googleapis.com`: googleapis/
+# python-aiplatform 1.165.1, vertexai/_genai/client.py (`location in ["us", "eu"]` → that base URL) and
+# google/cloud/aiplatform/utils `mrep_endpoint` (MREP_JURISDICTIONS there lists "us" only, so far).
+MULTI_REGIONS = frozenset({"us", "eu"})
 
 
 class VertexAI(Provider):
@@ -92,6 +96,8 @@ class VertexAI(Provider):
             return ctx.base_url_override.rstrip("/")
         if location == "global":
             return "https://aiplatform.googleapis.com/v1"
+        if location in MULTI_REGIONS:  # a multi-region is served on its own host, not `{location}-aiplatform`
+            return f"https://aiplatform.{location}.rep.googleapis.com/v1"
         return f"https://{location}-aiplatform.googleapis.com/v1"
 
     def parent(self, ctx: RequestContext) -> tuple[str, str]:
@@ -131,9 +137,14 @@ class VertexAI(Provider):
         response = await ctx.upstream.request(method, url, ctx.policy, headers=await self.auth(ctx), params=params,
                                               json=json, idempotent=idempotent)
         ctx.upstream_status = response.status
-        if response.status == 401 and (info := service_account_info(ctx)) is not None:
-            self.tokens.forget(info)  # the next request mints a fresh token
+        self.refused(ctx, response.status)
         return self.check(ctx, response)
+
+    def refused(self, ctx: RequestContext, status: int) -> None:
+        """After a 401 from Vertex or Cloud Storage, drop the cached token: the next request mints a new one
+        (a revoked or rotated credential must not keep failing until the token's hour is up)."""
+        if status == 401 and (info := service_account_info(ctx)) is not None:
+            self.tokens.forget(info)
 
     # ---- jobs ----------------------------------------------------------------------------------
 
@@ -246,8 +257,12 @@ class VertexAI(Provider):
 
     async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
         bucket, name = object_from_id(file_id)
-        return await self.download(ctx, object_url(bucket, name), headers=await self.auth(ctx),
-                                   params=[("alt", "media")])
+        try:
+            return await self.download(ctx, object_url(bucket, name), headers=await self.auth(ctx),
+                                       params=[("alt", "media")])
+        except UpstreamError as exc:
+            self.refused(ctx, exc.status)
+            raise
 
 
 async def _converted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -94,6 +94,7 @@ class Storage:
         headers = {**await self.provider.auth(ctx), **kw.pop("headers", {})}
         resp = await ctx.upstream.request(method, url, ctx.policy, headers=headers, **kw)
         ctx.upstream_status = resp.status
+        self.provider.refused(ctx, resp.status)
         return resp
 
     # ---- upload --------------------------------------------------------------------------------

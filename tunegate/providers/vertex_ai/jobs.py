@@ -41,6 +41,19 @@ RPC_CODES = {0: "ok", 1: "cancelled", 2: "unknown", 3: "invalid_argument", 4: "d
 ADAPTER_SIZES = {1: "ADAPTER_SIZE_ONE", 2: "ADAPTER_SIZE_TWO", 4: "ADAPTER_SIZE_FOUR", 8: "ADAPTER_SIZE_EIGHT",
                  16: "ADAPTER_SIZE_SIXTEEN", 32: "ADAPTER_SIZE_THIRTY_TWO"}
 ADAPTER_SIZE_NUMBERS = {v: k for k, v in ADAPTER_SIZES.items()}
+# Which of those each method and base model takes, first match wins (the wire enum is the same for both methods:
+# SupervisedHyperParameters and PreferenceOptimizationHyperParameters.adapterSize, discovery revision 20261106).
+# Sources: Vertex docs "About supervised fine-tuning for Gemini models", Limitations (Gemini 2.5 Flash and
+# Flash-Lite: 1, 2, 4, 8, 16; the Gemini 1.5 page: Pro 1 and 4, "higher values … will result in failure",
+# Flash 1, 4, 8, 16) and "About preference tuning for Gemini models", Limitations (1, 2, 4, 8, 16). Other models:
+# every size of the enum goes through and Vertex decides (unverified; vertexai.tuning.sft.train offers 1, 4, 8,
+# 16, 32).
+ADAPTER_SIZES_FOR: tuple[tuple[str, str, frozenset[int]], ...] = (
+    ("dpo", "", frozenset({1, 2, 4, 8, 16})),
+    ("supervised", "gemini-2.5-flash", frozenset({1, 2, 4, 8, 16})),
+    ("supervised", "gemini-1.5-pro", frozenset({1, 4})),
+    ("supervised", "gemini-1.5-flash", frozenset({1, 4, 8, 16})),
+)
 
 CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed",
                  "metadata", "integrations"}
@@ -144,7 +157,14 @@ def _positive_number(value: Any, param: str) -> float:
     return float(value)
 
 
-def _hyper_parameters(kind: str, hp: JSON, where: str) -> JSON:
+def adapter_sizes(kind: str, model: str) -> frozenset[int]:
+    """The adapter sizes Vertex documents for this method and base model (a publisher path is read by its id)."""
+    model_id = model.rsplit("/", 1)[-1]
+    return next((sizes for method, prefix, sizes in ADAPTER_SIZES_FOR
+                 if method == kind and model_id.startswith(prefix)), frozenset(ADAPTER_SIZES))
+
+
+def _hyper_parameters(kind: str, hp: JSON, where: str, model: str = "") -> JSON:
     unknown = sorted(k for k in hp if k not in HP_FIELDS[kind])
     if unknown:
         raise InvalidRequest(f"Vertex AI has no equivalent for the hyperparameter '{unknown[0]}'.",
@@ -162,8 +182,10 @@ def _hyper_parameters(kind: str, hp: JSON, where: str) -> JSON:
                              param=f"{where}.batch_size", code="unsupported_parameter")
     size = hp.get("adapter_size", "auto")
     if size != "auto":
-        if isinstance(size, bool) or size not in ADAPTER_SIZES:
-            raise InvalidRequest(f"'adapter_size' must be 'auto' or one of {sorted(ADAPTER_SIZES)}.",
+        allowed = adapter_sizes(kind, model)
+        if isinstance(size, bool) or size not in allowed:
+            method = "preference tuning" if kind == "dpo" else f"supervised tuning of '{model}'"
+            raise InvalidRequest(f"'adapter_size' must be 'auto' or one of {sorted(allowed)} for {method}.",
                                  param=f"{where}.adapter_size", code="invalid_hyperparameter")
         out["adapterSize"] = ADAPTER_SIZES[size]
     beta = hp.get("beta", "auto")
@@ -203,7 +225,7 @@ def create_body(body: JSON) -> JSON:
     spec: JSON = {"trainingDatasetUri": dataset_uri(body["training_file"], "training_file")}
     if body.get("validation_file"):
         spec["validationDatasetUri"] = dataset_uri(body["validation_file"], "validation_file")
-    hyper = _hyper_parameters(kind, hp, where)
+    hyper = _hyper_parameters(kind, hp, where, str(body["model"]))
     if hyper:
         spec["hyperParameters"] = hyper
     job: JSON = {"baseModel": body["model"], SPEC_FIELD[kind]: spec}
