@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from tunegate.providers.azure_openai import entra, shapes
+from tunegate.providers.azure_openai.chat import AzureChat
 from tunegate.providers.azure_openai.versions import GA_API_VERSION, V1_VERSIONS, Surface, surface
 from tunegate.providers.base import JSON, Download, IncomingFile, Page
 from tunegate.providers.openai_compatible import OpenAICompatible
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GA_API_VERSION", "V1_VERSIONS", "AzureOpenAI"]
 
-class AzureOpenAI(OpenAICompatible):
+class AzureOpenAI(AzureChat, OpenAICompatible):
     name = "azure-openai"
     # Azure's fine-tuning how-to (MicrosoftDocs/azure-ai-docs): "Fine-tuning jobs will not proceed without at
     # least 10 training examples"; training and validation files "must be less than 512 MB". The epoch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from tunegate.providers.openai.chat import OpenAIModels
 from tunegate.providers.openai_compatible import OpenAICompatible
 from tunegate.providers.rules import DatasetRules
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from tunegate.context import RequestContext
 
 
-class OpenAI(OpenAICompatible):
+class OpenAI(OpenAIModels, OpenAICompatible):
     name = "openai"
     dataset_rules = OPENAI_RULES
     default_base_url = "https://api.openai.com/v1"
