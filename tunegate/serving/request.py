@@ -113,3 +113,24 @@ def unsupported_param(provider: str, name: str, why: str = "") -> InvalidRequest
     tail = f" {why}" if why else ""
     return InvalidRequest(f"Provider '{provider}' does not support '{name}' in chat completions.{tail}", param=name,
                           code="unsupported_parameter")
+
+
+# Parameters every adapter handles or that the route itself consumes.
+COMMON_PARAMS = frozenset({"model", "messages", "stream", "stream_options"})
+# Values that ask for nothing beyond OpenAI's default: a backend lacking the feature can still honour them.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "n": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "logprobs": (False,), "store": (False,),
+    "parallel_tool_calls": (True,), "response_format": ({"type": "text"},), "service_tier": ("auto",),
+    "modalities": (["text"],),
+}
+
+
+def refuse_unhandled(provider: str, body: JSON, handled: frozenset[str] | set[str],
+                     why: dict[str, str] | None = None) -> None:
+    """A 400 naming the first parameter a translating adapter does not map (``handled`` lists the ones it
+    does); a parameter left at its neutral value (n=1, penalties 0, ...) asks for nothing and passes."""
+    for name in sorted(body):
+        value = body[name]
+        if name in COMMON_PARAMS or name in handled or value is None or value in NEUTRAL_VALUES.get(name, ()):
+            continue
+        raise unsupported_param(provider, name, (why or {}).get(name, ""))

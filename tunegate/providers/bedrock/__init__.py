@@ -23,8 +23,9 @@ import orjson
 from tunegate import models
 from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import ids, paging
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, page_in_memory
 from tunegate.providers.bedrock import aws, jobs, s3
+from tunegate.providers.bedrock.chat import BedrockChat
 from tunegate.providers.rules import NO_RULES, DatasetRules
 from tunegate.upstream import UpstreamResponse
 
@@ -38,7 +39,7 @@ _FILE_KEY = re.compile(r"(?P<stamp>\d{13})[0-9a-f]{8}/(?P<purpose>[-!_*'().a-zA-
 _STAMP_MAX = 10**13 - 1  # keys hold (_STAMP_MAX - milliseconds): S3's ascending key order is newest first
 
 
-class Bedrock(Provider):
+class Bedrock(BedrockChat):
     name = "bedrock"
     # customModelName is 1–63 characters and must be unique: tunegate appends "-" and 8 characters.
     suffix_max_length = 54
@@ -82,8 +83,9 @@ class Bedrock(Provider):
         return True
 
     def operator_hosts(self) -> set[str]:
-        """Endpoints from the operator's AWS_ENDPOINT_URL[_BEDROCK|_S3|_STS] (emulators, VPC endpoints)."""
-        urls = (aws.endpoint_from_env(service) for service in ("bedrock", "s3", "sts"))
+        """Endpoints from the operator's AWS_ENDPOINT_URL[_BEDROCK|_BEDROCK_RUNTIME|_S3|_STS] (emulators,
+        VPC endpoints)."""
+        urls = (aws.endpoint_from_env(service) for service in ("bedrock", "bedrock_runtime", "s3", "sts"))
         return {host.lower() for url in urls if url and (host := urlsplit(url).hostname)}
 
     # ---- plumbing --------------------------------------------------------------------------------
