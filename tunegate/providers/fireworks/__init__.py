@@ -18,6 +18,7 @@ from tunegate.multipart import MultipartWriter
 from tunegate.providers import paging
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 from tunegate.providers.fireworks import wire
+from tunegate.providers.fireworks.chat import FireworksChat
 from tunegate.providers.fireworks.datasets import Spool, to_file, upload_name
 from tunegate.providers.fireworks.jobs import create_body, to_job
 from tunegate.providers.rules import DatasetRules
@@ -30,7 +31,7 @@ JOBS = "supervisedFineTuningJobs"
 DATASETS = "datasets"
 
 
-class Fireworks(Provider):
+class Fireworks(FireworksChat, Provider):
     name = "fireworks-ai"
     # Fireworks resource ids: lower-case letters, digits and hyphens, at most 63.
     id_grammar = r"[a-z0-9][a-z0-9-]{0,62}"

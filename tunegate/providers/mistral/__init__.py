@@ -11,6 +11,7 @@ from tunegate import models
 from tunegate.errors import InvalidRequest
 from tunegate.multipart import MultipartWriter
 from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, generic_error_message
+from tunegate.providers.mistral.chat import MistralChat
 from tunegate.providers.paging import Cursors
 from tunegate.providers.rules import DatasetRules
 from tunegate.upstream import UpstreamResponse
@@ -30,7 +31,7 @@ DEPRECATION_WARNING = ('299 tunegate "Mistral has deprecated its fine-tuning API
                        'supported: https://docs.mistral.ai/resources/deprecated"')
 
 
-class Mistral(Provider):
+class Mistral(MistralChat, Provider):
     name = "mistral-ai"
     # UUIDs, lower case as Mistral hands them out.
     id_grammar = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"

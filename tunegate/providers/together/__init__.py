@@ -13,6 +13,7 @@ from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 from tunegate.providers.rules import DatasetRules
 from tunegate.providers.together import files as tfiles
 from tunegate.providers.together import jobs as tjobs
+from tunegate.providers.together.chat import TogetherChat
 from tunegate.providers.together.paging import after_index, envelope
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def _sort_key(obj: JSON) -> SortKey:
     return int(obj.get("created_at") or 0), str(obj.get("id"))
 
 
-class Together(Provider):
+class Together(TogetherChat, Provider):
     name = "together-ai"
     # `ft-<uuid>` and `file-<uuid>`, lower case as Together hands them out.
     id_grammar = r"(ft|file)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
