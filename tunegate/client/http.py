@@ -86,8 +86,10 @@ class Client:
         except ValueError:
             raise GatewayError(f"the gateway answered {path} with something that is not JSON") from None
 
-    def upload(self, file: Path, purpose: str, progress: Callable[[int], None] | None = None) -> Any:
-        """POST /v1/files as multipart, streaming the file from disk in chunks (never read whole)."""
+    def upload(self, file: Path, purpose: str, progress: Callable[[int], None] | None = None,
+               headers: dict[str, str] | None = None) -> Any:
+        """POST /v1/files as multipart, streaming the file from disk in chunks (never read whole); ``headers``
+        adds request headers (e.g. ``x-portkey-validation-method: dpo``)."""
         boundary = "tunegate" + secrets.token_hex(16)
         name = file.name.replace('"', "%22").replace("\r", "").replace("\n", "")
         head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
@@ -102,9 +104,9 @@ class Client:
                 yield from _chunks(fh, progress)
             yield tail
 
-        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}",
-                   "Content-Length": str(len(head) + size + len(tail))}
-        with self.open("POST", "/v1/files", body=body(), headers=headers) as resp:
+        sent = {**(headers or {}), "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + size + len(tail))}
+        with self.open("POST", "/v1/files", body=body(), headers=sent) as resp:
             return json.loads(resp.read())
 
 

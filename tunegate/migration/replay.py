@@ -36,6 +36,7 @@ class FilePlan:
     role: str
     path: Path | None
     sha256: str | None
+    method: str = "supervised"  # what the file holds, as the job trains it
     examples: int | None = None
     tokens: int | None = None
     problems: list[str] = field(default_factory=list)
@@ -107,7 +108,7 @@ def _files(root: Path, manifest: dict[str, Any], job: dict[str, Any], mapped: Ma
             continue
         entry = entries.get(file_id) or {}
         path = root / entry["path"] if entry.get("path") and (root / entry["path"]).is_file() else None
-        fp = FilePlan(str(file_id), role, path, entry.get("sha256"))
+        fp = FilePlan(str(file_id), role, path, entry.get("sha256"), mapped.method)
         if path is None:
             fp.problems.append(f"not in the bundle ({entry.get('error') or 'never exported'}): run export again")
         else:
@@ -246,7 +247,9 @@ class Replayer:
             return str(known["id"])
         assert f.path is not None
         progress = self.upload_progress(f.path.name, f.path.stat().st_size) if self.upload_progress else None
-        created = self.client.upload(f.path, "fine-tune", progress)
+        # The gateway validates uploads as supervised data unless told otherwise.
+        method = {"x-portkey-validation-method": f.method} if f.method != "supervised" else None
+        created = self.client.upload(f.path, "fine-tune", progress, headers=method)
         if not isinstance(created, dict) or not created.get("id"):
             raise GatewayError(f"the gateway answered the upload of {f.source_id} without a file id")
         self.mine["files"][f.source_id] = {"id": created["id"], "sha256": f.sha256, "bytes": created.get("bytes"),
