@@ -230,7 +230,8 @@ def _print_plans(target: str, plans: list[Any]) -> None:
             out.print(Text(f"{head}: skipped, {p.skipped}", style="dim"))
             continue
         out.print(Text(head, style="bold" if p.replayable else "bold red"))
-        cost = f"${e['cost']:.2f}" if e.get("cost") is not None else f"unknown ({e.get('cost_unknown')})"
+        cost = (f"${e['cost']:.2f}" if e["cost"] >= 0.01 or e["cost"] == 0 else f"${e['cost']:.4f}") \
+            if e.get("cost") is not None else f"unknown ({e.get('cost_unknown')})"
         out.print(f"  tokens: {e['training_tokens']} training, {e['validation_tokens']} validation (estimated); "
                   f"{e.get('epochs', '?')} epoch(s) → {e.get('billed_tokens', '?')} billed; cost {cost}; time "
                   f"{e.get('time_minutes', '?')} min")
