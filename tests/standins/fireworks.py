@@ -37,7 +37,15 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.standins.openai_like import Recorded
+from tests.standins.openai_like import ChatDialect, ChatScript, Recorded, chat_reply
+
+# Chat: fireworks-ai (fw-ai-external/python-sdk@271c181) types/chat/chat_completion_chunk.py (usage on a chunk;
+# the request has no stream_options, completion_create_params.py) — the usage rides on the finishing chunk
+# (that only the last carries it is assumed, unverified). An undeployed model answers 404 with
+# {"error": {"object": "error", "type": "invalid_request_error", "message": "Model not found, inaccessible,
+# and/or not deployed"}} (the message Fireworks is publicly seen to send; the body shape is assumed).
+FIREWORKS_CHAT = ChatDialect(openai_usage=False)
+NOT_DEPLOYED = "Model not found, inaccessible, and/or not deployed"
 
 GRPC = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7,
         "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9, "INTERNAL": 13, "UNAVAILABLE": 14,
@@ -88,6 +96,13 @@ class FireworksStandIn:
     # answer (the field is undeclared; fireworks-ai 1.2.30 lib/dataset_upload.py reads it).
     encryption_state: str = ""
     page_tokens: dict[str, tuple[Any, int]] = field(default_factory=dict)  # token → (bound request, offset)
+    # chat and models: serverless base models anyone may call; deployments of base models a LoRA addon can
+    # be loaded onto; deployedModels (name → DeployedModel) and models deleted
+    chat: ChatScript = field(default_factory=lambda: ChatScript())
+    serverless: tuple[str, ...] = ("accounts/fireworks/models/llama-v3p1-8b-instruct",)
+    deployments: set[str] = field(default_factory=lambda: {"accounts/acme-ai/deployments/base-llama"})
+    deployed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deleted_models: set[str] = field(default_factory=set)
     _clock: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- helpers ----
@@ -140,6 +155,11 @@ class FireworksStandIn:
         r.add_get(f"{base}/datasets/{{id}}", self.dataset_get_or_verb)
         r.add_delete(f"{base}/datasets/{{id}}", self.delete_dataset)
         r.add_post(f"{base}/datasets/{{id}}", self.dataset_verb)
+        r.add_get(f"{base}/models", self.list_models)
+        r.add_get(f"{base}/models/{{id}}", self.get_model)
+        r.add_delete(f"{base}/models/{{id}}", self.delete_model)
+        r.add_post(f"{base}/deployedModels", self.load_lora)
+        r.add_post("/inference/v1/chat/completions", self.chat_completions)
         r.add_put("/signed/{token}", self.signed_put)
         r.add_get("/signed/{token}", self.signed_get)
         return app
@@ -161,7 +181,7 @@ class FireworksStandIn:
             return await handler(request)  # type: ignore[no-any-return]  # signed: no credential
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self.error(401, "unauthenticated: invalid API key")
-        if request.match_info.get("account") != self.account:
+        if request.match_info.get("account") != self.account and not request.path.startswith("/inference/"):
             return self.error(403, f"permission denied on account '{request.match_info.get('account')}'")
         return await handler(request)  # type: ignore[no-any-return]
 
@@ -386,3 +406,74 @@ class FireworksStandIn:
         if data is None:
             return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
         return web.Response(body=data, content_type="application/octet-stream")
+
+    # ---- chat and models ----
+    # Model (python-sdk@3b8eb54 types/model.py): name, kind (HF_PEFT_ADDON for a tuned LoRA), state (READY),
+    # peftDetails.baseModel, fineTuningJob, createTime, deployedModelRefs [{name, deployment, state, default}]
+    # ("populated from GetModel only"); the list is {models, nextPageToken, totalSize} (AIP-158). DeployedModel
+    # (types/deployed_model.py): name, model, deployment, default, state DEPLOYING → DEPLOYED (here: one step per
+    # GET of the model), status. The SDK's lora.load posts {model, deployment, default, …} to deployedModels.
+    def tuned_models(self) -> dict[str, dict[str, Any]]:
+        return {j["outputModel"]: j for j in self.jobs.values()
+                if j["state"] == "JOB_STATE_COMPLETED" and j["outputModel"] not in self.deleted_models}
+
+    def model_out(self, name: str, job: dict[str, Any], *, detailed: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": name, "kind": "HF_PEFT_ADDON", "state": "READY", "displayName": name.rsplit("/")[-1],
+                               "createTime": job["completedTime"], "fineTuningJob": job["name"],
+                               "peftDetails": {"baseModel": job.get("baseModel") or job.get("warmStartFrom"), "r": 8,
+                                               "targetModules": ["q_proj", "v_proj"]}}
+        if detailed:
+            out["deployedModelRefs"] = [{"name": d["name"], "deployment": d["deployment"], "state": d["state"],
+                                         "default": d["default"]} for d in self.deployed.values() if d["model"] == name]
+        return out
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = body.get("model")
+        live = any(d["model"] == model and d["state"] == "DEPLOYED" for d in self.deployed.values())
+        if model not in self.serverless and not live:
+            return web.json_response({"error": {"object": "error", "type": "invalid_request_error",
+                                                "message": NOT_DEPLOYED}}, status=404)
+        return await chat_reply(request, FIREWORKS_CHAT, self.chat, str(model))
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        models = [self.model_out(n, j, detailed=False) for n, j in self.tuned_models().items()]
+        return web.json_response({"models": models, "nextPageToken": "", "totalSize": len(models)})
+
+    def _model_name(self, request: web.Request) -> str:
+        return f"accounts/{self.account}/models/{request.match_info['id']}"
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        name = self._model_name(request)
+        job = self.tuned_models().get(name)
+        if job is None:
+            return self.error(404, f"model '{name}' not found")
+        out = self.model_out(name, job, detailed=True)
+        for d in self.deployed.values():  # a deployment comes up one step per look
+            if d["model"] == name and d["state"] == "DEPLOYING":
+                d["state"] = "DEPLOYED"
+        return web.json_response(out)
+
+    async def delete_model(self, request: web.Request) -> web.Response:
+        name = self._model_name(request)
+        if name not in self.tuned_models():
+            return self.error(404, f"model '{name}' not found")
+        self.deleted_models.add(name)
+        return web.json_response({})
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        unknown = sorted(set(body) - {"model", "deployment", "default", "description", "displayName", "public",
+                                      "serverless"})
+        if unknown:
+            return self.error(400, f"unknown field '{unknown[0]}'")
+        if body.get("model") not in self.tuned_models():
+            return self.error(404, f"model '{body.get('model')}' not found")
+        if body.get("deployment") not in self.deployments:
+            return self.error(404, f"deployment '{body.get('deployment')}' not found")
+        name = f"accounts/{self.account}/deployedModels/{uuid.uuid4().hex[:12]}"
+        deployed = {"name": name, "model": body["model"], "deployment": body["deployment"],
+                    "default": bool(body.get("default")), "state": "DEPLOYING", "createTime": self.now(),
+                    "status": {"code": "OK", "message": ""}}
+        self.deployed[name] = deployed
+        return web.json_response(deployed)

@@ -43,6 +43,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tests.standins.openai_like import ChatDialect, ChatScript, chat_reply
+
 SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "mistral-openapi.yaml"
 
 AUTO_PLAN = ["QUEUED", "VALIDATING", "VALIDATED", "RUNNING", "SUCCESS"]
@@ -117,6 +119,9 @@ class MistralStandIn:
     contents: dict[str, bytes] = field(default_factory=dict)
     faults: dict[str, list[int]] = field(default_factory=dict)
     max_page_size: int = 100
+    chat: ChatScript = field(default_factory=lambda: ChatScript())
+    base_models: tuple[str, ...] = ("open-mistral-7b", "mistral-small-latest")
+    deleted_models: set[str] = field(default_factory=set)
     validate_requests: bool = True
     _seq: int = 0
     _validator: Any = None
@@ -237,6 +242,10 @@ class MistralStandIn:
         r.add_get("/v1/files/{id}", self.get_file)
         r.add_delete("/v1/files/{id}", self.delete_file)
         r.add_get("/v1/files/{id}/content", self.content)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.list_models)
+        r.add_get("/v1/models/{model_id}", self.get_model)
+        r.add_delete("/v1/models/{model_id}", self.delete_model)
         return app
 
     @web.middleware
@@ -389,3 +398,69 @@ class MistralStandIn:
         if file_id not in self.files:
             return self.error(404, f"File with id '{file_id}' not found.", code="1100")
         return web.Response(body=self.contents[file_id], content_type="application/octet-stream")
+
+    # ---- chat and models ----
+    # POST /v1/chat/completions: the body is validated against ChatCompletionRequest (mistral-openapi.yaml;
+    # its properties only: an unknown one such as OpenAI's `seed` is a 422 here, as FastAPI answers
+    # "Extra inputs are not permitted" — that Mistral forbids extras is assumed, unverified). Answers:
+    # ChatCompletionResponse; the stream is CompletionEvent/CompletionChunk, the usage on the finishing
+    # chunk (CompletionChunk.usage; that only the last carries it is what mistralai's SDK streams show:
+    # unverified), no system_fingerprint. Models: ModelList of BaseModelCard | FTModelCard, GET/DELETE
+    # /v1/models/{model_id} (FTModelCard, DeleteModelOut).
+    def tuned_models(self) -> dict[str, dict[str, Any]]:
+        return {j["fine_tuned_model"]: j for j in self.jobs.values()
+                if j.get("fine_tuned_model") and j["fine_tuned_model"] not in self.deleted_models}
+
+    def chat_problem(self, body: Any) -> web.Response | None:
+        if not SPEC.exists():
+            return None
+        if getattr(self, "_chat_spec", None) is None:
+            spec = load_spec()
+            self._chat_fields = frozenset(spec["components"]["schemas"]["ChatCompletionRequest"]["properties"])
+            self._chat_spec = schema_validator("ChatCompletionRequest", spec)
+        extra = sorted(set(body) - self._chat_fields) if isinstance(body, dict) else []
+        if extra:
+            return self.validation_error(["body", extra[0]], "Extra inputs are not permitted", "extra_forbidden")
+        error = next(iter(self._chat_spec.iter_errors(body)), None)
+        if error is not None:
+            return self.validation_error(["body", *error.absolute_path], error.message)
+        return None
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if (problem := self.chat_problem(body)) is not None:
+            return problem
+        model = body.get("model")
+        if model not in self.base_models and model not in self.tuned_models():
+            return self.error(404, f"Invalid model: {model}", "invalid_model", code="1500")
+        dialect = ChatDialect(openai_usage=False, system_fingerprint=False)
+        return await chat_reply(request, dialect, self.chat, str(model))
+
+    def card(self, model_id: str) -> dict[str, Any]:
+        job = self.tuned_models().get(model_id)
+        caps = {"completion_chat": True, "completion_fim": False, "function_calling": True, "fine_tuning": not job,
+                "vision": False, "classification": False}
+        card: dict[str, Any] = {"id": model_id, "object": "model", "created": job["modified_at"] if job else 1_700_000_000,
+                                "owned_by": "6ed5a2b1" if job else "mistralai", "capabilities": caps, "name": None,
+                                "description": None, "max_context_length": 32768, "aliases": [], "deprecation": None,
+                                "type": "fine-tuned" if job else "base"}
+        if job:
+            card.update(job=job["id"], root=job["model"], archived=False)
+        return card
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self.card(m) for m in
+                                                             [*self.base_models, *self.tuned_models()]]})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        if model_id not in self.base_models and model_id not in self.tuned_models():
+            return self.error(404, f"Model '{model_id}' not found", "invalid_model", code="1500")
+        return web.json_response(self.card(model_id))
+
+    async def delete_model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model_id"]
+        if model_id not in self.tuned_models():
+            return self.error(404, f"Model '{model_id}' not found", "invalid_model", code="1500")
+        self.deleted_models.add(model_id)
+        return web.json_response({"id": model_id, "object": "model", "deleted": True})

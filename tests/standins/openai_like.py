@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import socket
 import threading
 import time
@@ -60,6 +61,11 @@ class StandIn:
     parts: dict[str, bytes] = field(default_factory=dict)
     # scripted faults: path-substring -> list of statuses to answer before behaving normally
     faults: dict[str, list[int]] = field(default_factory=dict)
+    # chat: what the model says; Azure deployments (name -> model); base models every key may call
+    chat: ChatScript = field(default_factory=lambda: ChatScript())
+    deployments: dict[str, str] = field(default_factory=dict)
+    base_models: tuple[str, ...] = ("gpt-4o-mini-2024-07-18",)
+    deleted_models: set[str] = field(default_factory=set)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     # ---- helpers ----
@@ -152,6 +158,14 @@ class StandIn:
         r.add_post(f"{p}/uploads/{{id}}/parts", self.add_part)
         r.add_post(f"{p}/uploads/{{id}}/complete", self.complete_upload)
         r.add_post(f"{p}/uploads/{{id}}/cancel", self.cancel_upload)
+        if self.mode == "azure-ga":
+            r.add_post(f"{p}/deployments/{{deployment}}/chat/completions", self.chat_completions)
+        else:
+            r.add_post(f"{p}/chat/completions", self.chat_completions)
+        r.add_get(f"{p}/models", self.list_models)
+        r.add_get(f"{p}/models/{{model}}", self.get_model)
+        if self.mode == "openai":
+            r.add_delete(f"{p}/models/{{model}}", self.delete_model)
         return app
 
     @web.middleware
@@ -410,6 +424,73 @@ class StandIn:
         up["status"] = "cancelled"
         return web.json_response(up)
 
+    # ---- chat and models ----
+    # OpenAI: POST /v1/chat/completions, GET /v1/models, GET|DELETE /v1/models/{model}
+    # (openai-python src/openai/resources/chat/completions, resources/models.py; types/model.py,
+    # model_deleted.py). Azure GA: POST /openai/deployments/{deployment}/chat/completions?api-version
+    # (Azure/azure-rest-api-specs specification/cognitiveservices/data-plane/AzureOpenAI/inference/stable/
+    # 2024-10-21/inference.json ChatCompletions_Create: prompt_filter_results, content_filter_results) and
+    # GET /openai/models[/{model-id}] (azure-openai-authoring-2024-10-21.json Model: created_at, status,
+    # capabilities, lifecycle_status, deprecation, model, fine_tune). Azure v1: POST /openai/v1/chat/
+    # completions with model = the deployment; GET /openai/v1/models (OpenAI.ListModelsResponse). That a
+    # stream opens with a prompt_filter_results-only chunk (id "", object "") is what Azure is publicly
+    # seen to send, not in the spec: unverified.
+    def tuned_models(self) -> dict[str, dict[str, Any]]:
+        return {j["fine_tuned_model"]: j for j in self.jobs.values()
+                if j.get("fine_tuned_model") and j["fine_tuned_model"] not in self.deleted_models}
+
+    def chat_dialect(self) -> ChatDialect:
+        azure = self.mode != "openai"
+        return ChatDialect(filter_preamble=azure, content_filters=azure)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("messages"):
+            return self.error(400, "'messages' is a required property", "invalid_request_error", "messages")
+        if self.mode == "openai":
+            model = body.get("model")
+            if model not in self.base_models and model not in self.tuned_models():
+                return self.error(404, f"The model `{model}` does not exist or you do not have access to it.",
+                                  "model_not_found")
+        else:
+            name = request.match_info.get("deployment") or body.get("model")
+            if name not in self.deployments:
+                return web.json_response({"error": {"code": "DeploymentNotFound", "message": (
+                    "The API deployment for this resource does not exist. If you created the deployment within the "
+                    "last 5 minutes, please wait a moment and try again.")}}, status=404)
+            model = self.deployments[name]
+        return await chat_reply(request, self.chat_dialect(), self.chat, str(model))
+
+    def model_out(self, model_id: str, job: dict[str, Any] | None) -> dict[str, Any]:
+        created = job["finished_at"] if job else 1_700_000_000
+        if self.mode != "azure-ga":
+            return {"id": model_id, "object": "model", "created": created,
+                    "owned_by": "user-standin" if job else "system"}
+        return {"id": model_id, "object": "model", "created_at": created, "status": "succeeded",
+                "model": job["model"] if job else None, "fine_tune": job["id"] if job else None,
+                "capabilities": {"fine_tune": not job, "inference": True, "completion": False, "chat_completion": True,
+                                 "embeddings": False},
+                "lifecycle_status": "generally-available", "deprecation": {"inference": 1_900_000_000}}
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        tuned = self.tuned_models()
+        data = [self.model_out(m, None) for m in self.base_models] + [self.model_out(m, j) for m, j in tuned.items()]
+        return web.json_response({"object": "list", "data": data})
+
+    async def get_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        tuned = self.tuned_models()
+        if name not in self.base_models and name not in tuned:
+            return self.error(404, f"The model '{name}' does not exist", "model_not_found", "model")
+        return web.json_response(self.model_out(name, tuned.get(name)))
+
+    async def delete_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name not in self.tuned_models():
+            return self.error(404, f"The model '{name}' does not exist", "model_not_found", "model")
+        self.deleted_models.add(name)
+        return web.json_response({"id": name, "object": "model", "deleted": True})
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -447,3 +528,131 @@ class ServerThread:
     def __exit__(self, *exc: object) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+# ---- chat completions, shared by the stand-ins -------------------------------------------------------
+# Each stand-in answers chat in its provider's dialect; what differs is declared in a ChatDialect, and
+# each stand-in names the source of its dialect beside it. OpenAI's own shapes: openai/openai-python
+# src/openai/types/chat/chat_completion.py, chat_completion_chunk.py, completion_usage.py (and the
+# installed SDK, openai 2.x); the stream is `data: {chunk}` events ended by `data: [DONE]`
+# (openai-python src/openai/_streaming.py), an error inside it is an event whose data holds `error`.
+
+
+@dataclass(frozen=True)
+class ChatDialect:
+    finish: str = "stop"  # the word for a natural end
+    openai_usage: bool = True  # honours stream_options.include_usage (else: usage on the last chunk, always)
+    filter_preamble: bool = False  # Azure: a first chunk with only prompt_filter_results
+    content_filters: bool = False  # Azure: content_filter_results on each choice
+    token_ids: bool = False  # Together: delta.token_id
+    system_fingerprint: bool = True
+
+
+@dataclass
+class ChatScript:
+    """What the stand-in's model says and how the stream goes."""
+
+    reply: str = "Hello from the stand-in model, tuned."
+    fail_after: int | None = None  # mid-stream: after this many content chunks, an error event, no [DONE]
+    gap: float = 0.0  # seconds between chunks
+    prompt_tokens: int = 7
+    streams_started: int = 0
+
+
+def reply_pieces(reply: str) -> list[str]:
+    """The reply in word-sized chunks, spaces kept, so their concatenation is the reply."""
+    out, word = [], ""
+    for ch in reply:
+        word += ch
+        if ch == " ":
+            out.append(word)
+            word = ""
+    return out + ([word] if word else [])
+
+
+def chat_usage(script: ChatScript) -> dict[str, int]:
+    completion = len(reply_pieces(script.reply))
+    return {"prompt_tokens": script.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": script.prompt_tokens + completion}
+
+
+def chat_answer(d: ChatDialect, script: ChatScript, model: str) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": script.reply},
+                              "finish_reason": d.finish, "logprobs": None}
+    if d.content_filters:
+        choice["content_filter_results"] = _NO_FILTER
+    out: dict[str, Any] = {"id": f"chatcmpl-standin{int(time.time() * 1000) % 10**9}", "object": "chat.completion",
+                           "created": int(time.time()), "model": model, "choices": [choice],
+                           "usage": chat_usage(script)}
+    if d.system_fingerprint:
+        out["system_fingerprint"] = "fp_standin"
+    if d.filter_preamble:
+        out["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _NO_FILTER}]
+    return out
+
+
+_NO_FILTER = {k: {"filtered": False, "severity": "safe"} for k in ("hate", "self_harm", "sexual", "violence")}
+
+
+def chat_chunks(d: ChatDialect, script: ChatScript, model: str, include_usage: bool) -> list[dict[str, Any]]:
+    """The stream's events, in order (without [DONE])."""
+    cid, created = f"chatcmpl-standin{int(time.time() * 1000) % 10**9}", int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        if d.content_filters and delta.get("content"):
+            choice["content_filter_results"] = _NO_FILTER
+        out: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                               "choices": [choice]}
+        if d.system_fingerprint:
+            out["system_fingerprint"] = "fp_standin"
+        if usage is not None or (d.openai_usage and include_usage):
+            out["usage"] = usage
+        return out
+
+    events = []
+    if d.filter_preamble:
+        events.append({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                       "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _NO_FILTER}]})
+    events.append(chunk({"role": "assistant", "content": ""}))
+    for n, piece in enumerate(reply_pieces(script.reply)):
+        delta: dict[str, Any] = {"content": piece}
+        if d.token_ids:  # Together's ChatCompletionChoiceDelta: role required, token_id
+            delta = {"role": "assistant", "content": piece, "token_id": 1000 + n}
+        events.append(chunk(delta))
+    usage = chat_usage(script)
+    if d.openai_usage:
+        events.append(chunk({}, d.finish))
+        if include_usage:
+            events.append({**chunk({}), "choices": [], "usage": usage})
+    else:  # the usage rides on the finishing chunk, asked for or not
+        events.append(chunk({"role": "assistant", "content": ""} if d.token_ids else {"content": ""}, d.finish, usage))
+    return events
+
+
+async def chat_stream(request: web.Request, d: ChatDialect, script: ChatScript, model: str,
+                      include_usage: bool) -> web.StreamResponse:
+    script.streams_started += 1
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    content = 0
+    for event in chat_chunks(d, script, model, include_usage):
+        if script.fail_after is not None and content >= script.fail_after:
+            await resp.write(b'data: {"error": {"message": "The server had an error while processing your request.",'
+                             b' "type": "server_error", "param": null, "code": "stream_interrupted"}}\n\n')
+            return resp
+        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        if any(c.get("delta", {}).get("content") for c in event.get("choices") or []):
+            content += 1
+        if script.gap:
+            await asyncio.sleep(script.gap)
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def chat_reply(request: web.Request, d: ChatDialect, script: ChatScript, model: str) -> web.StreamResponse:
+    body = await request.json()
+    if body.get("stream"):
+        return await chat_stream(request, d, script, model,
+                                 bool((body.get("stream_options") or {}).get("include_usage")))
+    return web.json_response(chat_answer(d, script, model))

@@ -42,11 +42,29 @@ import itertools
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import BodyPartReader, web
 
-from tests.standins.openai_like import Recorded
+from tests.standins.openai_like import ChatDialect, ChatScript, Recorded, chat_reply
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "together-openapi.yaml"
+# Chat (together-openapi.yaml ChatCompletionResponse / ChatCompletionChunk / FinishReason): no
+# stream_options in ChatCompletionRequest; a chunk's delta has `role` (required) and `token_id`; the
+# natural end is "eos" (FinishReason: stop, eos, length, tool_calls, function_call); the usage is on the last
+# chunk (ChatCompletionChunk.usage, nullable; that only the last carries it is what together-python's
+# streaming shows, not the spec: unverified); no system_fingerprint is sent (optional in the spec).
+TOGETHER_CHAT = ChatDialect(finish="eos", openai_usage=False, token_ids=True, system_fingerprint=False)
+
+
+def chat_request_fields() -> frozenset[str] | None:
+    """ChatCompletionRequest's properties (None when the spec is not beside the checkout)."""
+    if not SPEC_PATH.exists():
+        return None
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    return frozenset(spec["components"]["schemas"]["ChatCompletionRequest"]["properties"])
 
 LIFECYCLE = ["pending", "queued", "running", "compressing", "uploading", "completed"]
 TRUNCATED_KEYS = ("id", "status", "created_at", "updated_at", "started_at", "user_id", "owner_address", "total_price",
@@ -95,6 +113,9 @@ class TogetherStandIn:
     contents: dict[str, bytes] = field(default_factory=dict)
     # scripted faults: path-substring -> statuses to answer before behaving normally
     faults: dict[str, list[int]] = field(default_factory=dict)
+    chat: ChatScript = field(default_factory=lambda: ChatScript())
+    base_models: tuple[str, ...] = ("meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo",)
+    chat_fields: frozenset[str] | None = field(default_factory=chat_request_fields)
     _clock: itertools.count = field(default_factory=lambda: itertools.count(0))
 
     def now(self) -> int:
@@ -121,6 +142,8 @@ class TogetherStandIn:
         r.add_post("/v1/fine-tunes/{id}/cancel", self.cancel_job)
         r.add_get("/v1/fine-tunes/{id}/events", self.events)
         r.add_get("/v1/fine-tunes/{id}/checkpoints", self.checkpoints)
+        r.add_post("/v1/chat/completions", self.chat_completions)
+        r.add_get("/v1/models", self.list_models)
         return app
 
     @web.middleware
@@ -332,3 +355,26 @@ class TogetherStandIn:
             data.append({"step": 30, "created_at": iso(created + 30), "path": f"s3://standin/{job['id']}/adapter",
                          "checkpoint_type": "Final Adapter"})
         return web.json_response({"data": data})
+
+    # ---- chat and models ----
+    def tuned_models(self) -> dict[str, dict[str, Any]]:
+        return {j["model_output_name"]: j for j in self.jobs.values() if j["status"] == "completed"}
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        unknown = sorted(set(body) - self.chat_fields) if self.chat_fields is not None else []
+        if unknown:  # assumed strict here, so a parameter the adapter should have refused cannot slip by
+            return self.error(400, f"Unrecognized request argument supplied: {unknown[0]}", "invalid_request_error")
+        model = body.get("model")
+        if model not in self.base_models and model not in self.tuned_models():
+            return self.error(404, f"Unable to access model {model}. Please visit https://api.together.ai/models to "
+                                   "view the list of supported models.", "model_not_available")
+        return await chat_reply(request, TOGETHER_CHAT, self.chat, str(model))
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        # ModelInfoList: a bare array of ModelInfo (id, object, created, type, display_name, organization, …)
+        base = [{"id": m, "object": "model", "created": BASE_TIME, "type": "chat", "display_name": m.split("/")[-1],
+                 "organization": m.split("/")[0], "context_length": 131072} for m in self.base_models]
+        tuned = [{"id": m, "object": "model", "created": BASE_TIME + 60, "type": "chat", "display_name": m,
+                  "organization": "standin", "context_length": 8192} for m in self.tuned_models()]
+        return web.json_response(base + tuned)
