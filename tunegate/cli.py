@@ -124,11 +124,17 @@ def validate(
 
 
 @app.command()
-def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Work here (default: a new temp dir).")) -> None:
-    """Fine-tune a tiny model on this machine through the gateway's own API (local provider, ~1 min on a CPU)."""
+def demo(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Work here (default: a new temp dir)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A Hugging Face model id (e.g. "
+                                        "HuggingFaceTB/SmolLM2-135M-Instruct) or a local model directory "
+                                        "(default: a tiny built-in model, offline)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What to ask the base and the tuned model."),
+) -> None:
+    """Fine-tune a model on this machine through the gateway's own API (local provider), then chat with it."""
     from tunegate.localjobs.demo import run_demo
 
-    raise typer.Exit(run_demo(data_dir))
+    raise typer.Exit(run_demo(data_dir, model=model, prompt=prompt))
 
 
 @keys_app.command("create")
