@@ -13,10 +13,11 @@ import orjson
 from tunegate import models
 from tunegate.errors import InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import paging
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider, page_in_memory
+from tunegate.providers.base import JSON, Download, IncomingFile, Page, page_in_memory
 from tunegate.providers.rules import DatasetRules
 from tunegate.providers.vertex_ai import gcs, jobs
 from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
+from tunegate.providers.vertex_ai.chat import VertexChat
 from tunegate.providers.vertex_ai.gcs import (
     DEFAULT_PREFIX,
     Storage,
@@ -40,7 +41,7 @@ CONVERTED_PURPOSES = ("fine-tune",)
 MULTI_REGIONS = frozenset({"us", "eu"})
 
 
-class VertexAI(Provider):
+class VertexAI(VertexChat):
     name = "vertex-ai"
     suffix_max_length: ClassVar[int] = 128  # tunedModelDisplayName: up to 128 characters
     # Vertex docs "About supervised fine-tuning for Gemini models", Limitations (Gemini 2.5 Flash): validation
