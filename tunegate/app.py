@@ -25,9 +25,12 @@ from tunegate.errors import APIError, MethodNotAllowed, NotFound
 from tunegate.files import open_file_store
 from tunegate.localjobs import start_scheduler
 from tunegate.private import secure_data_dir
+from tunegate.serving.local import manager as local_serving
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
 from tunegate.upstream import Upstream
+from tunegate.webhooks import routes as webhook_routes
+from tunegate.webhooks import start_webhooks
 
 log = logging.getLogger("tunegate")
 PRUNE_BATCH = 20_000  # request-log rows deleted per transaction
@@ -67,6 +70,7 @@ ROUTES = [
     Route("/v1/uploads/{upload_id}/parts", uploads.add_part, methods=["POST"], name="add_upload_part"),
     Route("/v1/uploads/{upload_id}/complete", uploads.complete_upload, methods=["POST"], name="complete_upload"),
     Route("/v1/uploads/{upload_id}/cancel", uploads.cancel_upload, methods=["POST"], name="cancel_upload"),
+    *webhook_routes.ROUTES,
 ]
 
 
@@ -242,12 +246,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
                                       files)
         app.state.local_jobs = await start_scheduler(settings, store, files)  # the `local` provider's worker
+        app.state.webhooks = await start_webhooks(settings, store, app.state.services.resolver)  # watcher, outbox
         pruner = asyncio.get_running_loop().create_task(_prune_request_log(settings, store))
         try:
             yield {}
         finally:
             pruner.cancel()
+            await app.state.webhooks.stop()
             await app.state.local_jobs.stop()
+            await local_serving.shutdown(settings)  # the local model server this instance started, if any
             await upstream.close()
             await files_upstream.close()
             await store.close()

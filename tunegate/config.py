@@ -17,6 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tunegate.webhooks.settings import WatchSettings, WebhookSettings
+
 MB = 1024 * 1024
 
 
@@ -38,6 +40,29 @@ class RetryPolicy(BaseModel):
 class ProviderSettings(BaseModel):
     base_url: str | None = None
     timeouts: Timeouts | None = None
+
+
+class LocalServing(BaseModel):
+    """Serving ``local`` models (``tunegate/serving/local``, ``[local_serving]`` in the TOML file). By default
+    the gateway starts its own model server (transformers + peft) on first use; ``engine = "vllm"`` starts
+    ``vllm serve`` instead; ``url`` points at a server that is already running and starts nothing."""
+
+    engine: Literal["transformers", "vllm"] = "transformers"
+    url: str | None = None  # e.g. "http://10.0.0.5:8000/v1": an operator's vLLM (or tunegate) server
+    api_key: str | None = None  # that server's bearer token
+    device: str = "auto"  # transformers engine: "cpu", "cuda", "cuda:1" … ("auto": cuda when there is one)
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads of the model server
+    max_loras: int = Field(default=4, ge=1)  # adapters kept loaded per base model (LRU); vLLM's --max-loras
+    max_base_models: int = Field(default=1, ge=1)  # base models kept resident (transformers engine)
+    concurrency: int = Field(default=1, ge=1)  # generations at once (transformers engine)
+    queue_size: int = Field(default=16, ge=0)  # requests waiting beyond those; more are answered 429
+    default_max_tokens: int = Field(default=512, ge=1)  # when a request sets no max_tokens
+    startup_timeout: float = Field(default=600.0, gt=0)  # seconds for the server to become ready
+    vllm_model: str | None = None  # the base model vLLM serves (default: the first one asked for)
+    vllm_executable: str = "vllm"
+    vllm_max_lora_rank: int = Field(default=64, ge=1)  # at least the largest lora_r of the adapters served
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_args: list[str] = Field(default_factory=list)  # anything else for `vllm serve`
 
 
 class Settings(BaseSettings):
@@ -89,7 +114,10 @@ class Settings(BaseSettings):
     file_store_s3_region: str | None = None  # default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1
     # local copies the `local` trainer reads, per instance; least recently used go first beyond this
     file_store_s3_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    local_serving: LocalServing = Field(default_factory=LocalServing)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    watch: WatchSettings = Field(default_factory=WatchSettings)  # the job watcher (tunegate.webhooks)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     request_log: bool = True

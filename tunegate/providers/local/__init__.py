@@ -20,6 +20,7 @@ from tunegate.localjobs import JobDB, wake_all
 from tunegate.localjobs.db import Row, now
 from tunegate.localjobs.limits import check_active_jobs, check_ceilings, model_shape_ok, model_unavailable
 from tunegate.providers.base import JSON, Page
+from tunegate.providers.local.chat import LocalChat
 from tunegate.providers.openai import OPENAI_RULES
 from tunegate.providers.rules import DatasetRules
 from tunegate.providers.tunegate import ManagedFiles
@@ -94,7 +95,7 @@ def _method(body: JSON) -> tuple[str, dict[str, Any], str]:
     return kind, hp or dict(top), f"method.{kind}.hyperparameters" if hp or not top else "hyperparameters"
 
 
-class Local(ManagedFiles):
+class Local(LocalChat, ManagedFiles):  # chat and models: chat.py (served by tunegate.serving.local)
     name = "local"
     # Local training keeps OpenAI's dataset rules (10 training examples, no validation minimum), so a
     # script that works here works on OpenAI; the scheduler checks the same rule for unvalidated files.
