@@ -238,3 +238,13 @@ def test_replay_onto_local_trains_the_tiny_model(env: Env, tmp_path: Path, tiny_
     assert rerun[env.jobs["supervised"]]["result"] == "already"  # no second job
     listed = sdk.fine_tuning.jobs.list(limit=10).data
     assert [j.id for j in listed] == [current.id]
+
+
+def test_replay_says_why_the_gateway_refuses_before_uploading(env: Env, tmp_path: Path) -> None:
+    bundle = export_bundle(env, tmp_path)
+    # This key's gateway has no Bedrock connection: the refusal is the gateway's own words, before any upload.
+    result = tg(env, "migrate", "replay", str(bundle), "--to", "bedrock")
+    assert result.exit_code == 1
+    assert "no connection for provider 'bedrock'" in result.stdout and "Broken pipe" not in result.stdout
+    assert json.loads((bundle / REPLAYS).read_text())["targets"]["bedrock"] == {"files": {}, "jobs": {}} \
+        if (bundle / REPLAYS).exists() else True

@@ -208,7 +208,18 @@ class Replayer:
     def _save(self) -> None:
         write_json(self.root / REPLAYS, self.record)
 
+    def preflight(self) -> None:
+        """One cheap call first: a refusal (no connection for this backend, a bad key) reads as the gateway's
+        own message here, not as a broken pipe half-way through streaming an upload."""
+        self.client.json("GET", "/v1/fine_tuning/jobs", params={"limit": 1})
+
     def run(self, plans: list[JobPlan]) -> list[Outcome]:
+        if any(p.replayable and str(p.job.get("id")) not in self.mine["jobs"] for p in plans):
+            try:
+                self.preflight()
+            except GatewayError as exc:
+                return [Outcome(str(p.job.get("id")), "failed" if p.replayable else "skipped", message=str(exc)
+                                if p.replayable else p.skipped or "; ".join(p.mapped.blockers)) for p in plans]
         outcomes = []
         for p in plans:
             job_id = str(p.job.get("id"))
