@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "specs" / "vertex-aiplatform-v1-tuningjobs.json"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"  # what google-auth asks for a credential it impersonates from
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 PROJECT_NUMBER = "481516234200"
 RPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
@@ -160,6 +161,13 @@ class VertexStandIn:
     token_errors: list[str] = field(default_factory=list)
     faults: dict[str, list[int]] = field(default_factory=dict)
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # "bucket/name" -> GCS Object resource
+    subject_token: str = "eyJ.standin-oidc.subject"  # what credential_source.url serves (an OIDC token)
+    subject_token_reads: int = 0
+    audience: str = ("//iam.googleapis.com/projects/481516234200/locations/global/workloadIdentityPools/tg-pool/"
+                     "providers/tg-oidc")
+    sts_requests: list[dict[str, Any]] = field(default_factory=list)
+    impersonable: set[str] = field(default_factory=set)  # service accounts generateAccessToken may act as
+    impersonations: list[tuple[str, str]] = field(default_factory=list)  # (caller, account impersonated)
     url: str = ""  # set once the server runs (the service-account JSON's token_uri points here)
     _page_tokens: dict[str, tuple[tuple[str, str], int]] = field(default_factory=dict)  # → (request, offset)
     _cancel_left: dict[str, int] = field(default_factory=dict)
@@ -192,7 +200,65 @@ class VertexStandIn:
         r.add_get(base + "/{job}", self.get)
         r.add_post(base + "/{job}", self.cancel)  # {job} is "<id>:cancel"
         r.add_get("/storage/v1/b/{bucket}/o/{object}", self.gcs_get)
+        r.add_get("/subject-token", self.subject_token_endpoint)
+        r.add_post("/sts/v1/token", self.sts_token)
+        r.add_post("/iam/v1/projects/-/serviceAccounts/{account}", self.generate_access_token)
         return app
+
+    # ---- keyless credentials -------------------------------------------------------------------
+    # Shapes from google-auth 2.63.0 (googleapis/google-auth-library-python): the subject token is fetched with
+    # a GET of credential_source.url, answered as text or JSON (identity_pool._UrlSupplier, format "text"/"json"
+    # with subject_token_field_name); the exchange is an RFC 8693 form POST to token_url (oauth2/sts.py
+    # exchange_token: grant_type urn:ietf:params:oauth:grant-type:token-exchange, audience, scope,
+    # requested_token_type, subject_token, subject_token_type) answered {access_token, issued_token_type,
+    # token_type, expires_in}; impersonation is IAM Credentials v1 generateAccessToken
+    # (impersonated_credentials._make_iam_token_request: JSON {delegates, scope, lifetime} with the source
+    # token as Bearer, answered {accessToken, expireTime: "%Y-%m-%dT%H:%M:%SZ"}).
+
+    def issue(self, principal: str, prefix: str = "ya29.standin-") -> str:
+        token = prefix + secrets.token_urlsafe(24)
+        self.tokens[token] = (principal, time.time() + self.token_lifetime)
+        self.mints[principal] = self.mints.get(principal, 0) + 1
+        return token
+
+    async def subject_token_endpoint(self, request: web.Request) -> web.Response:
+        self.subject_token_reads += 1
+        if request.query.get("format") == "json":
+            return web.json_response({"id_token": self.subject_token})
+        return web.Response(text=self.subject_token)
+
+    async def sts_token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        self.sts_requests.append(dict(form))
+        if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:token-exchange":
+            return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        if form.get("subject_token") != self.subject_token or form.get("audience") != self.audience:
+            return web.json_response({"error": "invalid_grant", "error_description": "The subject token or "
+                                      "audience is not valid for this workload identity pool."}, status=400)
+        if not {CLOUD_PLATFORM, IAM_SCOPE} & set(str(form.get("scope", "")).split()):
+            return web.json_response({"error": "invalid_scope"}, status=400)
+        token = self.issue("federated:" + str(form.get("audience")), "ya29.federated-")
+        return web.json_response({"access_token": token, "issued_token_type":
+                                  "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer",
+                                  "expires_in": self.token_lifetime})
+
+    async def generate_access_token(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        if not account.endswith(":generateAccessToken"):
+            return self.error(404, f"Method not found: {account}.")
+        caller = self._token_of(request)
+        if caller is None:
+            return self.error(401, "Request had invalid authentication credentials.")
+        email = account.removesuffix(":generateAccessToken")
+        if email not in self.impersonable:
+            return self.error(403, f"Permission 'iam.serviceAccounts.getAccessToken' denied on '{email}'.")
+        body = await request.json()
+        if CLOUD_PLATFORM not in (body.get("scope") or []):
+            return self.error(400, "scope must include cloud-platform.")
+        self.impersonations.append((self.tokens[caller][0], email))
+        token = self.issue(email)
+        expire = datetime.fromtimestamp(time.time() + self.token_lifetime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response({"accessToken": token, "expireTime": expire})
 
     def _token_of(self, request: web.Request) -> str | None:
         """The caller's access token when it is one this stand-in issued and it has not expired."""
@@ -275,7 +341,7 @@ class VertexStandIn:
         if not (claims.get("iat", 0) - 300 <= now <= claims.get("exp", 0)) or claims["exp"] - claims["iat"] > 3600:
             return self._refuse("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable "
                                 "timeframe.")
-        if CLOUD_PLATFORM not in str(claims.get("scope", "")).split():
+        if not {CLOUD_PLATFORM, IAM_SCOPE} & set(str(claims.get("scope", "")).split()):
             return self._refuse("Invalid OAuth scope or ID token audience provided.")
         token = "ya29.standin-" + secrets.token_urlsafe(24)
         self.tokens[token] = (claims["iss"], now + self.token_lifetime)

@@ -276,10 +276,16 @@ def _vertex_user_parts(content: Any, where: str) -> list[dict[str, Any]]:
                 m = _DATA_URL.match(url) if isinstance(url, str) else None
                 if m:
                     parts.append({"inlineData": {"mimeType": m.group(1), "data": m.group(2)}})
-                elif isinstance(url, str) and url.startswith("gs://"):
-                    parts.append({"fileData": {"mimeType": _guess_mime(url), "fileUri": url}})
+                elif isinstance(url, str) and url.startswith(("gs://", "https://", "http://")):
+                    # Vertex "Image tuning": fileUri is a Cloud Storage URI or a public HTTP(S) URL.
+                    mime = _guess_mime(url)
+                    if mime is None:
+                        raise _Fail(f"{where}.content[{j}]: the image's type cannot be told from its URL; Vertex "
+                                    f"needs one of {', '.join(sorted(_IMAGE_TYPES))} (or a data: URL)")
+                    parts.append({"fileData": {"mimeType": mime, "fileUri": url}})
                 else:
-                    raise _Fail(f"{where}.content[{j}]: Vertex needs images inline (data: URL) or in gs://")
+                    raise _Fail(f"{where}.content[{j}]: Vertex needs images inline (data: URL), in gs:// "
+                                "or at an http(s) URL")
             else:
                 raise _Fail(f"{where}.content[{j}] cannot be converted to Vertex")
         if not parts:
@@ -288,15 +294,16 @@ def _vertex_user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     return [{"text": _text(content, where)}]
 
 
-def _guess_mime(url: str) -> str:
-    ext = url.rsplit(".", 1)[-1].lower()
-    return {
-        "png": "image/png",
-        "jpg": "image/jpeg",
-        "jpeg": "image/jpeg",
-        "webp": "image/webp",
-        "gif": "image/gif",
-    }.get(ext, "application/octet-stream")
+# The image types Gemini takes (Vertex model pages, "Supported MIME types": png, jpeg, webp, heic, heif).
+_IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp",
+                "heic": "image/heic", "heif": "image/heif"}
+
+
+def _guess_mime(url: str) -> str | None:
+    """The image type from the URL's path (a query or fragment is not part of the name)."""
+    path = url.split("?", 1)[0].split("#", 1)[0]
+    last = path.rsplit("/", 1)[-1]
+    return _IMAGE_TYPES.get(last.rsplit(".", 1)[-1].lower()) if "." in last else None
 
 
 def _vertex_contents(

@@ -2,16 +2,18 @@
 
 Where the credential comes from, first match wins:
 
-1. a service-account JSON: header ``x-portkey-vertex-service-account-json`` (raw JSON, or base64 of it), or the
-   connection secret ``service_account_json`` / ``vertex_service_account_json``;
+1. a credential JSON: header ``x-portkey-vertex-service-account-json`` (raw JSON, or base64 of it), or the
+   connection secret ``service_account_json`` / ``vertex_service_account_json``: a service-account key, or a keyless
+   one — an ``external_account`` (workload identity federation, subject token from a URL) or an
+   ``impersonated_service_account`` (from a service account or an authorized user);
 2. an access token sent as the provider key (``Authorization: Bearer ya29…``), used as is.
 
-A service account's token is minted with google-auth (``Credentials.from_service_account_info(..., scopes=
-[cloud-platform])`` then ``refresh``, a blocking HTTP call to the JSON's ``token_uri``) in a short-lived child
-process (``mint.py`` says why). The ``token_uri`` is a URL the client chose, so it passes the same check as
-``x-portkey-custom-host`` before anything is sent there. Tokens are cached per service account (client e-mail,
-key id, token URI) until ``REFRESH_MARGIN`` seconds before they expire; a per-account lock makes concurrent
-requests mint once.
+The token is minted with google-auth (the credential class of the JSON's type, scopes [cloud-platform], then
+``refresh``: blocking HTTP calls) in a short-lived child process (``mint.py`` says why). Every URL in the JSON
+(``token_uri``, ``token_url``, the subject-token URL, the impersonation URL) is the client's choice, so each passes
+the same check as ``x-portkey-custom-host`` before anything is sent there, and the child checks the addresses it
+connects to again. Tokens are cached per credential (a digest of the whole JSON) until ``REFRESH_MARGIN`` seconds
+before they expire; a per-credential lock makes concurrent requests mint once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,18 @@ MINTS_AT_ONCE = 4  # child processes per gateway process (a burst of new account
 SA_OPTION = "vertex_service_account_json"
 SA_SECRETS = ("service_account_json", "vertex_service_account_json")
 SA_HEADER = "x-portkey-vertex-service-account-json"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # google.oauth2 credentials' default token_uri
+# The credential JSON types taken, and what each needs (google-auth 2.63.0: google/oauth2/service_account.py,
+# google/auth/identity_pool.py + external_account.py, google/auth/impersonated_credentials.py
+# `from_impersonated_service_account_info`, google/oauth2/credentials.py `from_authorized_user_info`).
+KINDS = ("service_account", "external_account", "impersonated_service_account")
+SOURCE_TYPES = ("service_account", "authorized_user")  # what an impersonated account may start from
+REQUIRED = {"service_account": ("client_email", "private_key", "token_uri"),
+            "external_account": ("audience", "subject_token_type", "token_url", "credential_source"),
+            "impersonated_service_account": ("service_account_impersonation_url", "source_credentials"),
+            "authorized_user": ("client_id", "client_secret", "refresh_token")}
+# credential_source keys that read the gateway host: files, commands, client certificates, AWS metadata.
+LOCAL_SOURCES = {"file", "executable", "certificate", "environment_id", "regional_cred_verification_url"}
 
 
 @dataclass
@@ -79,11 +93,58 @@ def service_account_info(ctx: RequestContext) -> dict[str, Any] | None:
     if not isinstance(info, dict):
         raise InvalidRequest(f"'{SA_HEADER}' must be a JSON object.", param=SA_HEADER,
                              code="invalid_service_account")
-    missing = [k for k in ("client_email", "private_key", "token_uri") if not info.get(k)]
-    if missing:
-        raise InvalidRequest(f"The service-account JSON lacks '{missing[0]}'.", param=SA_HEADER,
-                             code="invalid_service_account")
+    _check_kind(info)
     return info
+
+
+def _invalid(message: str) -> InvalidRequest:
+    return InvalidRequest(message, param=SA_HEADER, code="invalid_service_account")
+
+
+def _check_kind(info: dict[str, Any], *, nested: bool = False) -> None:
+    """The credential JSON holds what its type needs, and nothing that would make the gateway read its own
+    files, run commands or ask its own metadata server (google-auth's external accounts can: the JSON comes
+    from a client, so only a subject token fetched from a URL is taken)."""
+    kind = info.get("type", "service_account")
+    allowed = SOURCE_TYPES if nested else KINDS
+    if kind not in allowed:
+        where = "an impersonated account's source_credentials" if nested else "this gateway"
+        raise _invalid(f"Credential type '{str(kind)[:40]}' is not accepted by {where} (one of: {', '.join(allowed)}).")
+    missing = [k for k in REQUIRED[kind] if not info.get(k)]
+    if missing:
+        raise _invalid(f"The {kind} credential JSON lacks '{missing[0]}'.")
+    if kind == "external_account":
+        source = info["credential_source"]
+        if not isinstance(source, dict) or not isinstance(source.get("url"), str) or source.keys() & LOCAL_SOURCES:
+            raise _invalid("An external_account's credential_source must fetch the subject token from a 'url'; "
+                           "file, executable, certificate and AWS sources would read this gateway's own files, "
+                           "commands or metadata, and are refused.")
+    if kind == "impersonated_service_account":
+        if not isinstance(info["source_credentials"], dict):
+            raise _invalid("source_credentials must be a JSON object.")
+        _check_kind(info["source_credentials"], nested=True)
+        if ":generateAccessToken" not in str(info["service_account_impersonation_url"]):
+            raise _invalid("service_account_impersonation_url must name an IAM ':generateAccessToken' method.")
+    for field, url in credential_urls(info):
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise _invalid(f"The credential's {field} must be an http(s) URL.")
+
+
+def credential_urls(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Every URL google-auth would connect to for this credential: each passes the custom-host rule first."""
+    kind = info.get("type", "service_account")
+    if kind == "external_account":
+        found = [("token_url", info.get("token_url")), ("credential_source.url", info["credential_source"].get("url"))]
+        if info.get("service_account_impersonation_url"):
+            found.append(("service_account_impersonation_url", info["service_account_impersonation_url"]))
+        return found
+    if kind == "impersonated_service_account":
+        source = info["source_credentials"]
+        return [("service_account_impersonation_url", info.get("service_account_impersonation_url")),
+                *((f"source_credentials.{f}", u) for f, u in credential_urls(source))]
+    if kind == "authorized_user":
+        return [("token_uri", info.get("token_uri") or GOOGLE_TOKEN_URI)]
+    return [("token_uri", info.get("token_uri"))]
 
 
 class TokenSource:
@@ -100,9 +161,9 @@ class TokenSource:
 
     @staticmethod
     def cache_key(info: dict[str, Any]) -> str:
-        ident = f"{info['client_email']}|{info.get('private_key_id', '')}|{info['token_uri']}"
-        # The private key is part of the key too, so two JSONs that differ only there never share a token.
-        return hashlib.sha256((ident + "|" + str(info["private_key"])).encode()).hexdigest()
+        # The whole JSON (keys sorted), so two credentials that differ anywhere — a private key, an audience,
+        # a subject-token URL, the account impersonated — never share a token.
+        return hashlib.sha256(orjson.dumps(info, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     def _lock(self, key: str) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -129,8 +190,8 @@ class TokenSource:
             cached = self._tokens.get(key)  # another request may have minted it while we waited
             if cached and cached.expires_at - REFRESH_MARGIN > time.time():
                 return cached.value
-            await check_custom_host(str(info["token_uri"]), allowed_hosts, param=SA_HEADER,
-                                    what="The service account's token_uri")
+            for field, url in credential_urls(info):
+                await check_custom_host(str(url), allowed_hosts, param=SA_HEADER, what=f"The credential's {field}")
             async with self._mint_slot():
                 minted = await _mint(info, allowed_hosts)
             self.mints += 1
@@ -169,7 +230,8 @@ async def _mint(info: dict[str, Any], allowed_hosts: list[str]) -> _Token:
                            code="invalid_service_account")
     if kind == "unreachable":
         raise UpstreamUnreachable(message)
-    if kind == "host_not_allowed":  # the token_uri's name rebound to a refused address after our check
-        raise refusal(urlsplit(str(info["token_uri"])).hostname or "", SA_HEADER, "The service account's token_uri")
+    if kind == "host_not_allowed":  # a URL's name rebound to a refused address after our check
+        field = next((f for f, url in credential_urls(info) if urlsplit(str(url)).hostname == message), "host")
+        raise refusal(message, SA_HEADER, f"The credential's {field}")
     raise APIError(message or "Minting the access token failed.", status=500,
                    code="missing_dependency" if kind == "missing_dependency" else "token_mint_failed")

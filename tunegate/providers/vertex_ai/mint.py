@@ -1,4 +1,5 @@
-"""Mint one OAuth access token for a service account: ``python -m tunegate.providers.vertex_ai.mint``.
+"""Mint one OAuth access token for a Google credential JSON (service account, external account, impersonated
+service account): ``python -m tunegate.providers.vertex_ai.mint``.
 
 Runs as a short-lived child of the gateway. ``{"service_account": {...}, "allowed_hosts": [...]}`` comes on
 stdin (never on the command line, where ``ps`` would show the private key); one JSON line goes to stdout:
@@ -69,6 +70,44 @@ def _refused(exc: BaseException | None) -> _Refused | None:
     return None
 
 
+def credentials(info: dict[str, Any]) -> Any:
+    """google-auth credentials for a JSON the gateway has validated (``auth._check_kind``), built with the class
+    of its type directly: ``google.auth.load_credentials_from_dict`` would, for an external account, also look
+    its project up over a transport of its own choosing. Sources: google-auth 2.63.0."""
+    kind = info.get("type", "service_account")
+    if kind == "external_account":
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=SCOPES)
+    if kind == "impersonated_service_account":
+        return _impersonated(info)
+    from google.oauth2 import service_account
+
+    return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+
+
+def _impersonated(info: dict[str, Any]) -> Any:
+    """As google-auth's ``from_impersonated_service_account_info`` builds it (source credentials, the target
+    principal from the URL, delegates), but keeping the JSON's URL as ``iam_endpoint_override``: that function
+    drops it for the default IAM endpoint, and the URL is the one that passed the gateway's host check."""
+    from google.auth import impersonated_credentials
+    from google.oauth2 import credentials as user_credentials
+    from google.oauth2 import service_account
+
+    source_info = info["source_credentials"]
+    if source_info.get("type") == "authorized_user":
+        source: Any = user_credentials.Credentials.from_authorized_user_info(source_info)
+    else:
+        source = service_account.Credentials.from_service_account_info(source_info)
+    url = str(info["service_account_impersonation_url"])
+    start, end = url.rfind("/"), url.find(":generateAccessToken")
+    if start == -1 or end == -1 or start > end:
+        raise ValueError("no target principal in service_account_impersonation_url")
+    return impersonated_credentials.Credentials(source, url[start + 1:end], SCOPES, info.get("delegates"),
+                                                quota_project_id=info.get("quota_project_id"),
+                                                iam_endpoint_override=url)
+
+
 def mint(info: dict[str, Any], allowed_hosts: list[str] | None = None) -> dict[str, Any]:
     """The token for ``info`` (a parsed service-account JSON), or an error description. Never raises.
     With ``allowed_hosts``, connections go only to addresses the custom-host rule allows."""
@@ -76,15 +115,14 @@ def mint(info: dict[str, Any], allowed_hosts: list[str] | None = None) -> dict[s
         import urllib3
         from google.auth import exceptions as gexc
         from google.auth.transport.urllib3 import Request
-        from google.oauth2 import service_account
     except ImportError:
         return {"error": "missing_dependency",
                 "message": "Vertex AI service-account auth needs google-auth (pip install 'tunegate[cloud]')."}
     try:
-        creds = service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
-    except (ValueError, KeyError, TypeError) as exc:
+        creds = credentials(info)
+    except (ValueError, KeyError, TypeError, AttributeError, gexc.GoogleAuthError) as exc:
         # The exception's text may quote the key material: only its type leaves this process.
-        return {"error": "invalid", "message": f"The service-account JSON is not usable: {type(exc).__name__}."}
+        return {"error": "invalid", "message": f"The credential JSON is not usable: {type(exc).__name__}."}
     if allowed_hosts is not None:
         _pin_connections(allowed_hosts)
     http = urllib3.PoolManager(num_pools=1, timeout=urllib3.Timeout(total=TOKEN_TIMEOUT), retries=False)
@@ -99,6 +137,11 @@ def mint(info: dict[str, Any], allowed_hosts: list[str] | None = None) -> dict[s
         if refused is not None:
             return {"error": "host_not_allowed", "message": str(refused.args[0])}
         return {"error": "unreachable", "message": "Could not reach the service account's token endpoint."}
+    except gexc.GoogleAuthError as exc:  # OAuthError: an STS refusal (google/oauth2/utils.handle_error_response)
+        reason = str(exc.args[0]) if exc.args else "refused"
+        return {"error": "refused", "message": reason[:500]}
+    except (ValueError, KeyError, TypeError) as exc:  # e.g. a subject token that is not what the JSON said
+        return {"error": "refused", "message": f"The credential could not be refreshed: {type(exc).__name__}."}
     expiry = creds.expiry  # naive UTC datetime
     expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry is not None else time.time() + 3600
     return {"token": str(creds.token), "expires_at": expires_at}
