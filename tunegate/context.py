@@ -255,6 +255,43 @@ class ContextResolver:
         ctx.policy.trusted_hosts = self._trusted_hosts(provider, connection)
         return ctx
 
+    async def caller(self, headers: Mapping[str, str]) -> ApiKey | None:
+        """Only who is calling (tunegate's own routes that name no provider, such as /v1/webhooks): the
+        tunegate key, or None on an open gateway; 401 and the key's rate limit as for any request."""
+        key, _provider_key = await self._authenticate(headers)
+        if key is not None and (limit := key.rate_limit_per_min or self.settings.rate_limit_per_min):
+            self.rates.check(key.id, limit)
+        return key
+
+    async def for_job(self, recorded: StoredObject, trace_id: str) -> RequestContext:
+        """A context for the gateway's own call on a recorded job (the job watcher): the job's provider,
+        its stored connection, acting for its owner key — what a request by that owner naming only the
+        job id would get, under the same rules (a revoked key or a connection no longer granted is a 403,
+        a connection removed since is a 404; option grammar and host checks as for any request)."""
+        provider = provider_named(recorded.provider)
+        if provider is None:
+            raise NotFound(f"Unknown provider '{recorded.provider}'.")
+        key = await self.store.get_key(recorded.key_id) if recorded.key_id else None
+        if recorded.key_id and (key is None or key.revoked_at is not None):
+            raise Forbidden("The job's key is revoked.", code="key_revoked")
+        connection = await self.store.get_connection(recorded.connection) if recorded.connection else None
+        if recorded.connection and connection is None:
+            raise NotFound(f"The job's connection '{recorded.connection}' no longer exists.")
+        if connection is not None and key is not None and not key.may_use(connection.name):
+            raise Forbidden(f"This key is not granted the connection '{connection.name}'.")
+        ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
+                             policy=self._policy({}, {}, connection), key=key, settings=self.settings,
+                             store=self.store, files=self.files)
+        if connection is not None:
+            ctx.connection = connection.name
+            ctx.credentials = dict(connection.secrets)
+        ctx.options = _merge_options(provider, connection, {}, connection is not None and bool(connection.secrets))
+        await self._check_options(ctx, provider, connection)
+        ctx.base_url_override = (connection.base_url if connection else None) or _configured_base_url(
+            self.settings, provider)
+        ctx.policy.trusted_hosts = self._trusted_hosts(provider, connection)
+        return ctx
+
     def _trusted_hosts(self, provider: Provider, connection: Connection | None) -> frozenset[str]:
         """The hosts the operator chose for this provider: only these connect without the address check."""
         hosts = provider.operator_hosts()

@@ -164,6 +164,8 @@ PART_FORM = {"content": {"multipart/form-data": {"schema": {
 
 
 def document() -> JSON:
+    from tunegate.webhooks.routes import openapi_paths as webhook_paths
+
     job = _json(_ref("FineTuningJob"))
     job_id = [_path_id("job_id")]
     file_id = [_path_id("file_id")]
@@ -227,6 +229,7 @@ def document() -> JSON:
         "/v1/models/{model}": {"get": _op("retrieveModel", _json(_ref("Model")), params=[_path_id("model")]),
                                "delete": _op("deleteModel", _json({"type": "object"}), params=[_path_id("model")])},
         "/v1/models/{model}/deploy": {"post": _op("deployModel", _json(_ref("Model")), params=[_path_id("model")])},
+        **webhook_paths(_op, _json, _path_id),
         "/healthz": {"get": {"operationId": "healthz", "responses": {"200": {"description": "alive"}}}},
         "/readyz": {"get": {"operationId": "readyz", "responses": {"200": {"description": "database reachable"},
                                                                     "503": {"description": "database down"}}}},

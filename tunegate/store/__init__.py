@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tunegate.store import migrate
 from tunegate.store.schema import (
@@ -33,7 +33,7 @@ from tunegate.store.schema import (
 )
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
 
-__all__ = ["ApiKey", "Connection", "Store", "StoredObject"]
+__all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject"]
 
 # The registry's upsert, one text for SQLite (3.35+) and PostgreSQL. SQLAlchemy 2.0's dialect insert()
 # constructs (needed for ON CONFLICT) are never cached (`inherit_cache = False`): each call compiled the
@@ -93,6 +93,24 @@ class StoredObject:
     snapshot: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A status the registry has just written for an object (as stored: provider, connection, owner)."""
+
+    kind: str
+    id: str
+    provider: str
+    connection: str | None
+    key_id: str | None
+    status: str
+    snapshot: dict[str, Any] | None
+
+
+# Called inside the transaction that wrote the statuses, so what a hook writes (the webhook outbox)
+# commits or rolls back with the status change itself.
+StatusHook = Callable[[AsyncConnection, list[StatusChange]], Awaitable[None]]
+
+
 def _now() -> int:
     return int(time.time())
 
@@ -121,6 +139,7 @@ class Store:
         self._log_queue: list[dict[str, Any]] = []
         self._cursors_pruned = 0  # when this process last deleted expired page cursors
         self._flusher: asyncio.Task[None] | None = None
+        self._status_hooks: dict[str, list[StatusHook]] = {}  # kind -> hooks (see on_status)
 
     @classmethod
     async def open(cls, database_url: str, box: SecretBox) -> Store:
@@ -149,6 +168,10 @@ class Store:
         await self.flush_log()
         await self.engine.dispose()
 
+    def on_status(self, kind: str, hook: StatusHook) -> None:
+        """Run ``hook`` in the same transaction as every status ``record``/``record_many`` write for ``kind``."""
+        self._status_hooks.setdefault(kind, []).append(hook)
+
     async def ping(self) -> bool:
         try:
             async with self.engine.connect() as conn:
@@ -170,6 +193,12 @@ class Store:
         self._any_keys = None
         row.pop("secret_hash")
         return ApiKey(**row), full_key  # type: ignore[arg-type]
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """A key by id, revoked or not (the gateway's own background calls act for a job's owner)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
+        return _key(row) if row is not None else None
 
     async def list_keys(self) -> list[ApiKey]:
         async with self.engine.connect() as conn:
@@ -272,6 +301,8 @@ class Store:
                       created_at=now, updated_at=now)
         async with self.engine.begin() as conn:
             row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).first()
+            if row is not None and status is not None and kind in self._status_hooks:
+                await self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
         if row is None:  # a record this key may not write: leave it, and the cache, as they are
             self._placements.pop((kind, object_id), None)
             return
@@ -305,8 +336,29 @@ class Store:
                      status=s, snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
         async with self.engine.begin() as conn:
             await conn.execute(_UPSERT_OBJECT, rows)
+            if kind in self._status_hooks:
+                await self._run_hooks(conn, await self._written(conn, kind, items))
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
+
+    async def _run_hooks(self, conn: AsyncConnection, changes: list[StatusChange]) -> None:
+        if changes:
+            for hook in self._status_hooks.get(changes[0].kind, []):
+                await hook(conn, changes)
+
+    @staticmethod
+    async def _written(conn: AsyncConnection, kind: str,
+                       items: Sequence[tuple[str, str | None, dict[str, Any] | None]]) -> list[StatusChange]:
+        """The items of a ``record_many`` whose status the registry now holds (a row the writer may not
+        write keeps its own status, and is left out), as stored."""
+        wanted = {i: (s, snap) for i, s, snap in items if s is not None}
+        if not wanted:
+            return []
+        c = objects.c
+        rows = await conn.execute(sa.select(c.id, c.provider, c.connection, c.key_id, c.status)
+                                  .where(c.kind == kind, c.id.in_(list(wanted))))
+        return [StatusChange(kind, r[0], r[1], r[2], r[3], r[4], wanted[r[0]][1]) for r in rows
+                if r[4] == wanted[r[0]][0]]
 
     async def lookup(self, kind: str, object_id: str) -> StoredObject | None:
         async with self.engine.connect() as conn:

@@ -185,3 +185,87 @@ local_job_checkpoints = sa.Table(
     sa.Column("path", sa.Text, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
 )
+
+# ---- job watcher and webhooks (tunegate.webhooks, migration 0006) -------------------------------
+
+# Webhook endpoints, per tunegate key (NULL: registered on an open gateway; those hear only unowned jobs).
+# The signing secret is needed to sign, so it is sealed with the gateway's secret (Fernet), not hashed.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # whep_<hex>
+    sa.Column("key_id", sa.String(64), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("secret", sa.Text, nullable=False),  # sealed {"secret": "whsec_…"}
+    sa.Column("secret_hint", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Index("ix_webhook_endpoints_key_id", "key_id"),
+)
+
+# One row per (job, status) — or (job, "checkpoint:<id>") — the registry has ever recorded. Its primary key
+# is what makes "one event per change" hold across instances: only the transaction that inserts the row
+# writes the event.
+job_transitions = sa.Table(
+    "job_transitions",
+    metadata,
+    sa.Column("job_id", sa.String(512), primary_key=True),
+    sa.Column("mark", sa.String(300), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# The outbox: events, written in the transaction that records the status change, and one delivery per
+# subscribed endpoint. `payload` holds the exact bytes every attempt sends (and signs).
+webhook_events = sa.Table(
+    "webhook_events",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # evt_<hex>
+    sa.Column("job_id", sa.String(512), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),  # when the change was recorded (latency is measured from it)
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Index("ix_webhook_events_job_id", "job_id"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # wh_<hex>: the webhook-id header, the same on every attempt
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_attempt_at", sa.Float, nullable=True),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),  # the receiver's HTTP status
+    sa.Column("last_error", sa.String(200), nullable=True),  # why the last attempt failed (never a body)
+    sa.Column("latency_ms", sa.Float, nullable=True),  # of the last attempt
+    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_endpoint", "endpoint_id", "created_at"),
+)
+
+# The watcher's work list: every non-terminal job, with its next poll and the instance holding its lease.
+job_watch = sa.Table(
+    "job_watch",
+    metadata,
+    sa.Column("job_id", sa.String(512), primary_key=True),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(32), nullable=True),  # as last polled
+    sa.Column("next_poll_at", sa.Float, nullable=False),
+    sa.Column("unchanged", sa.Integer, nullable=False, default=0),  # polls since the status last changed
+    sa.Column("failures", sa.Integer, nullable=False, default=0),  # failed polls in a row
+    sa.Column("polls", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("reason", sa.String(200), nullable=True),  # why it is no longer watched
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_job_watch_due", "active", "next_poll_at"),
+    sa.Index("ix_job_watch_lease", "lease_owner"),
+)

@@ -1,0 +1,117 @@
+"""The durable outbox: events written in the transaction that records a job's status change.
+
+``Store.record`` / ``record_many`` call :func:`on_job_status` inside their transaction (a store hook),
+so a status change and its events commit together or not at all: a gateway killed right after the
+commit still has the event, and one killed before it has neither (the next poll sees the change again).
+
+"One event per change" rests on ``job_transitions``' primary key (job, status): of several instances
+recording the same status, only the transaction that inserts the row goes on to write an event. A
+status is announced once per job, whatever order sightings arrive in; after a terminal status, nothing
+more is announced for the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tunegate.store import StatusChange
+from tunegate.store.schema import job_watch, webhook_deliveries, webhook_endpoints, webhook_events
+from tunegate.webhooks.settings import WatchSettings
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+# OpenAI's fine-tuning event types (openai/types/webhooks/fine_tuning_job_*_webhook_event.py), and
+# tunegate's own, sent only to endpoints that subscribe to them.
+OPENAI_EVENTS = {"succeeded": "fine_tuning.job.succeeded", "failed": "fine_tuning.job.failed",
+                 "cancelled": "fine_tuning.job.cancelled"}
+TUNEGATE_EVENTS = {"running": "fine_tuning.job.running"}
+CHECKPOINT_EVENT = "fine_tuning.job.checkpoint.created"
+EVENT_TYPES = (*OPENAI_EVENTS.values(), *TUNEGATE_EVENTS.values(), CHECKPOINT_EVENT)
+DEFAULT_EVENT_TYPES = list(OPENAI_EVENTS.values())
+
+_MARK = sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:job_id, :mark, :now) "
+                "ON CONFLICT (job_id, mark) DO NOTHING RETURNING job_id")
+_ENROL = sa.text(
+    "INSERT INTO job_watch (job_id, active, status, next_poll_at, unchanged, failures, polls, updated_at) "
+    "VALUES (:job_id, :yes, :status, :next, 0, 0, 0, :now) ON CONFLICT (job_id) DO NOTHING")
+
+
+def payload(event_id: str, event_type: str, created_at: int, data: dict[str, Any]) -> bytes:
+    """The body OpenAI sends (its webhooks guide's example; field order as there)."""
+    return orjson.dumps({"object": "event", "id": event_id, "type": event_type, "created_at": created_at,
+                         "data": data})
+
+
+class Outbox:
+    """The store hook, and the writes it makes; ``watch`` gives a new job's first poll interval."""
+
+    def __init__(self, watch: WatchSettings, wake: Callable[[], None] | None = None) -> None:
+        self.watch = watch
+        self.wake = wake  # the local deliverer, told shortly after an event is written
+
+    async def on_job_status(self, conn: AsyncConnection, changes: list[StatusChange]) -> None:
+        now = time.time()
+        for change in changes:
+            if (await conn.execute(_MARK, {"job_id": change.id, "mark": change.status, "now": now})).first() is None:
+                continue  # this status was recorded before (here or by another instance)
+            if change.status in TERMINAL:
+                await conn.execute(job_watch.update().where(job_watch.c.job_id == change.id).values(
+                    active=False, status=change.status, lease_owner=None, reason=change.status, updated_at=now))
+            elif await _ended(conn, change.id):
+                continue  # a stale sighting after the end: announce nothing, watch nothing
+            else:
+                await conn.execute(_ENROL, {"job_id": change.id, "yes": True, "status": change.status, "now": now,
+                                            "next": now + self.watch.intervals.get(
+                                                change.status, self.watch.default_interval_seconds)})
+            event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
+            if event_type is not None and await emit(conn, change.id, change.key_id, event_type,
+                                                     {"id": change.id}, _when(change, now), now):
+                if self.wake is not None:  # after the commit, which follows this hook
+                    asyncio.get_running_loop().call_later(0.02, self.wake)
+
+
+async def _ended(conn: AsyncConnection, job_id: str) -> bool:
+    query = sa.text("SELECT 1 FROM job_transitions WHERE job_id = :job_id AND mark IN :ends").bindparams(
+        sa.bindparam("ends", expanding=True))
+    return (await conn.execute(query, {"job_id": job_id, "ends": list(TERMINAL)})).first() is not None
+
+
+def _when(change: StatusChange, now: float) -> int:
+    """OpenAI's ``created_at``: when the job reached the status (its ``finished_at`` for an end)."""
+    finished = (change.snapshot or {}).get("finished_at")
+    if change.status in TERMINAL and isinstance(finished, int) and not isinstance(finished, bool) and finished > 0:
+        return finished
+    return int(now)
+
+
+async def emit(conn: AsyncConnection, job_id: str, key_id: str | None, event_type: str, data: dict[str, Any],
+               created_at: int, now: float) -> int:
+    """Write one event and a pending delivery to each of the owner's endpoints that subscribes to it.
+    A key's endpoints hear only its own jobs; an open gateway's endpoints (no key) only unowned ones."""
+    owner = webhook_endpoints.c.key_id
+    query = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
+        owner.is_(None) if key_id is None else owner == key_id)
+    targets = [r[0] for r in await conn.execute(query) if event_type in (r[1] or [])]
+    if not targets:
+        return 0
+    event_id = "evt_" + secrets.token_hex(16)
+    await conn.execute(webhook_events.insert().values(
+        id=event_id, job_id=job_id, key_id=key_id, type=event_type, created_at=now,
+        payload=payload(event_id, event_type, created_at, data).decode()))
+    await conn.execute(webhook_deliveries.insert(), [dict(
+        id="wh_" + secrets.token_hex(16), event_id=event_id, endpoint_id=endpoint, state="pending", attempts=0,
+        next_attempt_at=now, created_at=now) for endpoint in targets])
+    return len(targets)
+
+
+async def mark_once(conn: AsyncConnection, job_id: str, mark: str) -> bool:
+    """Whether this transaction is the first to note ``mark`` for the job (checkpoints use it)."""
+    return (await conn.execute(_MARK, {"job_id": job_id, "mark": mark, "now": time.time()})).first() is not None
