@@ -291,6 +291,43 @@ async def api_jobs(request: Request) -> Response:
         "has_more": False})
 
 
+# Headers of the page's request that reach the chat route; everything else (the cookie above all) stays here.
+CHAT_HEADERS = frozenset({b"content-type", b"content-length", b"x-portkey-provider", b"x-portkey-virtual-key"})
+
+
+async def api_chat(request: Request) -> Response:
+    """The job page's playground: ``POST /ui/api/chat/completions`` is ``POST /v1/chat/completions`` (the
+    same handler, body and answers, SSE included) under the dashboard's own login. The session cookie is
+    scoped to ``/ui`` and HttpOnly, so the page's script never holds the key: the key is taken from the
+    sealed cookie here and handed to the chat route as ``x-portkey-api-key``, with the same grants as any
+    API call of that key. Only the gateway's own pages may post (``Sec-Fetch-Site``/``Origin``), and only
+    JSON (a cross-site form cannot send that content type without a CORS preflight, which is never
+    granted)."""
+    try:
+        who = await viewer(request)
+    except LoginRequired:
+        return APIError("Log in to the dashboard first.", status=401, type="invalid_request_error",
+                        code="missing_api_key").response()
+    if not _same_origin(request):
+        return APIError("This request came from another site and was refused.", status=403,
+                        code="cross_site_request").response()
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        return APIError("The playground sends JSON (Content-Type: application/json).", status=415,
+                        code="unsupported_media_type").response()
+    headers = [(k, v) for k, v in request.scope["headers"] if k in CHAT_HEADERS]
+    if who.full_key:
+        headers.append((b"x-portkey-api-key", who.full_key.encode("latin-1")))
+    inner = Request({**request.scope, "headers": headers}, request.receive)
+    from tunegate.api.chat import chat_completions
+
+    try:
+        return await chat_completions(inner)
+    finally:
+        # The request line and metrics name the provider and key the chat route resolved.
+        if "tunegate.ctx" in inner.scope:
+            request.scope["tunegate.ctx"] = inner.scope["tunegate.ctx"]
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/", home, methods=["GET"], name="ui_home"),
@@ -302,5 +339,6 @@ def routes() -> list[BaseRoute]:
         Route("/files", ui_files, methods=["GET"], name="ui_files"),
         Route("/files/{file_id}", ui_file, methods=["GET"], name="ui_file"),
         Route("/api/jobs", api_jobs, methods=["GET"], name="ui_api_jobs"),
+        Route("/api/chat/completions", api_chat, methods=["POST"], name="ui_api_chat"),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="ui_static"),
     ]
