@@ -126,6 +126,8 @@ class Resident:
         self.max_loras = max_loras
         self.loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> path, least recently used first
         self.gate = _Gate()
+        # A fast (Rust) tokenizer used from two threads at once fails ("Already borrowed"): one at a time.
+        self.tokenizer_lock = threading.Lock()
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
 
     def switch(self, adapter: Adapter | None) -> None:
@@ -252,22 +254,26 @@ class Engine:
         tokenizer = resident.tokenizer
         chat = [_template_message(m) for m in messages]
         try:
-            text = tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True, tokenize=False)
-            if tools and text == tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False):
+            with resident.tokenizer_lock:
+                text = tokenizer.apply_chat_template(chat, tools=tools, add_generation_prompt=True, tokenize=False)
+                plain = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) if tools else ""
+            if tools and text == plain:
                 raise EngineError("This model's chat template has no place for tools, so 'tools' cannot be used "
                                   "with it.", param="tools", code="unsupported_parameter")
         except EngineError:
             raise
         except Exception as exc:  # a template that raises on these messages (e.g. roles it refuses)
             raise EngineError(f"The model's chat template refused these messages: {exc}", param="messages") from exc
-        ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        with resident.tokenizer_lock:
+            ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
     def generate(self, req: GenerationRequest, on_text: Callable[[str], None],
                  cancelled: threading.Event) -> GenerationResult:
         """Run one generation to its end, handing each piece of text to ``on_text`` as it is decoded."""
         import torch
-        from transformers import StoppingCriteriaList
+        from transformers.generation.stopping_criteria import StoppingCriteriaList  # not the lazy top level:
+        # transformers' lazy attribute lookup is not safe from several threads on first use
 
         with self._lock:
             adapter = self.adapters.get(req.adapter) if req.adapter else None
@@ -277,7 +283,7 @@ class Engine:
         resident = self.resident(req.base)
         ids = self.prompt(resident, req.messages, req.tools)
         budget = self._budget(resident, len(ids), req.max_new_tokens)
-        streamer = _Streamer(resident.tokenizer, req.stop, on_text)
+        streamer = _Streamer(resident.tokenizer, req.stop, on_text, resident.tokenizer_lock)
         halt = _Halt(cancelled, streamer)
         kwargs: dict[str, Any] = dict(max_new_tokens=budget, streamer=streamer,
                                       stopping_criteria=StoppingCriteriaList([halt]),
@@ -326,8 +332,10 @@ class _Streamer:
     as soon as it is whole (a multi-byte character split over tokens waits for its last piece) and can
     no longer turn out to be the start of a stop sequence."""
 
-    def __init__(self, tokenizer: Any, stop: list[str], on_text: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str], on_text: Callable[[str], None],
+                 lock: threading.Lock) -> None:
         self.tokenizer = tokenizer
+        self.lock = lock
         self.stop = [s for s in stop if s]
         self.on_text = on_text
         self.ids: list[int] = []
@@ -349,7 +357,8 @@ class _Streamer:
             self._emit(final=True)
 
     def _emit(self, *, final: bool) -> None:
-        decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        with self.lock:
+            decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if not final and decoded.endswith("\ufffd"):
             return  # half a character
         cut = _first_stop(decoded, self.stop, len(self.text))

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -51,6 +52,7 @@ from tunegate.serving.local.engine import (
 )
 from tunegate.serving.request import check_chat_request, unsupported_param
 
+log = logging.getLogger("tunegate.serving.local")
 MAX_BODY = 8 * 1024 * 1024
 PROVIDER = "local"
 # Accepted and without effect on a single greedy/sampled stream of this engine; every other parameter
@@ -127,7 +129,13 @@ class Server:
             assert isinstance(exc, APIError)
             return exc.response()
 
-        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={APIError: api_error})
+        async def internal_error(request: Request, exc: Exception) -> Response:
+            log.error("request failed: %s", type(exc).__name__, exc_info=exc)
+            return APIError(f"The model server failed ({type(exc).__name__}).", status=500, type="server_error",
+                            code="generation_failed").response()
+
+        return Starlette(routes=routes, lifespan=lifespan,
+                         exception_handlers={APIError: api_error, Exception: internal_error})
 
     def cancel_all(self) -> None:
         for flag in list(self.live):
@@ -269,6 +277,11 @@ class Server:
                 result = await future
             except EngineError as exc:
                 yield sse.error_event(_api_error(exc))
+                return
+            except Exception as exc:  # noqa: BLE001 - the client hears that it failed; the log says why
+                log.exception("generation failed")
+                yield sse.error_event(APIError(f"The generation failed ({type(exc).__name__}).", status=500,
+                                               type="server_error", code="generation_failed"))
                 return
             yield sse.encode(shapes.chunk(cid, model, created, [shapes.delta_choice(0, {}, result.finish_reason)]))
             if shapes.include_usage(body):
