@@ -324,3 +324,17 @@ def test_delete_a_deployment(rig: Rig) -> None:
     assert dep not in rig.standin.deployments
     with pytest.raises(openai.NotFoundError):
         rig.sdk().chat.completions.create(model=dep, messages=[{"role": "user", "content": "a"}])
+
+
+def test_frames_are_relayed_as_they_arrive(rig: Rig) -> None:
+    """Each frame becomes a chunk when it arrives, not when the stream ends (0.25 s between frames here)."""
+    import time
+
+    _, dep = rig.deployed()
+    rig.standin.chunk_delay = 0.25
+    started = time.monotonic()
+    stream = rig.sdk().chat.completions.create(model=dep, stream=True,
+                                               messages=[{"role": "user", "content": "a b c d"}])
+    arrivals = [time.monotonic() - started for c in stream if c.choices and c.choices[0].delta.content]
+    # Buffered, the five would land together; relayed, they keep the upstream's spacing (4 x 0.25 s).
+    assert len(arrivals) == 5 and arrivals[-1] - arrivals[0] > 0.6
