@@ -21,6 +21,7 @@ from tunegate.private import secure_data_dir
 from tunegate.secret_input import SecretInputError, read_secret, secret_pairs
 from tunegate.store import Store
 from tunegate.store.secretbox import SecretBox
+from tunegate.webhooks.cli import webhooks_app
 
 app = typer.Typer(help="tunegate: one OpenAI-compatible fine-tuning API over every provider.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -30,6 +31,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(connections_app, name="connections")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(migrate_app, name="migrate")
 db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

@@ -328,6 +328,12 @@ async def api_chat(request: Request) -> Response:
             request.scope["tunegate.ctx"] = inner.scope["tunegate.ctx"]
 
 
+def _webhooks_page() -> Any:
+    from tunegate.ui.webhooks import ui_webhooks  # imports this module
+
+    return ui_webhooks
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/", home, methods=["GET"], name="ui_home"),
@@ -339,6 +345,7 @@ def routes() -> list[BaseRoute]:
         Route("/files", ui_files, methods=["GET"], name="ui_files"),
         Route("/files/{file_id}", ui_file, methods=["GET"], name="ui_file"),
         Route("/api/jobs", api_jobs, methods=["GET"], name="ui_api_jobs"),
+        Route("/webhooks", _webhooks_page(), methods=["GET"], name="ui_webhooks"),
         Route("/api/chat/completions", api_chat, methods=["POST"], name="ui_api_chat"),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="ui_static"),
     ]
