@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tunegate.providers import canonical_name
 from tunegate.providers.base import Page
 from tunegate.store import ApiKey
 from tunegate.store.schema import objects
+from tunegate.ui.evals import runs_for as eval_runs
 from tunegate.ui.loss import loss_points
 
 MAX_ROWS = 500
@@ -149,6 +151,7 @@ class JobDetail:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
     loss: list[dict[str, Any]] = field(default_factory=list)
     live_error: str | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)  # `tunegate eval` runs naming the tuned model
 
 
 async def _context(services: Services, viewer: Viewer, ref: tuple[str, str]) -> RequestContext:
@@ -187,6 +190,7 @@ async def job_detail(services: Services, viewer: Viewer, job_id: str) -> JobDeta
     except APIError as exc:
         detail.live_error = f"{exc.status}: {exc.message}"
     detail.loss = loss_points(detail.events, detail.checkpoints)
+    detail.evals = await asyncio.to_thread(eval_runs, services.settings.data_dir, detail.job.get("fine_tuned_model"))
     return detail
 
 
