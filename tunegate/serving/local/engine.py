@@ -342,6 +342,8 @@ class _Streamer:
         self.text = ""  # what has been handed out
         self.stopped = False  # a stop sequence ended the text
         self._prompt_seen = False
+        self._folded = ""  # the text of ids[:_mark]
+        self._mark = 0
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
@@ -358,9 +360,13 @@ class _Streamer:
 
     def _emit(self, *, final: bool) -> None:
         with self.lock:
-            decoded = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            decoded = self._folded + self.tokenizer.decode(self.ids[self._mark:], skip_special_tokens=True)
         if not final and decoded.endswith("\ufffd"):
             return  # half a character
+        if decoded.endswith("\n"):
+            # Like transformers' TextStreamer: a finished line is decoded for good, so each token costs
+            # the decoding of its line, not of the whole answer.
+            self._folded, self._mark = decoded, len(self.ids)
         cut = _first_stop(decoded, self.stop, len(self.text))
         if cut is not None:
             decoded, self.stopped = decoded[:cut], True
