@@ -113,9 +113,9 @@ def _hub_snapshot(model: str) -> str:
     except RepositoryNotFoundError as exc:
         raise DemoError(f"model '{model}' was not found on the Hugging Face Hub (or it is private/gated)") from exc
     except LocalEntryNotFoundError as exc:
-        raise DemoError(f"model '{model}' could not be found: the Hugging Face Hub is unreachable and the model "
-                        "is not in the local cache (pass a local directory, or leave --model out for the "
-                        "built-in tiny model)") from exc
+        raise DemoError(f"model '{model}' could not be found: it is not in the local Hugging Face cache and the "
+                        "Hub cannot be reached (pass a local directory, or leave --model out for the built-in "
+                        "tiny model)") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise DemoError(f"model '{model}' could not be downloaded: {type(exc).__name__}") from exc
     if not _has_chat_template(Path(folder)):
@@ -366,13 +366,13 @@ def run_demo(data_dir: Path | None = None, model: str | None = None, prompt: str
         import torch  # noqa: F401
     except ImportError:
         err.print("[red]error:[/red] local training needs PyTorch, transformers and peft: "
-                  "pip install 'tunegate[local]'")
+                  "pip install 'tunegate[local]'", soft_wrap=True)
         return 1
     out.print(f"[bold]tunegate demo[/bold] · data directory {root}")
     try:
         chosen = resolve_model(model, root)
     except DemoError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)  # one line
         return 1
     out.print(f"model: {chosen.label}")
     log_path = root / LOG_NAME
@@ -440,7 +440,7 @@ def _follow(client: _Client, job_id: str, root: Path, view: TrainingView) -> dic
             view.status(status if status != "running" else "training")
         if status in TERMINAL:
             return {**current, "_adapter_dir": adapter_dir}
-        time.sleep(0.3)
+        time.sleep(0.5)
 
 
 def _chat(out: Console, client: _Client, base: str, tuned: str, messages: list[dict[str, str]]) -> int:
