@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .launch import TorchrunProcess, make_training_process
 from .process import TrainingProcess
+from .runtime import RuntimeOptions
 from .spec import (
     BASE_LEARNING_RATE,
     TrainingError,
@@ -25,10 +27,13 @@ __all__ = [
     "BASE_LEARNING_RATE",
     "TrainResult",
     "TrainSpec",
+    "RuntimeOptions",
+    "TorchrunProcess",
     "TrainingError",
     "TrainingProcess",
     "build_tiny_model",
     "fine_tuned_model_name",
+    "make_training_process",
     "resolve_hyperparameters",
     "run_training",
 ]

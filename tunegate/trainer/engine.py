@@ -18,6 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .data import IGNORE_INDEX, Encoded, encode_dpo, encode_supervised, load_examples
+from .dist import Dist
+from .runtime import RuntimeOptions
 from .spec import (
     METHODS,
     TrainingError,
@@ -38,14 +40,36 @@ GRAD_CLIP_NORM = 1.0
 N_VALID_EVALS = 20
 
 
-def pick_device() -> str:
-    """``$TUNEGATE_TRAINER_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
+def pick_device(options: RuntimeOptions | None = None, dist: Dist | None = None) -> str:
+    """The configured device (``$TUNEGATE_TRAINER_DEVICE``) if set, else ``cuda`` when available, else
+    ``cpu``. Under torchrun a bare ``cuda`` is this rank's own GPU, ``cuda:LOCAL_RANK``."""
     import torch
 
-    forced = os.environ.get("TUNEGATE_TRAINER_DEVICE")
-    if forced:
-        return forced
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    opts = options or RuntimeOptions.from_env()
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and dist is not None and dist.enabled:
+        device = f"cuda:{dist.local_rank}"
+    return device
+
+
+def _n_targets(enc: Encoded) -> int:
+    """Tokens the loss is taken over (labels after the shift by one), known before any forward pass."""
+    return sum(1 for label in enc.labels[1:] if label != IGNORE_INDEX)
+
+
+def _peak_memory_mib(device: str) -> float:
+    """CUDA: the most memory torch allocated on this device; CPU: this process's peak RSS."""
+    import torch
+
+    if device.startswith("cuda"):
+        return round(torch.cuda.max_memory_allocated(torch.device(device)) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _ignore(ev: dict[str, Any]) -> None:
+    """The emit of ranks other than 0: rank 0 alone reports."""
 
 
 def _msg(emit: Emit, message: str, level: str = "info", **data: Any) -> None:
@@ -55,9 +79,46 @@ def _msg(emit: Emit, message: str, level: str = "info", **data: Any) -> None:
     emit(ev)
 
 
-def load_model_and_tokenizer(model_ref: str, device: str):
-    """Load tokenizer + causal LM from a local directory or the local HF cache (never the network)."""
+def compute_dtype(device: str, precision: str):
+    """The dtype base weights load in and forward passes run under (autocast); fp32 on CPU always."""
     import torch
+
+    if not device.startswith("cuda") or precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if bf16 else torch.float32  # "auto"
+
+
+def _quantization_config(options: RuntimeOptions, device: str, dtype: Any) -> dict[str, Any]:
+    """QLoRA: from_pretrained arguments that load the base weights in 4 (NF4) or 8 bits (bitsandbytes)."""
+    import torch
+
+    if options.quantization == "none":
+        return {}
+    if not device.startswith("cuda"):
+        raise TrainingError("training_error", "quantized (QLoRA) training needs a CUDA device", None)
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise TrainingError("training_error", "quantized training needs bitsandbytes: pip install "
+                            "'tunegate[qlora]'", None) from e
+    compute = dtype if dtype != torch.float32 else torch.float16
+    if options.quantization == "4bit":
+        cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                                 bnb_4bit_use_double_quant=True)
+    else:
+        cfg = BitsAndBytesConfig(load_in_8bit=True)
+    # a quantized model is placed at load time and cannot be moved with .to() afterwards
+    return {"quantization_config": cfg, "device_map": {"": torch.device(device).index or 0}}
+
+
+def load_model_and_tokenizer(model_ref: str, device: str, options: RuntimeOptions | None = None):
+    """Load tokenizer + causal LM from a local directory or the local HF cache (never the network)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -66,13 +127,12 @@ def load_model_and_tokenizer(model_ref: str, device: str):
     # Only an absolute path is a directory; anything else is a Hub id ("gpt2" is no folder of the cwd).
     local = os.path.isabs(os.path.expanduser(model_ref)) and os.path.isdir(os.path.expanduser(model_ref))
     ref = os.path.expanduser(model_ref) if local else model_ref
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        dtype = torch.bfloat16
-    else:
-        dtype = torch.float32
+    opts = options or RuntimeOptions()
+    dtype = compute_dtype(device, opts.precision)
+    quant = _quantization_config(opts, device, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=True, dtype=dtype, **quant)
     except (OSError, ValueError, KeyError) as e:
         where = "directory" if local else "model id (looked up in the local Hugging Face cache only; offline)"
         raise TrainingError("model_not_found", f"could not load model {model_ref!r} as a {where}: {e}", "model") from e
@@ -80,7 +140,8 @@ def load_model_and_tokenizer(model_ref: str, device: str):
         raise TrainingError("model_not_found", f"model {model_ref!r} has no chat template in its tokenizer", "model")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(device)  # type: ignore[arg-type]
+    if not quant:
+        model = model.to(device)  # type: ignore[arg-type]
     return model, tokenizer
 
 
@@ -131,9 +192,12 @@ def _token_logps(model, ids, mask, labels):
 class _Trainer:
     """Holds the state of one run. ``step`` counts optimizer steps already done."""
 
-    def __init__(self, spec: TrainSpec, emit: Emit, should_stop: Callable[[], bool] | None):
+    def __init__(self, spec: TrainSpec, emit: Emit, should_stop: Callable[[], bool] | None,
+                 options: RuntimeOptions | None = None, dist: Dist | None = None):
         self.spec = spec
-        self.emit = emit
+        self.options = options or RuntimeOptions.from_env()
+        self.dist = dist or Dist()
+        self.emit = emit if self.dist.main else _ignore
         self.should_stop = should_stop or (lambda: False)
         self.out = os.path.abspath(spec.output_dir)
         self.metrics_csv = os.path.join(self.out, "metrics.csv")
@@ -162,8 +226,12 @@ class _Trainer:
 
         import torch
 
-        self.device = pick_device()
-        self.model, self.tokenizer = load_model_and_tokenizer(spec.model, self.device)
+        self.device = pick_device(self.options, self.dist)
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(self.device))
+        self.dist.setup(self.device)
+        self.dtype = compute_dtype(self.device, self.options.precision)
+        self.model, self.tokenizer = load_model_and_tokenizer(spec.model, self.device, self.options)
         max_pos = getattr(self.model.config, "max_position_embeddings", None) or MAX_DEFAULT_SEQ_LEN
         self.max_len = int(self.hp.get("max_seq_length") or min(max_pos, MAX_DEFAULT_SEQ_LEN))
         self.train_data = self._encode(self.train_examples, "training_file")
@@ -175,10 +243,15 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(n / self.bs)
         self.total_steps = self.steps_per_epoch * self.n_epochs
 
-        _seed_everything(spec.seed)
+        _seed_everything(spec.seed)  # the same on every rank: identical LoRA initialisation
         self._wrap_lora()
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._wrap_parallel()
+        params = [p for p in self.net.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.hp["learning_rate"], weight_decay=0.0)
+        # fp16 needs loss scaling (bf16 has fp32's range and does not)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        if self.dist.rank > 0:  # own dropout masks per rank; rank 0 keeps the single-process stream
+            torch.manual_seed(spec.seed * 1_000_003 + 7919 * self.dist.rank)
         if self.resume_state is not None and spec.resume_from:
             self._restore_training_state(spec.resume_from)
         if spec.method == "dpo":
@@ -229,9 +302,47 @@ class _Trainer:
             raise TrainingError(code, f"no usable examples in {param} (all truncated away)", param)
         return out
 
+    def _memory_savers(self) -> None:
+        """Gradient checkpointing (recompute activations in backward) and QLoRA's preparation."""
+        gc = self.options.gradient_checkpointing
+        kwargs = {"use_reentrant": False}  # the reentrant variant breaks with DDP and frozen inputs
+        if self.options.quantization != "none":
+            from peft import prepare_model_for_kbit_training
+
+            self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=gc,
+                                                         gradient_checkpointing_kwargs=kwargs)
+        elif gc:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if gc:
+            self.model.config.use_cache = False
+
+    def _wrap_parallel(self) -> None:
+        """``self.net``: what training forward passes go through (DDP/FSDP wrapper, or the model itself)."""
+        self.net = self.model
+        self.fsdp = False
+        if not self.dist.enabled:
+            return
+        import torch
+
+        cuda = self.device.startswith("cuda")
+        if self.options.strategy == "fsdp":
+            # Unverified: no GPU in this repo's tests. LoRA layers become their own FSDP units (peft's
+            # policy), so frozen low-precision base weights and fp32 adapters never share a flat parameter.
+            from peft.utils.other import fsdp_auto_wrap_policy
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            self.net = FSDP(self.model, auto_wrap_policy=fsdp_auto_wrap_policy(self.model), use_orig_params=True,
+                            device_id=torch.device(self.device) if cuda else None)
+            self.fsdp = True
+            return
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.net = DDP(self.model, device_ids=[torch.device(self.device).index] if cuda else None)
+
     def _wrap_lora(self) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        self._memory_savers()
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
             warnings.simplefilter("ignore", FutureWarning)
             if self.resume_state is not None and self.spec.resume_from:
@@ -245,7 +356,8 @@ class _Trainer:
                     task_type="CAUSAL_LM",
                 )
                 self.model = get_peft_model(self.model, cfg)
-        self.model.to(self.device)
+        if self.options.quantization == "none":
+            self.model.to(self.device)
 
     def _restore_training_state(self, ckpt: str) -> None:
         import torch
@@ -253,9 +365,21 @@ class _Trainer:
         st = self.resume_state
         assert st is not None
         blob = torch.load(os.path.join(ckpt, OPTIM_FILE), map_location=self.device, weights_only=False)
-        self.optimizer.load_state_dict(blob["optimizer"])
-        torch.set_rng_state(blob["rng"])
-        if blob.get("cuda_rng") is not None and torch.cuda.is_available():
+        if self.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            self.optimizer.load_state_dict(FSDP.optim_state_dict_to_load(self.net, self.optimizer, blob["optimizer"]))
+        else:  # DDP: every rank's optimizer state is the same, rank 0's was saved
+            self.optimizer.load_state_dict(blob["optimizer"])
+        if self.scaler is not None and blob.get("scaler"):
+            self.scaler.load_state_dict(blob["scaler"])
+        # Each rank its own RNG stream back when the checkpoint has one per rank of this group size;
+        # otherwise rank 0 takes the saved one and the others keep their fresh per-rank seeds.
+        ranks = blob.get("rng_ranks") or []
+        rng = ranks[self.dist.rank] if len(ranks) == self.dist.world else (blob["rng"] if self.dist.main else None)
+        if rng is not None:
+            torch.set_rng_state(rng)
+        if blob.get("cuda_rng") is not None and torch.cuda.is_available() and not self.dist.enabled:
             torch.cuda.set_rng_state_all(blob["cuda_rng"])
         self.step = int(st["step"])
         self.trained_tokens = int(st["trained_tokens"])
@@ -263,7 +387,7 @@ class _Trainer:
         self.checkpoints = list(st.get("checkpoints", []))
         os.makedirs(self.out, exist_ok=True)
         src = os.path.join(ckpt, "metrics.csv")
-        if os.path.abspath(src) != self.metrics_csv and os.path.isfile(src):
+        if self.dist.main and os.path.abspath(src) != self.metrics_csv and os.path.isfile(src):
             shutil.copyfile(src, self.metrics_csv)
         _msg(self.emit, f"Resuming from checkpoint at step {self.step}", step=self.step)
 
@@ -271,7 +395,9 @@ class _Trainer:
         """Reference log-probs = the base model (adapter disabled), computed once: the reference is frozen."""
         import torch
 
-        self.model.eval()
+        # Every rank computes all of them (no collective, the same numbers everywhere): it costs a
+        # second reference pass per extra rank, once per run, and keeps FSDP's ranks in lockstep.
+        self.net.eval()
         for data in (self.train_data, self.valid_data):
             refs: list[tuple[float, float]] = []
             for i in range(0, len(data), self.bs):
@@ -279,63 +405,87 @@ class _Trainer:
                 seqs = [c for c, _ in chunk] + [r for _, r in chunk]
                 ids, mask, labels = _pad(seqs, self.tokenizer.pad_token_id, self.device)
                 with torch.no_grad(), self.model.disable_adapter(), self._autocast():
-                    lp = _token_logps(self.model, ids, mask, labels)[0].cpu()
+                    lp = _token_logps(self._forward_model(), ids, mask, labels)[0].cpu()
                 k = len(chunk)
                 refs.extend(zip(lp[:k].tolist(), lp[k:].tolist(), strict=True))
             if data is self.train_data:
                 self.ref_train = refs
             else:
                 self.ref_valid = refs
-        self.model.train()
+        self.net.train()
 
     def _autocast(self):
         import contextlib
 
         import torch
 
-        if self.device.startswith("cuda") and self.model.dtype == torch.bfloat16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.startswith("cuda") and self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
+
+    def _forward_model(self):
+        """Training passes go through the DDP/FSDP wrapper; no-grad passes skip DDP's (they need no gradient
+        sync), while FSDP's ranks must all run every pass (they gather each other's shards)."""
+        import torch
+
+        return self.net if torch.is_grad_enabled() or self.fsdp else self.model
 
     # ---------------------------------------------------------------- losses
     def _batch_loss(self, items: list[Any], refs: list[tuple[float, float]] | None):
-        """Return (loss tensor, stats dict, n_tokens) for a batch of encoded examples."""
+        """One global batch: (loss to backpropagate here, stats of the whole batch, its tokens).
+
+        Each rank runs its share ``items[rank::world]``. The loss is divided by the whole batch's target
+        count (known on every rank, no collective needed) and multiplied by the world size, because DDP
+        averages gradients over ranks: the gradient applied is then the one-process gradient of the same
+        batch. A rank with no share runs one item at weight 0 (every DDP rank must join every backward).
+        """
+        mine = self.dist.shard(len(items))
+        weight = 1.0
+        if not mine:
+            mine, weight = [0], 0.0
+        local = [items[i] for i in mine]
+        scale = weight * self.dist.world
+        if self.spec.method == "supervised":
+            total = max(1, sum(_n_targets(s) for s in items))
+            ids, mask, labels = _pad(local, self.tokenizer.pad_token_id, self.device)
+            with self._autocast():
+                _, logp, valid, hit = _token_logps(self._forward_model(), ids, mask, labels)
+            nll = -(logp * valid).sum()
+            loss = nll / total * scale
+            sums = self.dist.sum([nll.item() / total * weight, hit.sum().item() / total * weight,
+                                  float(mask.sum()) * weight])
+            return loss, {"loss": sums[0], "acc": sums[1]}, int(sums[2])
+        return self._dpo_loss(items, refs, mine, weight, scale)
+
+    def _dpo_loss(self, items: list[Any], refs: list[tuple[float, float]] | None, mine: list[int], weight: float,
+                  scale: float):
         import torch
         import torch.nn.functional as F
 
-        if self.spec.method == "supervised":
-            ids, mask, labels = _pad(items, self.tokenizer.pad_token_id, self.device)
-            with self._autocast():
-                _, logp, valid, hit = _token_logps(self.model, ids, mask, labels)
-            count = valid.sum().clamp(min=1)
-            loss = -(logp * valid).sum() / count
-            stats = {"loss": loss.item(), "acc": (hit.sum() / count).item()}
-            return loss, stats, int(mask.sum())
-        k = len(items)
-        seqs = [c for c, _ in items] + [r for _, r in items]
+        assert refs is not None
+        local = [items[i] for i in mine]
+        k, n = len(local), len(items)
+        seqs = [c for c, _ in local] + [r for _, r in local]
         ids, mask, labels = _pad(seqs, self.tokenizer.pad_token_id, self.device)
         with self._autocast():
-            seq_logp, _, valid, hit = _token_logps(self.model, ids, mask, labels)
-        assert refs is not None
-        ref = torch.tensor(refs, dtype=seq_logp.dtype, device=seq_logp.device)
+            seq_logp, _, valid, hit = _token_logps(self._forward_model(), ids, mask, labels)
+        ref = torch.tensor([refs[i] for i in mine], dtype=seq_logp.dtype, device=seq_logp.device)
         beta = float(self.hp["beta"])
-        chosen_reward = beta * (seq_logp[:k] - ref[:, 0])
-        rejected_reward = beta * (seq_logp[k:] - ref[:, 1])
-        loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+        margin = beta * (seq_logp[:k] - ref[:, 0]) - beta * (seq_logp[k:] - ref[:, 1])
+        terms = -F.logsigmoid(margin)
+        loss = terms.sum() / n * scale
         # token accuracy on the preferred completions, for parity with supervised metrics
-        acc = hit[:k].sum() / valid[:k].sum().clamp(min=1)
-        stats = {
-            "loss": loss.item(),
-            "acc": acc.item(),
-            "reward_accuracy": (chosen_reward > rejected_reward).float().mean().item(),
-            "reward_margin": (chosen_reward - rejected_reward).mean().item(),
-        }
-        return loss, stats, int(mask.sum())
+        chosen_targets = max(1, sum(_n_targets(c) for c, _ in items))
+        sums = self.dist.sum([terms.sum().item() / n * weight, hit[:k].sum().item() / chosen_targets * weight,
+                              (margin > 0).float().sum().item() / n * weight, margin.sum().item() / n * weight,
+                              float(mask.sum()) * weight])
+        stats = {"loss": sums[0], "acc": sums[1], "reward_accuracy": sums[2], "reward_margin": sums[3]}
+        return loss, stats, int(sums[4])
 
     def _evaluate(self, items: list[Any], refs: list[tuple[float, float]] | None) -> dict[str, float]:
         import torch
 
-        self.model.eval()
+        self.net.eval()
         tot_loss = tot_acc = 0.0
         n = 0
         with torch.no_grad():
@@ -345,7 +495,7 @@ class _Trainer:
                 tot_loss += stats["loss"] * len(chunk)
                 tot_acc += stats["acc"] * len(chunk)
                 n += len(chunk)
-        self.model.train()
+        self.net.train()
         return {"loss": tot_loss / max(n, 1), "acc": tot_acc / max(n, 1)}
 
     def _valid_batch(self) -> dict[str, float] | None:
@@ -359,6 +509,8 @@ class _Trainer:
 
     # ---------------------------------------------------------------- persistence
     def _append_csv(self, row: list[Any]) -> None:
+        if not self.dist.main:
+            return
         new = not os.path.isfile(self.metrics_csv)
         with open(self.metrics_csv, "a", newline="") as f:
             w = csv.writer(f)
@@ -368,7 +520,7 @@ class _Trainer:
 
     def _truncate_csv(self) -> None:
         """Drop rows past ``self.step`` (left over from a run that went on after the checkpoint)."""
-        if not os.path.isfile(self.metrics_csv):
+        if not self.dist.main or not os.path.isfile(self.metrics_csv):
             return
         with open(self.metrics_csv, newline="") as f:
             rows = list(csv.reader(f))
@@ -376,16 +528,43 @@ class _Trainer:
         with open(self.metrics_csv, "w", newline="") as f:
             csv.writer(f).writerows(keep)
 
+    def _save_adapter(self, path: str) -> None:
+        """Rank 0 writes the adapter (under FSDP every rank first joins gathering the full weights)."""
+        if not self.fsdp:
+            if self.dist.main:
+                self.model.save_pretrained(path)
+            return
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(self.net, StateDictType.FULL_STATE_DICT, cfg):
+            full = self.net.state_dict()
+        if self.dist.main:
+            self.model.save_pretrained(path, state_dict=full)
+
     def _save_checkpoint(self, name: str) -> str:
+        """Every rank calls this (collectives inside); rank 0 alone writes the files."""
         import torch
 
         path = os.path.join(self.out, "checkpoints", name)
+        rngs = self.dist.gather(torch.get_rng_state())
+        if self.fsdp:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            optim = FSDP.optim_state_dict(self.net, self.optimizer)
+        else:
+            optim = self.optimizer.state_dict()
+        self._save_adapter(path)
+        if not self.dist.main:
+            return path
         os.makedirs(path, exist_ok=True)
-        self.model.save_pretrained(path)
         blob = {
-            "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),
+            "optimizer": optim,
+            "rng": rngs[0],
+            "rng_ranks": rngs if self.dist.enabled else None,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         torch.save(blob, os.path.join(path, OPTIM_FILE))
         if os.path.isfile(self.metrics_csv):
@@ -432,12 +611,29 @@ class _Trainer:
         self.emit({"type": "paused", "step": self.step, "total_steps": self.total_steps, "path": path})
         return self._result("paused", path, path)
 
-    def train(self) -> TrainResult:
+    def _optimizer_step(self, loss: Any) -> None:
         import torch
 
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        else:
+            loss.backward()  # under DDP: gradients are averaged over ranks here
+        if self.fsdp:
+            self.net.clip_grad_norm_(GRAD_CLIP_NORM)  # the norm over every rank's shard
+        else:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], GRAD_CLIP_NORM)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def train(self) -> TrainResult:
         os.makedirs(self.out, exist_ok=True)
         if self.resume_state is None:
-            if os.path.isfile(self.metrics_csv):
+            if self.dist.main and os.path.isfile(self.metrics_csv):
                 os.remove(self.metrics_csv)
         else:
             self._truncate_csv()
@@ -453,16 +649,22 @@ class _Trainer:
                     "n_valid_examples": len(self.valid_data),
                     "hyperparameters": self.hp,
                     "trainable_parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                    "processes": self.dist.world,
+                    "strategy": (self.options.strategy if self.dist.enabled else None),
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                    "quantization": self.options.quantization,
+                    "gradient_checkpointing": self.options.gradient_checkpointing,
+                    "peak_memory": "cuda_max_memory_allocated" if self.device.startswith("cuda") else "cpu_max_rss",
                 },
             }
         )
         eval_every = max(1, round(self.total_steps / N_VALID_EVALS))
-        self.model.train()
+        self.net.train()
         t_start = time.time()
         start_step = self.step
         last: dict[str, Any] = {}
         while self.step < self.total_steps:
-            if self.should_stop():
+            if self.dist.any(self.should_stop()):  # every rank pauses at the same step
                 return self._pause()
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             order = _epoch_order(len(self.train_data), self.spec.seed, epoch)
@@ -475,12 +677,7 @@ class _Trainer:
             loss, stats, n_tok = self._batch_loss(batch, refs)
             if not math.isfinite(stats["loss"]):
                 raise TrainingError("training_error", f"loss became {stats['loss']} at step {self.step + 1}", None)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], GRAD_CLIP_NORM
-            )
-            self.optimizer.step()
+            self._optimizer_step(loss)
             self.step += 1
             self.trained_tokens += n_tok
 
@@ -494,6 +691,7 @@ class _Trainer:
                 "train_mean_token_accuracy": stats["acc"],
                 "valid_loss": valid["loss"] if valid else None,
                 "valid_mean_token_accuracy": valid["acc"] if valid else None,
+                "peak_memory_mib": _peak_memory_mib(self.device),
             }
             if self.spec.method == "dpo":
                 data["train_reward_accuracy"] = stats["reward_accuracy"]
@@ -540,10 +738,11 @@ class _Trainer:
                 self.emit({"type": "checkpoint", **entry})
 
         adapter_dir = os.path.join(self.out, "adapter")
-        self.model.save_pretrained(adapter_dir)
+        self._save_adapter(adapter_dir)
         result = self._result("succeeded", adapter_dir, None)
-        with open(os.path.join(self.out, "result.json"), "w") as f:
-            json.dump(result.to_dict(), f, indent=1)
+        if self.dist.main:
+            with open(os.path.join(self.out, "result.json"), "w") as f:
+                json.dump(result.to_dict(), f, indent=1)
         _msg(self.emit, "New fine-tuned model created", fine_tuned_model=result.fine_tuned_model)
         _msg(self.emit, "The job has successfully completed")
         return result
@@ -558,11 +757,14 @@ def run_training(
     Raises ``TrainingError`` for invalid input (bad file, unknown model, bad hyperparameters, bad
     checkpoint); any other exception is a bug or a runtime failure (e.g. out of memory).
     """
-    threads = os.environ.get("TUNEGATE_TRAINER_THREADS")
-    if threads:
+    options = RuntimeOptions.from_env()
+    if options.threads:
         import torch
 
-        torch.set_num_threads(int(threads))
-    trainer = _Trainer(spec, emit, should_stop)
+        torch.set_num_threads(options.threads)
+    dist = Dist()
+    trainer = _Trainer(spec, emit, should_stop, options, dist)
     trainer.prepare()
-    return trainer.train()
+    result = trainer.train()
+    dist.close()
+    return result
