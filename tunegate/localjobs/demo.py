@@ -376,9 +376,16 @@ def run_demo(data_dir: Path | None = None, model: str | None = None, prompt: str
         return 1
     out.print(f"model: {chosen.label}")
     log_path = root / LOG_NAME
-    with _GatewayLog(log_path), _Gateway(root, chosen.roots) as gateway:
-        code = _train_and_chat(out, _Client(gateway.url + "/v1"), gateway.url, root, chosen,
-                               prompt or DEMO_PROMPT)
+    try:
+        with _GatewayLog(log_path), _Gateway(root, chosen.roots) as gateway:
+            code = _train_and_chat(out, _Client(gateway.url + "/v1"), gateway.url, root, chosen,
+                                   prompt or DEMO_PROMPT)
+    except KeyboardInterrupt:
+        out.print("interrupted; the demo's gateway has stopped")
+        code = 130
+    except DemoError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        code = 1
     out.print(f"gateway log: {log_path}")
     out.print(f"done in {time.monotonic() - started:.1f} s")
     return code
