@@ -11,9 +11,9 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -23,6 +23,7 @@ from tunegate.config import RetryPolicy, Timeouts
 from tunegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from tunegate.hosts import GuardedResolver, HostNotAllowed, address_allowed, ip_literal, refusal
 
+R = TypeVar("R")
 USER_AGENT = "tunegate/0.1"
 # The most of an upstream answer the gateway reads into memory (after decompression). Provider answers
 # are small JSON documents; file bodies are streamed (``Upstream.open``), never read whole.
@@ -154,24 +155,14 @@ class Upstream:
             send_headers.setdefault("Content-Length", str(len(body.data)))  # sent as is, not chunked
         if json is not None:
             send_headers.setdefault("Content-Type", "application/json")
-        for attempt in range(1, max(1, attempts) + 1):
+        async def send() -> UpstreamResponse:
             policy.stats["attempts"] += 1
-            try:
-                response = await self._send(self._session_for(url, policy), method, url, policy,
-                                            send_headers, params, body)
-            except (UpstreamUnreachable, UpstreamTimeout):
-                if attempt >= attempts:
-                    raise
-                await asyncio.sleep(_backoff(policy.retry, attempt, None))
-                policy.stats["retries"] += 1
-                continue
-            if attempt < attempts and response.status in policy.retry.on_status_codes:
-                await asyncio.sleep(_backoff(policy.retry, attempt, retry_after_seconds(response.headers)))
-                policy.stats["retries"] += 1
-                continue
-            response.attempts = attempt
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+            return await self._send(self._session_for(url, policy), method, url, policy, send_headers, params, body)
+
+        response, attempt = await _with_retries(policy, attempts, send, lambda r: r.status, lambda r: r.headers,
+                                                lambda r: None)
+        response.attempts = attempt
+        return response
 
     async def _send(self, session: aiohttp.ClientSession, method: str, url: str, policy: CallPolicy,
                     headers: Mapping[str, str], params: Any, body: Any) -> UpstreamResponse:
@@ -207,23 +198,10 @@ class Upstream:
         if body is not None:
             send_headers.setdefault("Content-Type", "application/json")
         attempts = max(1, policy.retry.attempts) if retry else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                resp = await self._open_once(method, url, policy, send_headers, params, body)
-            except (UpstreamUnreachable, UpstreamTimeout):
-                if attempt >= attempts:
-                    raise
-                await asyncio.sleep(_backoff(policy.retry, attempt, None))
-                policy.stats["retries"] += 1
-                continue
-            if attempt < attempts and resp.status in policy.retry.on_status_codes:
-                wait = _backoff(policy.retry, attempt, retry_after_seconds(resp.headers))
-                resp.release()
-                await asyncio.sleep(wait)
-                policy.stats["retries"] += 1
-                continue
-            return resp
-        raise AssertionError("unreachable")  # pragma: no cover
+        resp, _ = await _with_retries(
+            policy, attempts, lambda: self._open_once(method, url, policy, send_headers, params, body),
+            lambda r: r.status, lambda r: r.headers, lambda r: r.release())
+        return resp
 
     async def _open_once(self, method: str, url: str, policy: CallPolicy, headers: Mapping[str, str],
                          params: Any, body: bytes | None) -> aiohttp.ClientResponse:
@@ -292,6 +270,31 @@ class _Slices:
         view = memoryview(self.data)  # the caller does not resize the body while it is sent
         for start in range(0, len(view), _SLICE):
             yield view[start:start + _SLICE]
+
+
+async def _with_retries(policy: CallPolicy, attempts: int, send: Callable[[], Awaitable[R]],
+                        status: Callable[[R], int], headers: Callable[[R], Mapping[str, str]],
+                        discard: Callable[[R], None]) -> tuple[R, int]:
+    """(answer, attempt number): ``send`` tried up to ``attempts`` times on a transport failure or a
+    status the policy retries, with backoff (Retry-After when the answer gives one). A retried answer
+    is ``discard``ed (an opened response is released)."""
+    for attempt in range(1, max(1, attempts) + 1):
+        try:
+            answer = await send()
+        except (UpstreamUnreachable, UpstreamTimeout):
+            if attempt >= attempts:
+                raise
+            await asyncio.sleep(_backoff(policy.retry, attempt, None))
+            policy.stats["retries"] += 1
+            continue
+        if attempt < attempts and status(answer) in policy.retry.on_status_codes:
+            wait = _backoff(policy.retry, attempt, retry_after_seconds(headers(answer)))
+            discard(answer)
+            await asyncio.sleep(wait)
+            policy.stats["retries"] += 1
+            continue
+        return answer, attempt
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _backoff(policy: RetryPolicy, attempt: int, retry_after: float | None) -> float:
