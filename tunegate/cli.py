@@ -16,7 +16,7 @@ from rich.table import Table
 
 from tunegate.client import files_app, jobs_app
 from tunegate.config import Settings
-from tunegate.migration.cli import migrate_app
+from tunegate.migration.cli import eval_command, migrate_app
 from tunegate.private import secure_data_dir
 from tunegate.secret_input import SecretInputError, read_secret, secret_pairs
 from tunegate.store import Store
@@ -33,6 +33,7 @@ app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(migrate_app, name="migrate")
+app.command("eval")(eval_command)  # tunegate eval: compare models with OpenAI-shaped graders
 db_app = typer.Typer(help="The gateway's database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
