@@ -65,6 +65,20 @@ class LocalServing(BaseModel):
     vllm_args: list[str] = Field(default_factory=list)  # anything else for `vllm serve`
 
 
+class LocalTraining(BaseModel):
+    """How the ``local`` provider's trainer uses this machine (``[local_training]`` in the TOML file,
+    ``TUNEGATE_LOCAL_TRAINING__PROCESSES=2`` in the environment). Every job of this instance gets it;
+    see tunegate/trainer/README.md. ``processes`` > 1 runs each job under torchrun, one rank per device."""
+
+    processes: int = Field(default=1, ge=1)  # ranks per job (DDP; each job then uses this many devices)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: model sharded over the ranks (CUDA; unverified)
+    device: str = "auto"  # "cpu", "cuda", "cuda:1" … ("auto": cuda when there is one; under torchrun cuda:RANK)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # CUDA only; CPU trains in fp32
+    gradient_checkpointing: bool = False
+    quantization: Literal["none", "4bit", "8bit"] = "none"  # QLoRA (bitsandbytes, tunegate[qlora], CUDA)
+    threads: int | None = Field(default=None, ge=1)  # torch CPU threads per rank
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNEGATE_", env_nested_delimiter="__", extra="ignore")
     _toml_path: ClassVar[Path | None] = None
@@ -114,6 +128,7 @@ class Settings(BaseSettings):
     file_store_s3_region: str | None = None  # default: AWS_REGION, AWS_DEFAULT_REGION, then us-east-1
     # local copies the `local` trainer reads, per instance; least recently used go first beyond this
     file_store_s3_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    local_training: LocalTraining = Field(default_factory=LocalTraining)
     local_serving: LocalServing = Field(default_factory=LocalServing)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     watch: WatchSettings = Field(default_factory=WatchSettings)  # the job watcher (tunegate.webhooks)

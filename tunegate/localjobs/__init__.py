@@ -25,6 +25,6 @@ async def start_scheduler(settings: Settings, store: Store, files: FileStore) ->
     """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown)."""
     scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency,
                           model_roots=settings.local_model_roots, keep_checkpoints=settings.local_keep_checkpoints,
-                          max_epochs=settings.local_max_epochs)
+                          max_epochs=settings.local_max_epochs, training=settings.local_training)
     await scheduler.start()
     return scheduler

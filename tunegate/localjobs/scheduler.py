@@ -191,13 +191,29 @@ def _default_runner(spec: Any, on_event: Callable[[dict[str, Any]], None]) -> An
     return TrainingProcess(spec, on_event)
 
 
+def training_runner(training: Any) -> Callable[[Any, Callable[[dict[str, Any]], None]], Any]:
+    """The runner for ``[local_training]`` settings: one child process, or a torchrun group of
+    ``processes`` ranks; device, precision and memory savers reach the child as its environment."""
+
+    def run(spec: Any, on_event: Callable[[dict[str, Any]], None]) -> Any:
+        from tunegate.trainer import RuntimeOptions, make_training_process
+
+        options = RuntimeOptions(device=None if training.device == "auto" else training.device,
+                                 threads=training.threads, precision=training.precision,
+                                 gradient_checkpointing=training.gradient_checkpointing,
+                                 quantization=training.quantization, strategy=training.strategy)
+        return make_training_process(spec, on_event, processes=training.processes, env=options.to_env())
+
+    return run
+
+
 class Scheduler:
     def __init__(self, store: Store, files: FileStore, data_dir: Path, *, concurrency: int = 1,
                  interval: float = 0.5, heartbeat_interval: float = 5.0, stale_after: float = 60.0,
                  max_attempts: int = 3, shutdown_grace: float = 15.0,
                  runner: Callable[[Any, Callable[[dict[str, Any]], None]], Any] | None = None,
                  instance: str | None = None, model_roots: Sequence[Path] = (), keep_checkpoints: int = 3,
-                 max_epochs: int | None = None) -> None:
+                 max_epochs: int | None = None, training: Any = None) -> None:
         self.store = store
         self.files = files
         self.db = JobDB(store.engine)
@@ -212,7 +228,7 @@ class Scheduler:
         self.stale_after = stale_after
         self.max_attempts = max_attempts
         self.shutdown_grace = shutdown_grace
-        self.runner = runner or _default_runner
+        self.runner = runner or (training_runner(training) if training is not None else _default_runner)
         self.instance = instance or instance_id()
         self.running: dict[str, Running] = {}
         self._wake = asyncio.Event()
@@ -620,7 +636,8 @@ def _kill_orphan(row: Row) -> None:
             ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return
-    if b"spawn_main" in cmdline and ppid != os.getpid():
+    # a multiprocessing child, or the torchrun agent of a several-process job (its ranks die with it)
+    if (b"spawn_main" in cmdline or b"tunegate.trainer.worker" in cmdline) and ppid != os.getpid():
         with contextlib.suppress(OSError):
             os.kill(int(pid), 9)
             log.warning("killed training process %s left behind by %s", pid, holder)
