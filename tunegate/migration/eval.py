@@ -13,7 +13,6 @@ that name the job's tuned model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 from tunegate.client.http import Client, GatewayError
 
+from .api import sha256_of
 from .bundle import write_json
 from .graders import Grade, Grader, JudgeError
 from .record import ChatCaller, RecordError, held_out, messages_key, recorded_answers
@@ -249,7 +249,7 @@ def new_id() -> str:
 
 def document(run_id: str, data: Path, items: list[Item], skipped: list[str], contenders: list[Contender],
              graders: list[Grader], samples: dict[str, list[Sample]], params: JSON, judge: str | None) -> JSON:
-    digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else None
+    digest = sha256_of(data) if data.is_file() else None
     return {
         "object": "eval.run", "format": FORMAT, "version": VERSION, "id": run_id,
         "created_at": int(datetime.now(UTC).timestamp()),

@@ -151,6 +151,8 @@ class StringCheck(Grader):
 
 def _metric(metric: str) -> Callable[[str, str], float]:
     """The function for a text_similarity metric, or a GraderError saying why it cannot run here."""
+    if metric not in SIMILARITY_METRICS:
+        raise GraderError(f"evaluation_metric must be one of {', '.join(SIMILARITY_METRICS)}")
     missing = "needs the optional libraries: pip install 'tunegate[eval]'"
     try:
         if metric == "fuzzy_match":
@@ -175,10 +177,8 @@ def _metric(metric: str) -> Callable[[str, str], float]:
             return lambda got, ref: float(scorer.score(ref, got)[kind].fmeasure)
     except ImportError:
         raise GraderError(f"evaluation_metric '{metric}' {missing}") from None
-    if metric == "cosine":
-        raise GraderError("evaluation_metric 'cosine' compares embeddings, and tunegate serves no embeddings "
-                          "model: use another metric (fuzzy_match, bleu, rouge_l, ...) or a score_model grader")
-    raise GraderError(f"evaluation_metric must be one of {', '.join(SIMILARITY_METRICS)}")
+    raise GraderError("evaluation_metric 'cosine' compares embeddings, and tunegate serves no embeddings "
+                      "model: use another metric (fuzzy_match, bleu, rouge_l, ...) or a score_model grader")
 
 
 def _meteor() -> Callable[[str, str], float]:

@@ -67,7 +67,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; } .muted { color
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font: 12px ui-monospace, Menlo, monospace; }
 </style></head><body>
 <h1>Eval <code>{{ doc.id }}</code></h1>
-<p class="muted">{{ doc.data.items }} item(s) from <code>{{ doc.data.path }}</code>{% if doc.data.sha256 %}
+<p class="muted">{{ doc.data['items'] }} item(s) from <code>{{ doc.data.path }}</code>{% if doc.data.sha256 %}
  (sha256 {{ doc.data.sha256[:12] }}…){% endif %} · created {{ created }} · parameters {{ params }}</p>
 <table><thead><tr><th>label</th><th>model</th><th>answers from</th></tr></thead><tbody>
 {% for m in doc.models %}<tr><td>{{ m.label }}</td><td><code>{{ m.model }}</code></td>
