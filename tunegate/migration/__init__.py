@@ -1,4 +1,5 @@
-"""The migration kit: ``tunegate migrate inventory | export | replay`` (issue 15, part 1).
+"""The migration kit: ``tunegate migrate inventory | export | record | replay`` and ``tunegate eval``
+(issue 15).
 
 One module per concern, all of them clients of a running gateway's HTTP API (never of a provider):
 
@@ -9,8 +10,10 @@ One module per concern, all of them clients of a running gateway's HTTP API (nev
 - ``bases.py``: base-model defaults per backend, ``--base`` overrides
 - ``replay.py``: the dry-run plan (tokens, cost, time, what cannot carry over) and the idempotent replay
 - ``tables.py``: ``retirements.toml`` and ``prices.toml``, dated and sourced
-- ``cli.py``: the Typer commands
-
-``record`` and ``eval`` (part 2) slot in as ``record.py`` / ``eval.py`` plus a command each in ``cli.py``,
-reading the same bundle and calling the gateway's ``/v1/chat/completions``.
+- ``record.py``: a tuned model's answers on its held-out turns, through ``/v1/chat/completions``,
+  rate-limited and resumable (answers JSONL + ``.meta.jsonl``)
+- ``graders.py``: OpenAI-shaped graders (string_check, text_similarity, score_model, label_model, multi)
+- ``eval.py`` / ``report.py``: models compared on the same prompts; the result in ``<data dir>/evals/``
+  (the dashboard's job page reads it, ``tunegate/ui/evals.py``), a terminal table and an HTML report
+- ``cli.py``: the Typer commands (``eval_command`` is registered as ``tunegate eval`` in ``tunegate/cli.py``)
 """
