@@ -84,8 +84,8 @@ def test_eval_compares_recorded_answers_with_the_new_model(rig: Rig, migrated: d
     graders.write_text(json.dumps(GRADERS))
     report = tmp_path / "report.html"
     new = migrated["new_model"]
-    doc = ok_json(rig, "eval", "--answers", migrated["answers"], "--model", new, "--model-connection", f"{new}=tgt",
-                  "--data", migrated["golden"], "--graders", str(graders), "--judge", JUDGE,
+    # The new tuned model was made through tunegate: the registry knows its provider and connection.
+    doc = ok_json(rig, "eval", "--answers", migrated["answers"], "--model", new, "--data", migrated["golden"], "--graders", str(graders), "--judge", JUDGE,
                   "--judge-connection", "src", "--html", str(report), "--concurrency", "3")
     assert [(m["label"], m["model"], m["source"]) for m in doc["models"]] == [
         ("A", rig.tuned(), "recorded"), ("B", new, "gateway")]
