@@ -137,7 +137,7 @@ def run_trl(steps: int, bs: int) -> dict[str, Any]:
 
 def run_ddp(steps: int, bs: int, processes: int, threads: int) -> dict[str, Any]:
     """Our trainer in its child process(es); tokens/s measured from the events the parent receives."""
-    from tunegate.trainer import TrainingProcess, TrainSpec
+    from tunegate.trainer import TrainSpec, make_training_process
 
     os.environ["TUNEGATE_TRAINER_THREADS"] = str(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +158,7 @@ def run_ddp(steps: int, bs: int, processes: int, threads: int) -> dict[str, Any]
                 losses.append(ev["data"]["train_loss"])
 
         t0 = time.perf_counter()
-        proc = TrainingProcess(spec, on_event, processes=processes)
+        proc = make_training_process(spec, on_event, processes=processes)
         proc.start()
         status = proc.wait(timeout=900, interval=0.02)
         t1 = time.perf_counter()
