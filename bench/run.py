@@ -39,13 +39,18 @@ VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
 MB = 1e6  # MB/s in this benchmark are decimal megabytes per second
 
+# Issue 16's targets (one worker, medians of interleaved rounds, same run as the Portkey gateway).
 TARGETS = {
-    "cpu_ms_per_request": 0.2,  # gateway CPU per proxied list/create request
-    "rps_c64": 5000,  # requests/s at concurrency 64
-    "added_p50_ms_c1": 0.3,  # gateway p50 minus direct p50 at concurrency 1
-    "upload_mb_s": 800,  # 200 MiB upload with validation on
+    "vs_portkey": 3.0,  # tunegate req/s / Portkey req/s, list and create, c=1 and c=64
+    "cpu_ms_list": 0.25,  # gateway CPU per list request
+    "cpu_ms_create": 0.40,  # gateway CPU per create request
+    "p99_over_p50_c64": 3.0,  # tail at c=64
+    "workers_speedup": 1.8,  # 2 workers vs 1, list c=64
+    "upload_mb_s": 400,  # 200 MiB upload with validation on
+    "upload_novalidate_mb_s": 800,  # the same with x-portkey-validate-uploads: false
     "upload_rss_growth_mb": 32,  # gateway RSS growth during that upload
 }
+PORTKEY_DIR = BENCH / "portkey"  # package.json + package-lock.json: @portkey-ai/gateway 1.15.2
 
 CREATE_BODY = json.dumps({
     "model": "gpt-4o-mini-2024-07-18", "training_file": "file-abc123", "suffix": "bench",
@@ -174,6 +179,45 @@ def start_upstream(tmp: Path, procs: int) -> tuple[Service, int]:
     return svc, port
 
 
+def peer_path(row: str, path: str) -> str:
+    """The Portkey gateway has no /healthz: its health answer is at /."""
+    return "/" if row == "healthz" else path
+
+
+def node_version() -> str:
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+def ensure_portkey() -> Path | None:
+    """The Portkey gateway's entry point, installed from bench/portkey/package-lock.json with ``npm ci`` when
+    missing (its @hono/node-server is pinned to 1.14.1 there: later versions answer 500 on list and cancel,
+    Portkey-AI/gateway#1389). None, with a note, when node/npm are not there or the install fails."""
+    entry = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if entry.exists():
+        return entry
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        print("  (node/npm not found: no Portkey peer in this run)")
+        return None
+    print("  installing the Portkey gateway peer (npm ci in bench/portkey) ...", flush=True)
+    # --ignore-scripts: its only install script is patch-package, and the package ships no patches.
+    out = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=PORTKEY_DIR,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0 or not entry.exists():
+        print(f"  (npm ci failed, no Portkey peer: {out.stderr.strip()[-400:]})")
+        return None
+    return entry
+
+
+def start_portkey(tmp: Path, entry: Path) -> tuple[Service, int]:
+    """``node start-server.js --headless`` (no console UI; otherwise as shipped, its request logger included)."""
+    port = free_port()
+    svc = Service("portkey", ["node", str(entry), f"--port={port}", "--headless"], dict(os.environ), tmp / "portkey.log",
+                  cwd=PORTKEY_DIR)
+    svc.wait_http(port, "/", 30)  # its health answer: "AI Gateway says hey!"
+    return svc, port
+
+
 SOURCE: Path | None = None  # a tree to import tunegate from instead of the working tree (--head / --source)
 
 
@@ -230,14 +274,60 @@ def lua_script(path: Path, method: str, headers: dict[str, str], body: str | Non
     return path
 
 
+class LagProbe:
+    """A ``GET`` every 10 ms on its own keep-alive connection while wrk loads the same server: its latency
+    is how long a cheap request waits behind the load, i.e. the event loop's lag as a client sees it (the
+    stalls behind a p99: GC pauses, long callbacks, blocking work on the loop)."""
+
+    def __init__(self, port: int, path: str, every: float = 0.01) -> None:
+        self.port, self.path, self.every = port, path, every
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LagProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        import http.client  # noqa: PLC0415 - only the probe needs it
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self._stop.wait(self.every):
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", self.path)
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                continue
+            self.samples.append((time.perf_counter() - t0) * 1000)
+        conn.close()
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        ordered = sorted(self.samples)
+        return {"probe_n": len(ordered), "probe_p50_ms": round(ordered[len(ordered) // 2], 3),
+                "probe_p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+                "probe_max_ms": round(ordered[-1], 3)}
+
+
 def run_wrk(url: str, script: Path, connections: int, seconds: float,
-            watch: dict[str, list[int]]) -> dict[str, Any]:
-    """One wrk run; ``watch`` names process groups whose CPU time is measured over the run."""
+            watch: dict[str, list[int]], probe: tuple[int, str] | None = None) -> dict[str, Any]:
+    """One wrk run; ``watch`` names process groups whose CPU time is measured over the run; ``probe``
+    (port, path) samples the server's lag meanwhile (LagProbe)."""
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script),
            url]
     cpu_before = {name: cpu_seconds(pids) for name, pids in watch.items()}
     load_before = os.getloadavg()[0]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    with LagProbe(*probe) if probe else contextlib.nullcontext() as lag:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     cpu_after = {name: cpu_seconds(pids) for name, pids in watch.items()}
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith('{"requests"')), None)
     if out.returncode != 0 or line is None:
@@ -253,6 +343,8 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float,
             k[4:]: r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout") if r[k]},
         "loadavg_1m_before": load_before,
     }
+    if lag is not None:
+        result.update(lag.summary())
     for name in watch:
         used = cpu_after[name] - cpu_before[name]
         result[f"{name}_cpu_ms_per_req"] = round(used * 1000 / n, 4)
@@ -484,7 +576,7 @@ def main() -> int:
                     help="bench the committed HEAD (git archive into the temp dir), not the working tree, so "
                          "other people's unfinished edits cannot break or skew the run")
     ap.add_argument("--source", default=None, help="bench the tunegate package found in this directory")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,upload,data,startup,workers")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,upload,data,startup,workers,portkey")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = args.seconds or (1.0 if args.quick else 5.0)
@@ -550,23 +642,42 @@ def main() -> int:
             services.append(gw2)
             results["startup"]["two_workers_s"] = round(startup_w2, 3)
 
-        # warm-up: connection pools, the registry rows of the listed jobs, imports done lazily
-        for _name, (_m, path, script) in scripts.items():
+        pk, pk_port = None, 0
+        if "portkey" not in skip:
+            entry = ensure_portkey()
+            if entry is not None:
+                pk, pk_port = start_portkey(tmp, entry)
+                services.append(pk)
+                print(f"portkey gateway (@portkey-ai/gateway 1.15.2, node {node_version()}) on :{pk_port}, pid {pk.pid}")
+        # (name, port, processes whose CPU is measured, the lag probe's path): interleaved in this order
+        targets_ = [("gateway", gw_port, watch, "/healthz")]
+        if pk is not None:
+            targets_.append(("portkey", pk_port, {"portkey": pk.pids(), "upstream": up_pids}, "/"))
+        targets_.append(("direct", up_port, {"upstream": up_pids}, "/healthz"))
+
+        # warm-up: connection pools, the registry rows of the listed jobs, imports done lazily, node's JIT
+        for name, (_m, path, script) in scripts.items():
             run_wrk(f"http://127.0.0.1:{gw_port}{path}", script, 64, 1, {})
             if gw2 is not None:
                 run_wrk(f"http://127.0.0.1:{gw2_port}{path}", script, 64, 1, {})
+            if pk is not None:
+                run_wrk(f"http://127.0.0.1:{pk_port}{peer_path(name, path)}", script, 64, 1, {})
 
         runs: dict[str, list[dict[str, Any]]] = {}
         if "latency" not in skip:
             for rnd in range(rounds):
                 for name, (_m, path, script) in scripts.items():
                     for conns in (1, 64):
-                        for target, port, w in (("gateway", gw_port, watch), ("direct", up_port, {"upstream": up_pids})):
-                            r = run_wrk(f"http://127.0.0.1:{port}{path}", script, conns, seconds, w)
+                        for target, port, w, probe_path in targets_:
+                            url = f"http://127.0.0.1:{port}{peer_path(name, path) if target == 'portkey' else path}"
+                            probe = (port, probe_path) if conns == 64 and name != "healthz" else None
+                            r = run_wrk(url, script, conns, seconds, w, probe)
                             runs.setdefault(f"{name}|c{conns}|{target}", []).append(r)
+                            cpu = r.get(f"{target}_cpu_ms_per_req") if target != "direct" else None
                             print(f"  round {rnd + 1}/{rounds} {name:<10} c={conns:<3} {target:<8} "
                                   f"{r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
-                                  + (f"  gw cpu {r['gateway_cpu_ms_per_req']:.3f} ms/req" if target == "gateway" else "")
+                                  + (f"  cpu {cpu:.3f} ms/req" if cpu is not None else "")
+                                  + (f"  lag p99 {r['probe_p99_ms']:.2f} ms" if "probe_p99_ms" in r else "")
                                   + (f"  ERRORS {r['error_detail']}" if r["errors"] else ""), flush=True)
                     if name == "list_jobs" and gw2 is not None:
                         r = run_wrk(f"http://127.0.0.1:{gw2_port}{path}", script, 64, seconds,
@@ -578,13 +689,19 @@ def main() -> int:
         for name in scripts:
             rows[name] = {}
             for conns in (1, 64):
-                g = median_of(runs[f"{name}|c{conns}|gateway"]) if runs else None
-                d = median_of(runs[f"{name}|c{conns}|direct"]) if runs else None
-                if g and d:
-                    rows[name][f"c{conns}"] = {
-                        "gateway": g, "direct": d, "rps_ratio": round(g["rps"] / d["rps"], 4),
-                        "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 4),
-                        "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 4)}
+                if f"{name}|c{conns}|gateway" not in runs:
+                    continue
+                g = median_of(runs[f"{name}|c{conns}|gateway"])
+                d = median_of(runs[f"{name}|c{conns}|direct"])
+                row = {"gateway": g, "direct": d, "rps_ratio": round(g["rps"] / d["rps"], 4),
+                       "added_p50_ms": round(g["p50_ms"] - d["p50_ms"], 4),
+                       "added_p99_ms": round(g["p99_ms"] - d["p99_ms"], 4),
+                       "p99_over_p50": round(g["p99_ms"] / max(g["p50_ms"], 1e-6), 2)}
+                if f"{name}|c{conns}|portkey" in runs:
+                    k = median_of(runs[f"{name}|c{conns}|portkey"])
+                    row.update(portkey=k, vs_portkey=round(g["rps"] / k["rps"], 3),
+                               portkey_vs_direct=round(k["rps"] / d["rps"], 4))
+                rows[name][f"c{conns}"] = row
         results["latency"] = rows
         if "list_jobs|c64|gateway_w2" in runs:
             w2 = median_of(runs["list_jobs|c64|gateway_w2"])
@@ -637,10 +754,15 @@ def main() -> int:
                 ups["gateway"].append(g)
                 ups["direct"].append(d)
                 ups.setdefault("gateway_no_validation", []).append(nv)
-                print(f"  round {rnd + 1}/{rounds} upload {upload_mb} MiB  gateway {g['mb_s']:>7.1f} MB/s "
-                      f"(status {g['status']}, RSS +{g['rss_growth_mb']} MB, cpu {g['gateway_cpu_s']} s)  "
-                      f"direct {d['mb_s']:>7.1f} MB/s  gateway w/o validation {nv['mb_s']:>7.1f} MB/s "
-                      f"(RSS +{nv['rss_growth_mb']} MB)", flush=True)
+                line = (f"  round {rnd + 1}/{rounds} upload {upload_mb} MiB  gateway {g['mb_s']:>7.1f} MB/s "
+                        f"(status {g['status']}, RSS +{g['rss_growth_mb']} MB, cpu {g['gateway_cpu_s']} s)  "
+                        f"direct {d['mb_s']:>7.1f} MB/s  gateway w/o validation {nv['mb_s']:>7.1f} MB/s "
+                        f"(RSS +{nv['rss_growth_mb']} MB)")
+                if pk is not None:  # Portkey passes the multipart body through, unvalidated
+                    k = run_upload(pk_port, up_file, custom_host, pk.pids())
+                    ups.setdefault("portkey", []).append(k)
+                    line += f"  portkey {k['mb_s']:>7.1f} MB/s (status {k['status']}, peak RSS {k['rss_peak_mb']} MB)"
+                print(line, flush=True)
                 if g["status"] != 200:
                     print(f"    gateway answered {g['status']}: {g['body'][:300]}")
             results["upload"] = {
@@ -653,9 +775,15 @@ def main() -> int:
                 # noise-robust: what one fully available core would do (the box is shared)
                 "gateway_mb_per_cpu_s": round(up_file.stat().st_size / MB / max(
                     0.01, statistics.median(u["gateway_cpu_s"] for u in ups["gateway"])), 1),
+                "gateway_rss_peak_mb": max(u["rss_peak_mb"] for u in ups["gateway"]),
                 "gateway_status": [u["status"] for u in ups["gateway"]],
                 "direct_status": [u["status"] for u in ups["direct"]],
                 "runs": ups}
+            if ups.get("portkey"):
+                results["upload"].update(
+                    portkey_mb_s=statistics.median(u["mb_s"] for u in ups["portkey"]),
+                    portkey_rss_peak_mb=max(u["rss_peak_mb"] for u in ups["portkey"]),
+                    portkey_status=[u["status"] for u in ups["portkey"]])
         gw.stop()
         services.remove(gw)
 
@@ -678,55 +806,76 @@ def main() -> int:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+    """Issue 16's targets, each with the measured value and a verdict."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, value: float | None, goal: float, higher_is_better: bool) -> None:
+        out.append({"target": target, "value": value, "verdict": verdict(value, goal, higher_is_better)})
+
     lat = res.get("latency", {})
-    for name in ("list_jobs", "create_job"):  # healthz is the framework floor, not a target row
-        if "c64" not in lat.get(name, {}):
-            continue
-        c64 = lat[name]["c64"]["gateway"]
-        c1 = lat[name]["c1"]
-        cpu = c64["gateway_cpu_ms_per_req"]
-        out.append({"target": f"{name}: gateway CPU per request (c=64) <= {TARGETS['cpu_ms_per_request']} ms",
-                    "value": cpu, "verdict": verdict(cpu, TARGETS["cpu_ms_per_request"], False)})
-        out.append({"target": f"{name}: >= {TARGETS['rps_c64']} req/s at c=64", "value": c64["rps"],
-                    "verdict": verdict(c64["rps"], TARGETS["rps_c64"], True)})
-        out.append({"target": f"{name}: added p50 at c=1 <= {TARGETS['added_p50_ms_c1']} ms",
-                    "value": c1["added_p50_ms"], "verdict": verdict(c1["added_p50_ms"], TARGETS["added_p50_ms_c1"], False)})
+    for name, cpu_goal in (("list_jobs", TARGETS["cpu_ms_list"]), ("create_job", TARGETS["cpu_ms_create"])):
+        for c in ("c1", "c64"):
+            row = lat.get(name, {}).get(c)
+            if row is None:
+                continue
+            if "vs_portkey" in row:
+                add(f"{name} {c}: >= x{TARGETS['vs_portkey']:g} the Portkey gateway's req/s", row["vs_portkey"],
+                    TARGETS["vs_portkey"], True)
+            add(f"{name} {c}: gateway CPU per request <= {cpu_goal} ms", row["gateway"]["gateway_cpu_ms_per_req"],
+                cpu_goal, False)
+            if c == "c64":
+                add(f"{name} c64: p99 <= {TARGETS['p99_over_p50_c64']:g} x p50", row["p99_over_p50"],
+                    TARGETS["p99_over_p50_c64"], False)
+    if "workers" in res:
+        add(f"list_jobs c64: 2 workers >= x{TARGETS['workers_speedup']} of one", res["workers"]["speedup"],
+            TARGETS["workers_speedup"], True)
     if "upload" in res:
         u = res["upload"]
         ok = all(s == 200 for s in u["gateway_status"])
-        out.append({"target": f"upload {res['config']['upload_mib']} MiB (validation on) >= {TARGETS['upload_mb_s']} MB/s",
-                    "value": u["gateway_mb_s"],
-                    "verdict": verdict(u["gateway_mb_s"], TARGETS["upload_mb_s"], True) if ok else "NOT met (error)"})
-        out.append({"target": f"upload: gateway RSS growth <= {TARGETS['upload_rss_growth_mb']} MB",
-                    "value": u["gateway_rss_growth_mb"],
-                    "verdict": verdict(u["gateway_rss_growth_mb"], TARGETS["upload_rss_growth_mb"], False)})
+        mib = res["config"]["upload_mib"]
+        add(f"upload {mib} MiB, validation on >= {TARGETS['upload_mb_s']} MB/s", u["gateway_mb_s"],
+            TARGETS["upload_mb_s"], True)
+        add(f"upload {mib} MiB, validation off >= {TARGETS['upload_novalidate_mb_s']} MB/s",
+            u["gateway_no_validation_mb_s"], TARGETS["upload_novalidate_mb_s"], True)
+        add(f"upload: gateway RSS growth <= {TARGETS['upload_rss_growth_mb']} MB", u["gateway_rss_growth_mb"],
+            TARGETS["upload_rss_growth_mb"], False)
+        if not ok:
+            out[-3]["verdict"] = "NOT met (error)"
     return out
 
 
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def print_table(res: dict[str, Any]) -> None:
+    """One line per row: tunegate, the Portkey gateway and direct from the same interleaved run."""
     print()
-    print(f"{'row':<22}{'gw req/s':>10}{'direct':>10}{'ratio':>7}{'gw p50':>9}{'gw p99':>9}{'dir p50':>9}"
-          f"{'dir p99':>9}{'+p50':>8}{'gw cpu/req':>11}{'up cpu/req':>11}{'err':>5}")
-    print(f"{'':<22}{'':>10}{'req/s':>10}{'':>7}{'ms':>9}{'ms':>9}{'ms':>9}{'ms':>9}{'ms':>8}{'ms':>11}{'ms':>11}")
+    print(f"{'row':<18}{'tunegate':>10}{'portkey':>10}{'direct':>10}{'tg/pk':>7}{'tg/dir':>8}"
+          f"{'tg p50':>8}{'tg p99':>8}{'pk p99':>8}{'tg cpu':>8}{'pk cpu':>8}{'tg lag':>8}{'pk lag':>8}{'err':>5}")
+    print(f"{'':<18}{'req/s':>10}{'req/s':>10}{'req/s':>10}{'':>7}{'':>8}{'ms':>8}{'ms':>8}{'ms':>8}"
+          f"{'ms/req':>8}{'ms/req':>8}{'p99 ms':>8}{'p99 ms':>8}")
     for name, per_c in res.get("latency", {}).items():
         for c, row in per_c.items():
-            g, d = row["gateway"], row["direct"]
-            print(f"{name + ' ' + c:<22}{g['rps']:>10.0f}{d['rps']:>10.0f}{row['rps_ratio']:>7.3f}{g['p50_ms']:>9.3f}"
-                  f"{g['p99_ms']:>9.3f}{d['p50_ms']:>9.3f}{d['p99_ms']:>9.3f}{row['added_p50_ms']:>8.3f}"
-                  f"{g['gateway_cpu_ms_per_req']:>11.3f}{d['upstream_cpu_ms_per_req']:>11.4f}"
-                  f"{g['errors'] + d['errors']:>5}")
+            g, d, k = row["gateway"], row["direct"], row.get("portkey") or {}
+            print(f"{name + ' ' + c:<18}{g['rps']:>10.0f}{_fmt(k.get('rps'), '.0f'):>10}{d['rps']:>10.0f}"
+                  f"{_fmt(row.get('vs_portkey'), '.2f'):>7}{row['rps_ratio']:>8.3f}{g['p50_ms']:>8.2f}"
+                  f"{g['p99_ms']:>8.2f}{_fmt(k.get('p99_ms'), '.2f'):>8}{g['gateway_cpu_ms_per_req']:>8.3f}"
+                  f"{_fmt(k.get('portkey_cpu_ms_per_req'), '.3f'):>8}{_fmt(g.get('probe_p99_ms'), '.2f'):>8}"
+                  f"{_fmt(k.get('probe_p99_ms'), '.2f'):>8}{g['errors'] + d['errors'] + k.get('errors', 0):>5}")
     if "workers" in res:
         w = res["workers"]
         print(f"list_jobs c64, 1 vs 2 workers: {w['w1_rps']:.0f} -> {w['w2_rps']:.0f} req/s (x{w['speedup']:.2f}); "
               f"2-worker gw cpu/req {w['w2']['gateway_cpu_ms_per_req']:.3f} ms")
     if "upload" in res:
         u = res["upload"]
-        print(f"upload {u['file_bytes'] / 2**20:.0f} MiB /v1/files (validation on): gateway {u['gateway_mb_s']:.1f} MB/s, "
-              f"direct {u['direct_mb_s']:.1f} MB/s, gateway without validation {u['gateway_no_validation_mb_s']:.1f} MB/s, "
-              f"gateway RSS growth {u['gateway_rss_growth_mb']:.1f} MB, "
-              f"gateway CPU {u['gateway_cpu_s_per_upload']:.2f} s (= {u['gateway_mb_per_cpu_s']:.0f} MB per CPU-second), "
-              f"status {u['gateway_status']}")
+        print(f"upload {u['file_bytes'] / 2**20:.0f} MiB /v1/files: tunegate (validation on) {u['gateway_mb_s']:.1f} MB/s, "
+              f"without validation {u['gateway_no_validation_mb_s']:.1f} MB/s, "
+              + (f"portkey {u['portkey_mb_s']:.1f} MB/s (peak RSS {u['portkey_rss_peak_mb']:.0f} MB, status "
+                 f"{u['portkey_status']}), " if "portkey_mb_s" in u else "")
+              + f"direct {u['direct_mb_s']:.1f} MB/s; tunegate peak RSS {u['gateway_rss_peak_mb']:.0f} MB "
+              f"(growth {u['gateway_rss_growth_mb']:.1f} MB), CPU {u['gateway_cpu_s_per_upload']:.2f} s "
+              f"(= {u['gateway_mb_per_cpu_s']:.0f} MB per CPU-second), status {u['gateway_status']}")
     if "data" in res:
         v = res["data"]["validator"]
         print(f"validator: {v['mb_s']:.1f} MB/s ({v['bytes'] / 2**20:.0f} MiB)")
