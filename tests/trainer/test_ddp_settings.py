@@ -83,3 +83,19 @@ def test_cpu_trains_in_fp32_and_refuses_quantization(tmp_path, tiny_model, monke
     with pytest.raises(TrainingError) as info:
         run_training(spec(tmp_path, tiny_model, train), lambda e: None)
     assert info.value.code == "training_error" and "CUDA" in info.value.message
+
+
+def test_fsdp_is_refused_on_cpu_before_joining_a_group(tmp_path, tiny_model, monkeypatch):
+    """torch's FSDP needs an accelerator: on CPU the job fails at once with a message that says what to do
+    (checked before the process group is joined, so this rank-0 view of a 2-rank group needs no peer)."""
+    pytest.importorskip("torch")
+    from tunegate.trainer import TrainingError, run_training
+    from tunegate.trainer.runtime import ENV_STRATEGY
+
+    train = write_jsonl(tmp_path / "t.jsonl", sft_rows(4))
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0"), (ENV_STRATEGY, "fsdp"),
+                        ("TUNEGATE_TRAINER_DEVICE", "cpu")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(TrainingError) as info:
+        run_training(spec(tmp_path, tiny_model, train), lambda e: None)
+    assert info.value.message == "strategy 'fsdp' needs CUDA devices; use 'ddp' on CPU"

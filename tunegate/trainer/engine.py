@@ -227,6 +227,9 @@ class _Trainer:
         import torch
 
         self.device = pick_device(self.options, self.dist)
+        if self.dist.enabled and self.options.strategy == "fsdp" and not self.device.startswith("cuda"):
+            # torch's FSDP refuses CPU-only hosts ("FSDP needs a non-CPU accelerator device")
+            raise TrainingError("training_error", "strategy 'fsdp' needs CUDA devices; use 'ddp' on CPU", None)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(torch.device(self.device))
         self.dist.setup(self.device)
