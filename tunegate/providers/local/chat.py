@@ -32,7 +32,7 @@ from tunegate.providers.base import JSON
 from tunegate.providers.openai_chat import OpenAIChat
 from tunegate.serving import shapes
 from tunegate.serving.local.manager import Endpoint, LocalServers, servers_for
-from tunegate.serving.local.server import check_supported
+from tunegate.serving.local.params import check_supported
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
