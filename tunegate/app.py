@@ -49,6 +49,8 @@ ROUTES = [
     Route("/v1/fine_tuning/jobs/{job_id}/events", fine_tuning.list_events, methods=["GET"], name="list_events"),
     Route("/v1/fine_tuning/jobs/{job_id}/checkpoints", fine_tuning.list_checkpoints, methods=["GET"],
           name="list_checkpoints"),
+    Route("/v1/tunegate/jobs/{job_id}/snapshot", fine_tuning.retrieve_job_snapshot, methods=["GET"],
+          name="retrieve_job_snapshot"),
     Route("/v1/fine_tuning/checkpoints/{checkpoint}/permissions", fine_tuning.passthrough,
           methods=["GET", "POST"], name="checkpoint_permissions"),
     Route("/v1/fine_tuning/checkpoints/{checkpoint}/permissions/{permission_id}", fine_tuning.passthrough,

@@ -186,6 +186,12 @@ def document() -> JSON:
         "/v1/fine_tuning/jobs/{job_id}/checkpoints": {
             "get": _op("listFineTuningJobCheckpoints", _json(_list("FineTuningJobCheckpoint")),
                        params=job_id + PAGE)},
+        # tunegate's own: the job watcher's snapshot, no upstream call (or a live read; see docs/webhooks.md).
+        "/v1/tunegate/jobs/{job_id}/snapshot": {"get": _op("retrieveFineTuningJobSnapshot", {**job, "headers": {
+            "x-tunegate-source": {"schema": {"enum": ["snapshot", "live"]}},
+            "x-tunegate-snapshot-age": {"schema": {"type": "integer"}, "description": "Seconds (snapshots)"},
+            "x-tunegate-live-reason": {"schema": {"type": "string"}, "description": "Why it was read live"}}},
+            params=job_id)},
         "/v1/files": {
             "get": _op("listFiles", _json(_list("OpenAIFile")), params=PAGE + [
                 _query("purpose", {"type": "string"}), _query("order", {"enum": ["asc", "desc"]})]),

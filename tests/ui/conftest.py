@@ -10,6 +10,7 @@ import pytest
 from tests.gateway import Gateway
 from tests.standins.openai_like import ServerThread
 from tests.ui.standin import MetricsStandIn
+from tunegate.webhooks.settings import WatchSettings
 
 EXAMPLES = b"".join(
     json.dumps({"messages": [{"role": "system", "content": "You are terse."},
@@ -42,7 +43,9 @@ class Env:
 def env(tmp_path: Path) -> Iterator[Env]:
     """A gateway with one tunegate key and one stored OpenAI connection pointing at the stand-in."""
     standin = MetricsStandIn()
-    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data") as gw:
+    # No job watcher: the stand-in advances per retrieve, so these tests follow jobs by live reads (a watcher
+    # claiming a job mid-test would make `jobs watch` wait for its 10 s polls); tests/webhooks cover snapshots.
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data", watch=WatchSettings(enabled=False)) as gw:
         async def setup(store):  # type: ignore[no-untyped-def]
             await store.add_connection("oa", "openai", {"api_key": standin.api_key}, base_url=upstream.url)
             key, full = await store.create_key("ci", ["*"])

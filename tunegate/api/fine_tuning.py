@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.common import context, json_body, page, remember, respond, visible
+from tunegate.api.common import context, json_body, page, remember, respond, services, visible
 from tunegate.api.datasets import check_job_files
-from tunegate.context import RequestContext
+from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
 from tunegate.files import is_managed_file_id
 from tunegate.providers.base import JSON, IncomingFile
+from tunegate.store import Store, StoredObject
+from tunegate.store.schema import job_watch, objects
+from tunegate.webhooks.outbox import TERMINAL
+from tunegate.webhooks.settings import WatchSettings
 
 # Checkpoint names (`ft:gpt-4o-mini-2024-07-18:org:suffix:ckpt-step-10`) and permission ids.
 _PASSTHROUGH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:._-]{0,255}")
@@ -151,6 +157,79 @@ retrieve_job = _job_operation("retrieve_job")
 cancel_job = _job_operation("cancel_job")
 pause_job = _job_operation("pause_job")
 resume_job = _job_operation("resume_job")
+
+
+# ---- the watcher's snapshot: tunegate's own route, not OpenAI's API ----------------------------------
+
+
+async def retrieve_job_snapshot(request: Request) -> Response:
+    """GET /v1/tunegate/jobs/{id}/snapshot: the job as the job watcher last read it, with no upstream
+    call, so any number of viewers (``tunegate jobs watch``, scripts) cost the provider nothing beyond the
+    watcher's own polls. Ownership exactly as a retrieve: the context is resolved with the job ref. A job
+    the watcher is not keeping current, or a request that would read it elsewhere than the watcher does,
+    is read live, as ``GET /v1/fine_tuning/jobs/{id}`` would. ``x-tunegate-source`` says which
+    (``snapshot``: with ``x-tunegate-snapshot-age`` in seconds; ``live``: with ``x-tunegate-live-reason``)."""
+    ctx = await context(request, _job_ref(request))
+    job_id = request.path_params["job_id"]
+    svc = services(request)
+    found, reason = await _snapshot(svc.store, svc.resolver, svc.settings.watch, ctx, job_id,
+                                    request.scope["tunegate.trace_id"])
+    if found is not None:
+        job, age = found
+        return Response(orjson.dumps(job), media_type="application/json",
+                        headers={"x-tunegate-source": "snapshot", "x-tunegate-snapshot-age": str(age)})
+    job = await ctx.provider.retrieve_job(ctx, job_id)
+    await remember(ctx, "job", job)
+    return Response(orjson.dumps(job), media_type="application/json",
+                    headers={"x-tunegate-source": "live", "x-tunegate-live-reason": reason})
+
+
+async def _snapshot(store: Store, resolver: ContextResolver, watch: WatchSettings, ctx: RequestContext,
+                    job_id: str, trace_id: str) -> tuple[tuple[JSON, int] | None, str]:
+    """(the snapshot and its age in seconds, "") when it may stand in for a live read; else (None, why not)."""
+    recorded = await store.placement("job", job_id)
+    if recorded is None:
+        return None, "not_recorded"
+    if not await _watchers_view(resolver, ctx, recorded, trace_id):
+        return None, "other_view"
+    o, w = objects.c, job_watch.c
+    query = (sa.select(o.status, o.snapshot, o.updated_at, w.active, w.lease_owner, w.lease_until, w.next_poll_at,
+                       w.failures)
+             .select_from(objects.outerjoin(job_watch, w.job_id == o.id)).where(o.kind == "job", o.id == job_id))
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    if row is None:
+        return None, "not_recorded"
+    status, snapshot, updated_at, active, owner, lease_until, next_poll_at, failures = row
+    now = time.time()
+    if not isinstance(snapshot, dict) or status is None or snapshot.get("status") != status:
+        return None, "no_snapshot"
+    if status not in TERMINAL:  # a terminal snapshot is final: nothing the provider says later changes it
+        if not active or owner is None or (lease_until or 0.0) < now:
+            return None, "not_watched"  # never watched, stopped (job_watch.reason), or its instance is gone
+        if failures:
+            return None, "watch_failing"  # the live read gives the caller the provider's own error
+        # A due poll may wait a tick to start and its upstream call up to the watcher's timeout; later
+        # than that the watcher is behind (overloaded, stuck) and the snapshot is older than its interval.
+        if now > next_poll_at + 2 * watch.tick_seconds + watch.timeout_seconds:
+            return None, "stale"
+    return (snapshot, max(0, int(now) - int(updated_at))), ""
+
+
+async def _watchers_view(resolver: ContextResolver, ctx: RequestContext, recorded: StoredObject,
+                         trace_id: str) -> bool:
+    """Whether this request would read the job where, and as, the watcher does: the job's provider and
+    stored connection, its stored credentials, no header option or host of the caller's own. A job only a
+    caller's own provider key may read (no stored connection, not kept by the gateway) is always read
+    live: only the provider can check that key."""
+    if recorded.connection is None and not ctx.provider.keeps_files:
+        return False
+    try:
+        theirs = await resolver.for_job(recorded, trace_id)
+    except APIError:
+        return False  # the watcher could not poll it either (a connection removed, a grant withdrawn)
+    return (ctx.provider_name, ctx.connection, ctx.credentials, ctx.options, ctx.base_url_override) == (
+        theirs.provider_name, theirs.connection, theirs.credentials, theirs.options, theirs.base_url_override)
 
 
 async def delete_job(request: Request) -> Response:

@@ -1,4 +1,9 @@
-"""``tunegate jobs watch``: poll a job through the gateway until it ends.
+"""``tunegate jobs watch``: follow a job through the gateway until it ends.
+
+It reads the job watcher's snapshot (``GET /v1/tunegate/jobs/{id}/snapshot``), which costs the provider
+no call: however many people watch a job, the provider sees only the watcher's polls. Events are read
+when the snapshot's status or ``trained_tokens`` has changed since the last read (once per change), or on
+every poll when the gateway answers live (a job it does not watch; an older gateway without the route).
 
 On a terminal it redraws one panel (status, elapsed time, the latest events, a loss sparkline);
 otherwise (a pipe, a CI log) it prints one line per change, and with ``--json`` one JSON object per
@@ -11,6 +16,7 @@ import json
 import sys
 import time
 from typing import Any
+from urllib.parse import quote
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -18,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from tunegate.client.http import Client
+from tunegate.client.http import Client, GatewayError
 from tunegate.ui.loss import loss_points, sparkline
 
 TERMINAL = {"succeeded": 0, "failed": 1, "cancelled": 2}
@@ -36,19 +42,57 @@ class Watcher:
         self.events: dict[str, dict[str, Any]] = {}
         self.job: dict[str, Any] = {}
         self.started = time.monotonic()
+        self.source = "live"  # where the last read came from: "snapshot" or "live"
+        self.snapshot_age: int | None = None  # seconds, for a snapshot
+        self.reads = {"snapshot": 0, "live": 0, "events": 0}  # requests made, by kind
+        self._snapshots = True  # False once the gateway turns out not to have the snapshot route
+        self._progress: tuple[Any, Any] | None = None  # (status, trained_tokens) when events were last read
 
     # ---- polling -------------------------------------------------------------------------------
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Refresh the job and fetch events not seen before; returns the new events, oldest first."""
-        from urllib.parse import quote
+    @property
+    def path(self) -> str:
+        return f"/v1/fine_tuning/jobs/{quote(self.job_id, safe=':')}"
 
-        path = f"/v1/fine_tuning/jobs/{quote(self.job_id, safe=':')}"
-        self.job = self.client.json("GET", path)
+    def poll(self) -> list[dict[str, Any]]:
+        """Refresh the job and, when it may have news, fetch events not seen before; returns the new
+        events, oldest first."""
+        self.job = self._read_job()
+        progress = (self.job.get("status"), self.job.get("trained_tokens"))
+        if self.source == "snapshot" and progress == self._progress:
+            return []  # the watcher has seen nothing new: neither have the events
+        self._progress = progress
+        return self._read_events()
+
+    def _read_job(self) -> dict[str, Any]:
+        if self._snapshots:
+            try:
+                with self.client.open("GET", f"/v1/tunegate/jobs/{quote(self.job_id, safe=':')}/snapshot") as resp:
+                    raw = resp.read()
+                    source = resp.headers.get("x-tunegate-source")
+                    age = resp.headers.get("x-tunegate-snapshot-age")
+            except GatewayError as exc:
+                if exc.code != "unknown_route":
+                    raise
+                self._snapshots = False  # a gateway from before the route: read the job itself from now on
+            else:
+                self.source = "snapshot" if source == "snapshot" else "live"
+                self.snapshot_age = int(age) if self.source == "snapshot" and age and age.isdigit() else None
+                self.reads[self.source] += 1
+                try:
+                    return _job(json.loads(raw))
+                except ValueError:
+                    raise GatewayError("the gateway answered the job read with something that is not JSON") from None
+        self.source, self.snapshot_age = "live", None
+        self.reads["live"] += 1
+        return _job(self.client.json("GET", self.path))
+
+    def _read_events(self) -> list[dict[str, Any]]:
         fresh: list[dict[str, Any]] = []
         after = None
         for _ in range(MAX_EVENT_PAGES):
-            page = self.client.json("GET", path + "/events", params={"limit": 100, "after": after})
+            self.reads["events"] += 1
+            page = self.client.json("GET", self.path + "/events", params={"limit": 100, "after": after})
             data = [e for e in (page or {}).get("data", []) if isinstance(e, dict) and isinstance(e.get("id"), str)]
             new = [e for e in data if e["id"] not in self.events]
             fresh.extend(new)
@@ -82,6 +126,8 @@ class Watcher:
         status = str(self.job.get("status") or "?")
         head = Text.assemble((self.job_id, "bold"), "  ", (status, STYLE.get(status, "")),
                              f"  {time.monotonic() - self.started:.0f}s")
+        if self.snapshot_age is not None:
+            head.append(f"  (as the gateway saw it {self.snapshot_age}s ago)", style="dim")
         if self.job.get("fine_tuned_model"):
             head.append(f"\nmodel {self.job['fine_tuned_model']}")
         table = Table.grid(padding=(0, 1))
@@ -126,7 +172,8 @@ class Watcher:
             if changed or fresh:
                 loss = self.loss()
                 sys.stdout.write(json.dumps({"id": self.job_id, "status": self.job.get("status"),
-                                             "new_events": fresh, "last_loss": loss[-1] if loss else None}) + "\n")
+                                             "new_events": fresh, "last_loss": loss[-1] if loss else None,
+                                             "source": self.source, "snapshot_age": self.snapshot_age}) + "\n")
                 sys.stdout.flush()
             return
         if changed:
@@ -153,6 +200,12 @@ class Watcher:
         else:
             message = Text("cancelled", style="bright_black")
         self.console.print(message)
+
+
+def _job(answer: Any) -> dict[str, Any]:
+    if not isinstance(answer, dict):
+        raise GatewayError("the gateway answered the job read with something that is not a JSON object")
+    return answer
 
 
 def _clock(ts: Any) -> str:

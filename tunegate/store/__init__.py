@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ from tunegate.store.schema import (
     request_log,
 )
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
+from tunegate.store.writer import SQLiteWriter
 
 __all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject"]
 
@@ -113,6 +114,9 @@ class StatusChange:
 StatusHook = Callable[[AsyncConnection, list[StatusChange]], Awaitable[None]]
 
 
+T = TypeVar("T")
+
+
 def _now() -> int:
     return int(time.time())
 
@@ -134,6 +138,7 @@ class Store:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._dialect = postgresql if database_url.startswith("postgresql") else sqlite
         self._reader = _sqlite_reader(database_url)
+        self._writer = _sqlite_writer(database_url)
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         # Where each known object lives and who owns it never changes after its first record, so it is
         # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
@@ -169,6 +174,8 @@ class Store:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush_log()
+        if self._writer is not None:
+            await self._writer.close()
         await self.engine.dispose()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.close)
@@ -304,14 +311,30 @@ class Store:
         params = dict(kind=kind, id=object_id, provider=provider, connection=connection,
                       key_id=key_id if claim else None, writer=key_id, status=status, snapshot=snapshot,
                       created_at=now, updated_at=now)
-        async with self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> Any:
             row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).first()
             if row is not None and status is not None and kind in self._status_hooks:
                 await self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
+            return row
+
+        row = await self._write(write)
         if row is None:  # a record this key may not write: leave it, and the cache, as they are
             self._placements.pop((kind, object_id), None)
             return
         self._place(StoredObject(kind, object_id, row[0], row[1], row[2], status, None))
+
+    async def refresh(self, kind: str, object_id: str, provider: str, connection: str | None, status: str,
+                      snapshot: dict[str, Any]) -> None:
+        """Rewrite a snapshot from a fresh provider read whose status is unchanged (``record`` skips those):
+        the job watcher's polls keep progress fields (``trained_tokens``) and ``updated_at`` — the age the
+        snapshot route reports — current. Only the object's own placement, and only while the row still
+        holds this status (a status another instance wrote since keeps its own snapshot)."""
+        c = objects.c
+        async with self.engine.begin() as conn:
+            await conn.execute(objects.update().where(
+                c.kind == kind, c.id == object_id, c.provider == provider, c.status == status,
+                sa.func.coalesce(c.connection, "") == (connection or "")).values(snapshot=snapshot, updated_at=_now()))
 
     PLACEMENTS_CACHED = 20_000  # ~6 MiB; the oldest entries make room (they are re-read on use)
 
@@ -339,12 +362,24 @@ class Store:
         now = _now()
         rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, writer=key_id,
                      status=s, snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
-        async with self.engine.begin() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(_UPSERT_OBJECT, rows)
             if kind in self._status_hooks:
                 await self._run_hooks(conn, await self._written(conn, kind, items))
+
+        await self._write(write)
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a write transaction and return once it has committed. On a SQLite file, through
+        the process's one writer (group commit, see store/writer.py): its connection offers the
+        ``execute`` of an AsyncConnection, all that registry writes and store hooks use."""
+        if self._writer is not None:
+            return cast(T, await self._writer.submit(cast(Any, work)))
+        async with self.engine.begin() as conn:
+            return await work(conn)
 
     async def _run_hooks(self, conn: AsyncConnection, changes: list[StatusChange]) -> None:
         if changes:
@@ -543,8 +578,10 @@ class Store:
     async def flush_log(self) -> None:
         batch, self._log_queue = self._log_queue, []
         if batch:
-            async with self.engine.begin() as conn:
+            async def write(conn: AsyncConnection) -> None:
                 await conn.execute(request_log.insert(), batch)
+
+            await self._write(write)  # on SQLite, with the registry's writes: no second writer to wait for
 
     async def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -582,6 +619,14 @@ def _sqlite_reader(database_url: str) -> SQLiteReader | None:
         return None
     path = database_url.split("///", 1)[-1].split("?", 1)[0]
     return SQLiteReader(path) if path and path != ":memory:" else None
+
+
+def _sqlite_writer(database_url: str) -> SQLiteWriter | None:
+    """The one writer of a SQLite database file (an in-memory database is per connection: none)."""
+    if not database_url.startswith("sqlite"):
+        return None
+    path = database_url.split("///", 1)[-1].split("?", 1)[0]
+    return SQLiteWriter(path, _sqlite_pragmas) if path and path != ":memory:" else None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

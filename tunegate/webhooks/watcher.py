@@ -145,6 +145,9 @@ class Watcher:
             answer = await ctx.provider.retrieve_job(ctx, job.job_id)
             self.stats["polls"] += 1
             await remember(ctx, "job", answer)
+            if isinstance(answer.get("status"), str):  # viewers read this snapshot (the snapshot route)
+                await self.store.refresh("job", job.job_id, ctx.provider_name, ctx.connection, answer["status"],
+                                         answer)
         except APIError as exc:
             await self._failed(job, scope, exc)
             return
