@@ -16,13 +16,14 @@ import requests
 from aiohttp import web
 from rich.console import Console
 
-from tests.gateway import Gateway
+from tests.gateway import _TEST_FERNET_KEY, Gateway
 from tests.standins.openai_like import ServerThread, StandIn
 from tests.webhooks.helpers import create_job, eventually, prepare
 from tunegate.client.http import Client
 from tunegate.client.watch import Watcher
 from tunegate.store import Store
 from tunegate.store.schema import job_watch
+from tunegate.store.secretbox import SecretBox
 from tunegate.webhooks.settings import WatchSettings
 
 # Polls every 0.15 s, whatever the phase (the default pacing would make these tests minutes long).
@@ -116,11 +117,16 @@ def test_viewers_cost_no_upstream_call_beyond_the_watcher(tmp_path: Path) -> Non
 
     assert codes == [0] * VIEWERS
     reads = [v.reads for v in viewers]
+    print(f"watcher polls {polls}; upstream job reads {calls(s, job_id)}, event reads {calls(s, job_id, '/events')};"
+          f" viewers {reads}; probe reads {len(probes)}")  # pytest -s
     # Every job read that reached the provider was one of the watcher's polls; the viewers' hundreds of
     # reads and the probe's were all snapshots.
     assert calls(s, job_id) == polls
     assert all(r["live"] == 0 and r["snapshot"] >= 20 for r in reads), reads
-    assert {p[0] for p in probes} == {"snapshot"} and all(0 <= p[3] <= 1 for p in probes)
+    # The watcher's polls refresh the snapshot while the status stays the same: progress shows, and the
+    # age stays within about one poll (0.15 s; whole seconds, and a loaded machine, give it slack).
+    assert len({p[2] for p in probes if p[1] == "running"}) >= 2, probes
+    assert {p[0] for p in probes} == {"snapshot"} and all(0 <= p[3] <= 2 for p in probes), probes
     # Events: read once per change the watcher saw (status or trained_tokens), not once per poll.
     changes = len(set(s.served)) + 1  # + the create answer (validating_files)
     assert all(2 <= r["events"] <= changes for r in reads), (reads, changes)
@@ -128,9 +134,23 @@ def test_viewers_cost_no_upstream_call_beyond_the_watcher(tmp_path: Path) -> Non
     for v in viewers:
         assert v.job["status"] == "succeeded" and v.job["fine_tuned_model"]
         assert "Fine-tuning job started" in {e["message"] for e in v.events.values()}
-    # The watcher's polls refresh the snapshot while the status stays the same: progress shows.
-    running = {p[2] for p in probes if p[1] == "running"}
-    assert len(running) >= 2, probes
+
+
+async def test_refresh_rewrites_only_the_objects_own_placement_and_status(tmp_path: Path) -> None:
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", SecretBox(_TEST_FERNET_KEY))
+    try:
+        await store.record("job", "ftjob-1", "openai", "oa", "key-a", "running", {"status": "running", "n": 1})
+        await store.refresh("job", "ftjob-1", "openai", "other", "running", {"status": "running", "n": 2})
+        await store.refresh("job", "ftjob-1", "together-ai", "oa", "running", {"status": "running", "n": 3})
+        await store.refresh("job", "ftjob-1", "openai", "oa", "queued", {"status": "queued", "n": 4})
+        untouched = await store.lookup("job", "ftjob-1")
+        await store.refresh("job", "ftjob-1", "openai", "oa", "running", {"status": "running", "n": 5})
+        refreshed = await store.lookup("job", "ftjob-1")
+    finally:
+        await store.close()
+    assert untouched is not None and untouched.snapshot == {"status": "running", "n": 1}
+    assert refreshed is not None and refreshed.snapshot == {"status": "running", "n": 5}
+    assert refreshed.status == "running" and refreshed.key_id == "key-a"
 
 
 def test_a_key_cannot_read_another_keys_snapshot(tmp_path: Path) -> None:
