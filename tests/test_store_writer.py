@@ -1,0 +1,108 @@
+"""The registry's SQLite writer (tunegate/store/writer.py): concurrent records share one commit, each
+caller is answered only once its row is durable, a failing hook undoes its own record only, and a
+hook's writes commit or roll back with the status they belong to."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.gateway import _TEST_FERNET_KEY
+from tunegate.store import StatusChange, Store
+from tunegate.store.secretbox import SecretBox
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> Any:
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}", SecretBox(_TEST_FERNET_KEY))
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def durable_ids(store: Store) -> set[str]:
+    """What another connection (another process, after a crash of this one) reads from the file."""
+    path = store.url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM objects WHERE kind = 'job'")}
+
+
+async def test_concurrent_records_share_commits_and_each_is_durable_when_answered(sqlite_store: Store) -> None:
+    seen_missing: list[str] = []
+
+    async def create(i: int) -> None:
+        job_id = f"ftjob-{i}"
+        await sqlite_store.record("job", job_id, "openai", None, "key-a", "validating_files", {"id": job_id})
+        if job_id not in durable_ids(sqlite_store):
+            seen_missing.append(job_id)
+
+    await asyncio.gather(*(create(i) for i in range(64)))
+    writer = sqlite_store._writer
+    assert writer is not None
+    assert seen_missing == []
+    assert durable_ids(sqlite_store) == {f"ftjob-{i}" for i in range(64)}
+    # 64 records arrived together: far fewer transactions than records (group commit).
+    assert writer.works == 64 and writer.transactions < 32, (writer.transactions, writer.works)
+    found = await sqlite_store.lookup("job", "ftjob-7")
+    assert found is not None and found.key_id == "key-a" and found.snapshot == {"id": "ftjob-7"}
+
+
+async def test_a_failing_hook_undoes_its_own_record_only(sqlite_store: Store) -> None:
+    async def hook(conn: AsyncConnection, changes: list[StatusChange]) -> None:
+        for change in changes:
+            await conn.execute(sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:j, 'x', 0)"),
+                               {"j": change.id})
+            if change.id == "ftjob-bad":
+                raise RuntimeError("hook failed")
+
+    sqlite_store.on_status("job", hook)
+    results = await asyncio.gather(
+        *(sqlite_store.record("job", f"ftjob-{i}", "openai", None, None, "queued", None) for i in ("a", "bad", "b")),
+        return_exceptions=True)
+    assert isinstance(results[1], RuntimeError) and results[0] is None and results[2] is None
+    assert durable_ids(sqlite_store) == {"ftjob-a", "ftjob-b"}
+    path = sqlite_store.url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        marks = {r[0] for r in conn.execute("SELECT job_id FROM job_transitions")}
+    assert marks == {"ftjob-a", "ftjob-b"}  # the failed hook's own write went with its record
+    assert await sqlite_store.lookup("job", "ftjob-bad") is None
+    # The writer goes on: the next record commits.
+    await sqlite_store.record("job", "ftjob-c", "openai", None, None, "queued", None)
+    assert "ftjob-c" in durable_ids(sqlite_store)
+
+
+async def test_a_failed_batch_fails_every_caller_and_commits_nothing(sqlite_store: Store, tmp_path: Path) -> None:
+    await sqlite_store.record("job", "ftjob-first", "openai", None, None, "queued", None)
+    # Another process holds the write lock past the busy timeout: BEGIN IMMEDIATE cannot start.
+    blocker = sqlite3.connect(sqlite_store.url.split("///", 1)[1], isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    writer = sqlite_store._writer
+    assert writer is not None
+    await writer.call(lambda: writer._connection().exec_driver_sql("PRAGMA busy_timeout=50"))
+    try:
+        results = await asyncio.gather(
+            *(sqlite_store.record("job", f"ftjob-{i}", "openai", None, None, "queued", None) for i in range(3)),
+            return_exceptions=True)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert all(isinstance(r, sa.exc.OperationalError) for r in results), results
+    assert durable_ids(sqlite_store) == {"ftjob-first"}
+    await sqlite_store.record("job", "ftjob-after", "openai", None, None, "queued", None)
+    assert durable_ids(sqlite_store) == {"ftjob-first", "ftjob-after"}
+
+
+async def test_request_log_and_records_go_through_the_same_writer(sqlite_store: Store) -> None:
+    entry = dict(ts=1.0, trace_id="t", key_id=None, provider="openai", operation="list_jobs", method="GET",
+                 path="/v1/fine_tuning/jobs", status=200, upstream_status=200, latency_ms=1.0)
+    sqlite_store._log_queue.extend([entry, entry])
+    await asyncio.gather(sqlite_store.flush_log(),
+                         sqlite_store.record("job", "ftjob-x", "openai", None, None, "queued", None))
+    assert len(await sqlite_store.recent_requests()) == 2 and "ftjob-x" in durable_ids(sqlite_store)
