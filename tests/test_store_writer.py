@@ -106,3 +106,30 @@ async def test_request_log_and_records_go_through_the_same_writer(sqlite_store: 
     await asyncio.gather(sqlite_store.flush_log(),
                          sqlite_store.record("job", "ftjob-x", "openai", None, None, "queued", None))
     assert len(await sqlite_store.recent_requests()) == 2 and "ftjob-x" in durable_ids(sqlite_store)
+
+
+async def test_an_expired_keys_cache_is_refreshed_by_one_query(sqlite_store: Store) -> None:
+    """Every request of an open gateway asks whether any key exists; when the 1 s cache runs out, the
+    requests in flight share one query instead of queueing 64 of them for the pool (the c=64 p99)."""
+    reader = sqlite_store._reader
+    assert reader is not None
+    queries: list[str] = []
+    real = reader.fetchall
+
+    async def counting(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        queries.append(sql)
+        rows = await real(sql, params)
+        await asyncio.sleep(0.01)  # answered late: every caller finds the refresh in flight
+        return rows
+
+    reader.fetchall = counting  # type: ignore[method-assign]
+    assert await asyncio.gather(*(sqlite_store.keys_exist() for _ in range(64))) == [False] * 64
+    assert len(queries) == 1
+    # A key created while a refresh is in flight is seen by every later caller at once.
+    sqlite_store._any_keys = None
+    stale = asyncio.ensure_future(sqlite_store.keys_exist())
+    await asyncio.sleep(0)
+    await sqlite_store.create_key("k", ["*"])
+    assert await sqlite_store.keys_exist() is True
+    await stale
+    assert await sqlite_store.keys_exist() is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -233,6 +234,16 @@ async def _prune_request_log(settings: Settings, store: Store) -> None:
         await asyncio.sleep(settings.request_log_prune_seconds)
 
 
+def _freeze_startup_objects() -> None:
+    """Move what start-up made (modules, settings, compiled statements, ~half a million objects) out of the
+    collector's reach: a full collection then walks only what serving creates. Measured under list load
+    at c=64 on 2 cores: gen-2 pauses of 45-60 ms, about once a second, down to ~4 ms. Once per process
+    (a test process starts many apps: what later ones make must stay collectable)."""
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.load()
 
@@ -250,6 +261,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         app.state.local_jobs = await start_scheduler(settings, store, files)  # the `local` provider's worker
         app.state.webhooks = await start_webhooks(settings, store, app.state.services.resolver)  # watcher, outbox
         pruner = asyncio.get_running_loop().create_task(_prune_request_log(settings, store))
+        _freeze_startup_objects()
         try:
             yield {}
         finally:
