@@ -221,9 +221,14 @@ def start_portkey(tmp: Path, entry: Path) -> tuple[Service, int]:
 SOURCE: Path | None = None  # a tree to import tunegate from instead of the working tree (--head / --source)
 
 
+DATABASES: dict[str, str] = {}  # data dir name -> database URL (--database postgres); absent: SQLite in the data dir
+
+
 def gateway_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
     env.update(TUNEGATE_DATA_DIR=str(data_dir), TUNEGATE_LOG_LEVEL="warning")
+    if data_dir.name in DATABASES:
+        env["TUNEGATE_DATABASE_URL"] = DATABASES[data_dir.name]
     if SOURCE is not None:
         # PYTHONPATH wins over the venv's editable install (its finder is appended to sys.meta_path).
         env["PYTHONPATH"] = str(SOURCE) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -236,6 +241,41 @@ def git_info(tree: Path) -> dict[str, Any]:
 
     return {"commit": git("rev-parse", "--short", "HEAD"), "tree": str(tree),
             "dirty_files": len(git("status", "--porcelain", "--untracked-files=no").splitlines())}
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster on a free loopback port (as .ci/run starts one: as the postgres user
+    when run as root, which initdb refuses), with one database per gateway under test."""
+
+    def __init__(self, tmp: Path) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+        if not found:
+            raise RuntimeError("PostgreSQL not installed (Debian: apt-get install -y postgresql)")
+        self.bin = found[-1].parent
+        self.data = tmp / "pg"
+        self.data.mkdir()
+        self.port = free_port()
+        self._as_pg = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+        if os.getuid() == 0:
+            shutil.chown(self.data, "postgres")
+        self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres")
+        self._pg("pg_ctl", "-D", str(self.data), "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1",
+                 "-w", "-l", str(self.data / "log"), "start")
+
+    def _pg(self, tool: str, *args: str) -> None:
+        subprocess.run([*self._as_pg, str(self.bin / tool), *args], check=True, capture_output=True)
+
+    def database(self, name: str) -> str:
+        self._pg("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def version(self) -> str:
+        out = subprocess.run([str(self.bin / "postgres"), "--version"], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self) -> None:
+        subprocess.run([*self._as_pg, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"],
+                       capture_output=True)
 
 
 def start_gateway(tmp: Path, data_dir: Path, workers: int, label: str) -> tuple[Service, int, float]:
@@ -576,6 +616,9 @@ def main() -> int:
                     help="bench the committed HEAD (git archive into the temp dir), not the working tree, so "
                          "other people's unfinished edits cannot break or skew the run")
     ap.add_argument("--source", default=None, help="bench the tunegate package found in this directory")
+    ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                    help="the gateway's database: SQLite in its data dir (default), or a throw-away PostgreSQL "
+                         "cluster started here (Debian's postgresql package)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,upload,data,startup,workers,portkey")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
@@ -594,6 +637,15 @@ def main() -> int:
           f"load {results['machine']['loadavg_at_start'][0]:.2f}; rounds={rounds}, {seconds:g}s per run")
     services: list[Service] = []
     tmp = Path(tempfile.mkdtemp(prefix="tunegate-bench-"))
+    os.chmod(tmp, 0o755)  # the postgres user must reach its cluster's directory
+    pg = None
+    if args.database == "postgres":
+        pg = Postgres(tmp)
+        DATABASES.update({"data-w1": pg.database("bench_w1"), "data-w2": pg.database("bench_w2")})
+        results["config"]["database"] = pg.version()
+        print(f"database: {pg.version()} on :{pg.port}")
+    else:
+        results["config"]["database"] = "sqlite"
     global SOURCE
     if args.head:
         SOURCE = tmp / "head"
@@ -793,6 +845,8 @@ def main() -> int:
     finally:
         for svc in reversed(services):
             svc.stop()
+        if pg is not None:
+            pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     results["wall_seconds"] = round(time.perf_counter() - t_start, 1)

@@ -133,3 +133,34 @@ async def test_an_expired_keys_cache_is_refreshed_by_one_query(sqlite_store: Sto
     assert await sqlite_store.keys_exist() is True
     await stale
     assert await sqlite_store.keys_exist() is True
+
+
+async def test_group_commit_on_every_database(store: Store) -> None:
+    """SQLite (the writer thread) and PostgreSQL (GroupCommit on the engine): records made together share
+    transactions, each is visible to another instance once its caller has its answer, and one that fails
+    fails alone (on PostgreSQL its batch is then run again one work per transaction)."""
+    other = await Store.open(store.url, store.box)  # another gateway instance on the same database
+    missing: list[str] = []
+
+    async def create(i: int) -> None:
+        job_id = f"ftjob-g{i}"
+        await store.record("job", job_id, "openai", None, "key-a", "validating_files", {"id": job_id})
+        found = await other.lookup("job", job_id)
+        if found is None or found.key_id != "key-a":
+            missing.append(job_id)
+
+    async def hook(conn: AsyncConnection, changes: list[StatusChange]) -> None:
+        if any(c.id == "ftjob-g45" for c in changes):
+            raise RuntimeError("hook failed")
+
+    try:
+        await asyncio.gather(*(create(i) for i in range(32)))
+        group = store._writer or store._group
+        assert group is not None and group.works == 32 and group.transactions < 16, (group.transactions, group.works)
+        store.on_status("job", hook)
+        results = await asyncio.gather(*(create(i) for i in range(40, 48)), return_exceptions=True)
+    finally:
+        await other.close()
+    assert [i for i, r in enumerate(results) if r is not None] == [5] and isinstance(results[5], RuntimeError)
+    assert missing == []
+    assert await store.lookup("job", "ftjob-g45") is None

@@ -221,3 +221,63 @@ class SQLiteWriter:
             self._conn.close()
             self._conn = None
         self._engine.dispose()
+
+
+class GroupCommit:
+    """Group commit on the async engine (PostgreSQL): the registry writes that arrive while a transaction
+    runs share the next one, each caller answered after its commit. PostgreSQL aborts a whole transaction
+    on any error, so savepoints would cost two round trips per work; instead, when a shared transaction
+    fails, it is rolled back and each of its works is run again in a transaction of its own, so that only
+    the failing one fails (the works are database writes only, safe to run again after a rollback)."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+        self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
+        self._draining: asyncio.Task[None] | None = None
+        self.transactions = 0
+        self.works = 0
+
+    async def submit(self, work: Work) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((work, future))
+        if self._draining is None or self._draining.done():
+            self._draining = loop.create_task(self._drain())
+        return await asyncio.shield(future)  # as SQLiteWriter: a cancelled caller's record still commits
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            if len(batch) == 1 or not await self._together(batch):
+                for work, future in batch:
+                    await self._alone(work, future)
+
+    async def _together(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> bool:
+        try:
+            async with self._engine.begin() as conn:
+                results = [await work(conn) for work, _future in batch]
+        except Exception:  # noqa: BLE001 - which work failed is found by running each alone
+            return False
+        self.transactions += 1
+        self.works += len(batch)
+        for (_work, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        return True
+
+    async def _alone(self, work: Work, future: asyncio.Future[Any]) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                result = await work(conn)
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        self.transactions += 1
+        self.works += 1
+        if not future.done():
+            future.set_result(result)
+
+    async def close(self) -> None:
+        if self._draining is not None and not self._draining.done():
+            await asyncio.wait([self._draining])
