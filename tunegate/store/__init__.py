@@ -34,7 +34,7 @@ from tunegate.store.schema import (
     request_log,
 )
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
-from tunegate.store.writer import GroupCommit, SQLiteWriter
+from tunegate.store.writer import SQLiteWriter
 
 __all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject"]
 
@@ -139,8 +139,6 @@ class Store:
         self._dialect = postgresql if database_url.startswith("postgresql") else sqlite
         self._reader = _sqlite_reader(database_url)
         self._writer = _sqlite_writer(database_url)
-        # PostgreSQL: registry writes arriving together share a transaction (in-memory SQLite: none).
-        self._group = GroupCommit(self.engine) if database_url.startswith("postgresql") else None
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         # Where each known object lives and who owns it never changes after its first record, so it is
         # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
@@ -179,8 +177,6 @@ class Store:
         await self.flush_log()
         if self._writer is not None:
             await self._writer.close()
-        if self._group is not None:
-            await self._group.close()
         await self.engine.dispose()
         if self._reader is not None:
             await asyncio.to_thread(self._reader.close)
@@ -392,12 +388,11 @@ class Store:
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction and return once it has committed. On a SQLite file, through
         the process's one writer (group commit, see store/writer.py): its connection offers the
-        ``execute`` of an AsyncConnection, all that registry writes and store hooks use. On PostgreSQL,
-        group commit on the engine (``GroupCommit``)."""
+        ``execute`` of an AsyncConnection, all that registry writes and store hooks use. PostgreSQL keeps
+        one transaction per write on the pool: group commit there (tried, one shared transaction at a
+        time) serialised what 30 pooled connections did in parallel, create c=64 291 -> 212 req/s."""
         if self._writer is not None:
             return cast(T, await self._writer.submit(cast(Any, work)))
-        if self._group is not None:
-            return cast(T, await self._group.submit(cast(Any, work)))
         async with self.engine.begin() as conn:
             return await work(conn)
 
