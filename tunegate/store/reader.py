@@ -29,6 +29,9 @@ class SQLiteReader:
             conn = sqlite3.connect(self.path, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA query_only=1")
+            # Primary-key reads touch a few pages; the OS page cache holds the file. SQLite's default
+            # (2 MiB per connection) would be resident memory for nothing.
+            conn.execute("PRAGMA cache_size=-256")
             self._conn = conn
         return self._conn
 
