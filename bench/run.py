@@ -655,6 +655,8 @@ def main() -> int:
     elif args.source:
         SOURCE = Path(args.source).resolve()
     results["source"] = {**git_info(SOURCE or ROOT), "bench_head": args.head}
+    if args.source:  # a tree from elsewhere: the checkout's HEAD says nothing about it
+        results["source"]["commit"] = None
     print(f"benching {'HEAD ' + results['source']['commit'] if args.head else (SOURCE or ROOT)}")
     results_dir = Path(args.json).resolve().parent
     results_dir.mkdir(parents=True, exist_ok=True)
