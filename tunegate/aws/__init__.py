@@ -57,11 +57,16 @@ def query_string(params: list[tuple[str, str]]) -> str:
     return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in params)
 
 
+# SigV4 signing names that accept a Bedrock API key as a bearer token (the bedrock control plane and
+# bedrock-runtime both sign as "bedrock"); S3 takes only access keys.
+BEARER_SERVICES = frozenset({"bedrock"})
+
+
 def sign(credentials: AwsAuth, service: str, region_name: str, method: str, url: str,
          headers: Mapping[str, str], body: bytes | bytearray | None) -> dict[str, str]:
     """The headers to send: the given ones plus the SigV4 (or bearer) authorization."""
     if not credentials.sigv4:
-        if service != "bedrock":
+        if service not in BEARER_SERVICES:
             raise NotSupported("Amazon S3 needs AWS access keys (a Bedrock API key only works for Bedrock "
                                "itself): send 'x-portkey-aws-access-key-id' and 'x-portkey-aws-secret-access-key'.",
                                param="x-portkey-aws-access-key-id")

@@ -27,7 +27,7 @@ from tunegate.client.http import Client, GatewayError
 from .api import sha256_of
 from .bundle import write_json
 from .graders import Grade, Grader, JudgeError
-from .record import ChatCaller, RecordError, held_out, messages_key, recorded_answers
+from .record import ChatCaller, RecordError, held_out, jsonl_examples, messages_key, recorded_answers
 
 JSON = dict[str, Any]
 FORMAT = "tunegate-eval"
@@ -75,30 +75,13 @@ def _row(raw: Any) -> tuple[list[JSON], str | None, JSON, JSON] | None:
 
 
 def read_items(path: Path, limit: int | None = None) -> tuple[list[Item], list[str]]:
+    found, skipped = jsonl_examples(path, _row, "no prompt", EvalError, limit)
     items: list[Item] = []
-    skipped: list[str] = []
-    try:
-        with path.open("rb") as fh:
-            for n, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    got = _row(json.loads(raw))
-                except ValueError:
-                    skipped.append(f"line {n}: not JSON")
-                    continue
-                if got is None:
-                    skipped.append(f"line {n}: no prompt")
-                    continue
-                prompt, reference, variables, extra = got
-                variables.setdefault("prompt", _as_text(prompt))
-                if reference is not None:
-                    variables.setdefault("reference", reference)
-                items.append(Item(n, prompt, variables, extra))
-                if limit is not None and len(items) >= limit:
-                    break
-    except OSError as exc:
-        raise EvalError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for n, (prompt, reference, variables, extra) in found:
+        variables.setdefault("prompt", _as_text(prompt))
+        if reference is not None:
+            variables.setdefault("reference", reference)
+        items.append(Item(n, prompt, variables, extra))
     if not items:
         raise EvalError(f"{path} holds no prompt to evaluate" + (f" ({skipped[0]})" if skipped else ""))
     return items, skipped

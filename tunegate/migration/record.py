@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tunegate.client.http import Client, GatewayError
 
@@ -40,6 +40,9 @@ JSON = dict[str, Any]
 PARAMS = ("temperature", "top_p", "max_tokens", "seed")  # what `record` sets; part of each key
 CARRIED = ("tools", "parallel_tool_calls")  # an example's own fields that shape the request and the output
 RETRIED = {408, 409, 429, 500, 502, 503, 504}
+
+
+T = TypeVar("T")
 
 
 class RecordError(ValueError):
@@ -94,9 +97,11 @@ def held_out(example: Any) -> tuple[list[JSON], str | None, JSON] | None:
     return prompt, ref if isinstance(ref, str) else None, extra
 
 
-def read_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
-    """Every prompt of a JSONL file, and a line per example that holds none (said, never dropped silently)."""
-    prompts: list[Prompt] = []
+def jsonl_examples(path: Path, parse: Callable[[Any], T | None], no_prompt: str,
+                   error: type[ValueError], limit: int | None = None) -> tuple[list[tuple[int, T]], list[str]]:
+    """(line number, ``parse(example)``) for every line of a JSONL file that ``parse`` accepts, and a
+    reason per line it does not (said, never dropped silently); at most ``limit`` accepted lines."""
+    found: list[tuple[int, T]] = []
     skipped: list[str] = []
     try:
         with path.open("rb") as fh:
@@ -104,18 +109,26 @@ def read_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
                 if not raw.strip():
                     continue
                 try:
-                    got = held_out(json.loads(raw))
+                    got = parse(json.loads(raw))
                 except ValueError:
                     skipped.append(f"line {n}: not JSON")
                     continue
                 if got is None:
-                    skipped.append(f"line {n}: no prompt (needs messages with a user turn before the last "
-                                   "assistant turn)")
+                    skipped.append(f"line {n}: {no_prompt}")
                     continue
-                prompts.append(Prompt(n, got[0], got[1], got[2]))
+                found.append((n, got))
+                if limit is not None and len(found) >= limit:
+                    break
     except OSError as exc:
-        raise RecordError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return prompts, skipped
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    return found, skipped
+
+
+def read_prompts(path: Path) -> tuple[list[Prompt], list[str]]:
+    """Every prompt of a JSONL file, and a line per example that holds none."""
+    found, skipped = jsonl_examples(path, held_out, "no prompt (needs messages with a user turn before the last "
+                                    "assistant turn)", RecordError)
+    return [Prompt(n, *got) for n, got in found], skipped
 
 
 def bundle_prompts(bundle: Path, model: str) -> tuple[Path, str, str]:

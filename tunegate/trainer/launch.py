@@ -33,7 +33,7 @@ from typing import Any
 
 import tunegate
 
-from .process import OFFLINE_ENV, TrainingProcess, child_environment
+from .process import OFFLINE_ENV, TrainingProcess, child_environment, poll_until_done
 from .spec import TrainResult, TrainSpec
 from .worker import ERROR, RESULT
 
@@ -217,12 +217,7 @@ class TorchrunProcess:
         return self.status
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> str:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() == "running":
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(interval)
-        return self.status
+        return poll_until_done(self.poll, timeout, interval)
 
     # ------------------------------------------------------------------ endings
     def _finish_group(self) -> None:

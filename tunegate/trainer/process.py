@@ -257,12 +257,7 @@ class TrainingProcess:
 
     def wait(self, timeout: float | None = None, interval: float = 0.1) -> str:
         """Poll until the job leaves ``running`` (or ``timeout`` seconds pass); return the status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() == "running":
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(interval)
-        return self.status
+        return poll_until_done(self.poll, timeout, interval)
 
     def _close(self) -> None:
         try:
@@ -270,3 +265,14 @@ class TrainingProcess:
             self._events.cancel_join_thread()
         except (OSError, ValueError):
             pass
+
+
+def poll_until_done(poll: Callable[[], str], timeout: float | None, interval: float) -> str:
+    """Call ``poll`` every ``interval`` seconds while it answers ``running`` (for ``timeout`` seconds at most);
+    the last status it gave."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    status = poll()
+    while status == "running" and (deadline is None or time.monotonic() <= deadline):
+        time.sleep(interval)
+        status = poll()
+    return status
