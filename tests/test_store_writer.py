@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.gateway import _TEST_FERNET_KEY
 from tunegate.store import StatusChange, Store
@@ -55,9 +54,9 @@ async def test_concurrent_records_share_commits_and_each_is_durable_when_answere
 
 
 async def test_a_failing_hook_undoes_its_own_record_only(sqlite_store: Store) -> None:
-    async def hook(conn: AsyncConnection, changes: list[StatusChange]) -> None:
+    def hook(conn: sa.Connection, changes: list[StatusChange]) -> None:
         for change in changes:
-            await conn.execute(sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:j, 'x', 0)"),
+            conn.execute(sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:j, 'x', 0)"),
                                {"j": change.id})
             if change.id == "ftjob-bad":
                 raise RuntimeError("hook failed")
@@ -149,7 +148,7 @@ async def test_records_made_together_on_every_database(store: Store) -> None:
         if found is None or found.key_id != "key-a":
             missing.append(job_id)
 
-    async def hook(conn: AsyncConnection, changes: list[StatusChange]) -> None:
+    def hook(conn: sa.Connection, changes: list[StatusChange]) -> None:
         if any(c.id == "ftjob-g45" for c in changes):
             raise RuntimeError("hook failed")
 

@@ -72,11 +72,11 @@ async def test_same_status_recorded_at_once_is_one_event(store: Store) -> None:
             s.on_status("job", Outbox(WatchSettings()).on_job_status)
         endpoint, _secret = await Endpoints(store).create(None, "x", "http://127.0.0.1:9/x",
                                                           ["fine_tuning.job.succeeded", "fine_tuning.job.running"])
-        await store.record("job", "ftjob-1", "openai", None, None, "running", {"id": "ftjob-1"})
+        await store.record("job", "ftjob-1", "openai", "c", None, "running", {"id": "ftjob-1"})
         snapshot = {"id": "ftjob-1", "status": "succeeded", "finished_at": 1700000000}
-        await asyncio.gather(*(s.record("job", "ftjob-1", "openai", None, None, "succeeded", snapshot)
+        await asyncio.gather(*(s.record("job", "ftjob-1", "openai", "c", None, "succeeded", snapshot)
                                for s in (store, other, store, other)))
-        await other.record("job", "ftjob-1", "openai", None, None, "running", {"id": "ftjob-1"})  # a stale sighting
+        await other.record("job", "ftjob-1", "openai", "c", None, "running", {"id": "ftjob-1"})  # a stale sighting
         log = await Endpoints(store).deliveries(endpoint.id)
         async with store.engine.connect() as conn:
             watch = (await conn.execute(sa.select(job_watch))).mappings().all()

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -19,7 +19,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tunegate.store import migrate
 from tunegate.store.reader import SQLiteReader
@@ -110,8 +110,10 @@ class StatusChange:
 
 
 # Called inside the transaction that wrote the statuses, so what a hook writes (the webhook outbox)
-# commits or rolls back with the status change itself.
-StatusHook = Callable[[AsyncConnection, list[StatusChange]], Awaitable[None]]
+# commits or rolls back with the status change itself. A plain function of a sync connection: on SQLite
+# it runs on the writer thread with the rest of the transaction (one hop for the lot, store/writer.py),
+# on PostgreSQL inside ``AsyncConnection.run_sync``. It must not touch the event loop directly.
+StatusHook = Callable[[sa.Connection, list[StatusChange]], None]
 
 
 T = TypeVar("T")
@@ -325,10 +327,10 @@ class Store:
                       key_id=key_id if claim else None, writer=key_id, status=status, snapshot=snapshot,
                       created_at=now, updated_at=now)
 
-        async def write(conn: AsyncConnection) -> Any:
-            row = (await conn.execute(_UPSERT_OBJECT_RETURNING, params)).first()
+        def write(conn: sa.Connection) -> Any:
+            row = conn.execute(_UPSERT_OBJECT_RETURNING, params).first()
             if row is not None and status is not None and kind in self._status_hooks:
-                await self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
+                self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
             return row
 
         row = await self._write(write)
@@ -376,33 +378,34 @@ class Store:
         rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, writer=key_id,
                      status=s, snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
 
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(_UPSERT_OBJECT, rows)
+        def write(conn: sa.Connection) -> None:
+            conn.execute(_UPSERT_OBJECT, rows)
             if kind in self._status_hooks:
-                await self._run_hooks(conn, await self._written(conn, kind, items))
+                self._run_hooks(conn, self._written(conn, kind, items))
 
         await self._write(write)
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
 
-    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in a write transaction and return once it has committed. On a SQLite file, through
-        the process's one writer (group commit, see store/writer.py): its connection offers the
-        ``execute`` of an AsyncConnection, all that registry writes and store hooks use. PostgreSQL keeps
-        one transaction per write on the pool: group commit there (tried, one shared transaction at a
-        time) serialised what 30 pooled connections did in parallel, create c=64 291 -> 212 req/s."""
+    async def _write(self, work: Callable[[sa.Connection], T]) -> T:
+        """Run ``work`` (a plain function of a sync connection) in a write transaction and return once it
+        has committed. On a SQLite file, on the process's one writer thread (group commit, one hop per
+        batch, see store/writer.py). PostgreSQL keeps one transaction per write on the pool, the work in
+        one ``run_sync`` (one greenlet switch, not one per statement): group commit there (tried, one
+        shared transaction at a time) serialised what 30 pooled connections did in parallel, create
+        c=64 291 -> 212 req/s."""
         if self._writer is not None:
-            return cast(T, await self._writer.submit(cast(Any, work)))
+            return cast(T, await self._writer.submit(work))
         async with self.engine.begin() as conn:
-            return await work(conn)
+            return await conn.run_sync(work)
 
-    async def _run_hooks(self, conn: AsyncConnection, changes: list[StatusChange]) -> None:
+    def _run_hooks(self, conn: sa.Connection, changes: list[StatusChange]) -> None:
         if changes:
             for hook in self._status_hooks.get(changes[0].kind, []):
-                await hook(conn, changes)
+                hook(conn, changes)
 
     @staticmethod
-    async def _written(conn: AsyncConnection, kind: str,
+    def _written(conn: sa.Connection, kind: str,
                        items: Sequence[tuple[str, str | None, dict[str, Any] | None]]) -> list[StatusChange]:
         """The items of a ``record_many`` whose status the registry now holds (a row the writer may not
         write keeps its own status, and is left out), as stored."""
@@ -410,8 +413,8 @@ class Store:
         if not wanted:
             return []
         c = objects.c
-        rows = await conn.execute(sa.select(c.id, c.provider, c.connection, c.key_id, c.status)
-                                  .where(c.kind == kind, c.id.in_(list(wanted))))
+        rows = conn.execute(sa.select(c.id, c.provider, c.connection, c.key_id, c.status)
+                            .where(c.kind == kind, c.id.in_(list(wanted))))
         return [StatusChange(kind, r[0], r[1], r[2], r[3], r[4], wanted[r[0]][1]) for r in rows
                 if r[4] == wanted[r[0]][0]]
 
@@ -593,8 +596,8 @@ class Store:
     async def flush_log(self) -> None:
         batch, self._log_queue = self._log_queue, []
         if batch:
-            async def write(conn: AsyncConnection) -> None:
-                await conn.execute(request_log.insert(), batch)
+            def write(conn: sa.Connection) -> None:
+                conn.execute(request_log.insert(), batch)
 
             await self._write(write)  # on SQLite, with the registry's writes: no second writer to wait for
 

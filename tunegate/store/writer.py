@@ -9,13 +9,14 @@ record at concurrency 64 for 0.8 ms of CPU (measured on this 2-core machine, ben
 Here the writes of one process queue up for one connection on one thread. Whatever arrives while a
 transaction runs is written by the next one, together: one ``BEGIN IMMEDIATE`` and one ``COMMIT`` for the
 lot, and every caller is answered only after that commit (group commit). Each piece of work runs inside
-a ``SAVEPOINT``, so one that fails (a hook that raises) is rolled back alone and only its caller sees the
-error. Statements are SQLAlchemy constructs executed on a *sync* connection over the plain ``sqlite3``
-driver, one hop to the thread per statement, instead of aiosqlite's several per statement plus a greenlet.
+a ``SAVEPOINT`` when it shares the transaction, so one that fails (a hook that raises) is rolled back
+alone and only its caller sees the error.
 
-The work itself is a coroutine run on the event loop: store hooks (the webhook outbox) get a connection
-whose ``execute`` has AsyncConnection's signature and answers a buffered result, so they run unchanged in
-the transaction that records the status, as their contract says.
+A piece of work is a plain function of a *sync* SQLAlchemy connection over the ``sqlite3`` driver (the
+store hooks too: the webhook outbox runs in the transaction that records the status, as its contract
+says), and a whole batch — BEGIN, every work, COMMIT — is **one hop** to the writer thread. Each hop costs
+a queue put, a thread wake-up and a ``call_soon_threadsafe`` back; a created job used to make five (the
+upsert, three outbox statements, the commit), ~0.1 ms of CPU each on this machine.
 """
 
 from __future__ import annotations
@@ -24,31 +25,21 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 T = TypeVar("T")
-Work = Callable[["WriteConnection"], Awaitable[Any]]
-
-
-class WriteConnection:
-    """The part of ``AsyncConnection`` that registry writes and store hooks use: ``execute``. Rows come
-    back buffered (read in the writer thread), so the result may be used anywhere."""
-
-    def __init__(self, writer: SQLiteWriter) -> None:
-        self._writer = writer
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Any:
-        return await self._writer.call(self._writer.execute_now, statement, parameters)
+Work = Callable[[sa.Connection], Any]
+Outcome = tuple[Any, Exception | None]
 
 
 class _Thread:
     """One thread running calls in order. Lighter than a one-worker ThreadPoolExecutor (no
     concurrent.futures.Future to chain to an asyncio one): a hop costs one queue put and one
-    ``call_soon_threadsafe``, and a record makes several."""
+    ``call_soon_threadsafe``."""
 
     def __init__(self, name: str) -> None:
         self._calls: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -99,14 +90,13 @@ class SQLiteWriter:
         self._conn: sa.Connection | None = None  # opened on the writer thread, used only there
         self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
         self._draining: asyncio.Task[None] | None = None
-        self._pending: list[str] = []  # savepoint statements sent with the next statement (no extra hop)
         self.transactions = 0  # commits made, and the works they carried (the group-commit ratio)
         self.works = 0
 
     # ---- on the event loop -----------------------------------------------------------------------
 
     async def submit(self, work: Work) -> Any:
-        """Run ``work`` in a transaction; returns its result once that transaction has committed."""
+        """Run ``work(connection)`` in a transaction; returns its result once that transaction has committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((work, future))
@@ -124,41 +114,24 @@ class SQLiteWriter:
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[tuple[Work, asyncio.Future[Any]]]) -> None:
-        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        conn = WriteConnection(self)
-        try:
-            self._begin()  # sent with the first statement
-            for work, future in batch:
-                self._pending.append("SAVEPOINT tg_work")
-                try:
-                    result = await work(conn)
-                except Exception as exc:  # this work alone is undone; the others still commit
-                    await self.call(self._undo_work)
-                    done.append((future, None, exc))
-                    continue
-                self._pending.append("RELEASE tg_work")
-                done.append((future, result, None))
-            await self.call(self._commit)
-        except BaseException as exc:  # BEGIN or COMMIT failed (or shutdown): nothing of the batch is durable
-            await asyncio.shield(self.call(self._rollback))
-            for _work, future in batch:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("writer stopped"))
-            if not isinstance(exc, Exception):
-                raise
-            return
-        self.transactions += 1
-        self.works += len(batch)
-        for future, result, error in done:
-            if future.done():
+            try:
+                outcomes = await self.call(self._run_batch, [work for work, _future in batch])
+            except BaseException as exc:  # BEGIN or COMMIT failed (or shutdown): nothing of the batch is durable
+                for _work, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("writer stopped"))
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            self.transactions += 1
+            self.works += len(batch)
+            for (_work, future), (result, error) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
 
     async def close(self) -> None:
         if self._draining is not None and not self._draining.done():
@@ -175,50 +148,48 @@ class SQLiteWriter:
             self._conn = self._engine.connect()
         return self._conn
 
-    def _flush_pending(self) -> None:
+    def _run_batch(self, works: list[Work]) -> list[Outcome]:
+        """One transaction for the whole batch. A work that raises is undone alone (its savepoint); a
+        batch of one needs no savepoint: its failure rolls the transaction back. If BEGIN or COMMIT
+        fails, this raises and nothing of the batch is durable."""
         conn = self._connection()
-        while self._pending:  # each one off the list once it has run: a failure leaves the rest
-            conn.exec_driver_sql(self._pending[0])
-            del self._pending[0]
-
-    def execute_now(self, statement: Any, parameters: Any) -> Any:
-        self._flush_pending()
-        conn = self._connection()
-        result = conn.execute(statement) if parameters is None else conn.execute(statement, parameters)
-        # Buffered here: the rows are read before the thread moves on to the next statement.
-        return result.freeze()() if result.returns_rows else result
-
-    def _begin(self) -> None:
-        # IMMEDIATE: the write lock at once, so no statement of the batch fails half-way on a lock upgrade.
-        self._pending[:] = ["BEGIN IMMEDIATE"]
-
-    def _undo_work(self) -> None:
-        if self._pending and self._pending[-1].startswith("SAVEPOINT"):
-            self._pending.pop()  # the work failed before its first statement: nothing to undo
-            return
-        self._flush_pending()
-        self._connection().exec_driver_sql("ROLLBACK TO tg_work")
-        self._connection().exec_driver_sql("RELEASE tg_work")
-
-    def _commit(self) -> None:
-        if self._pending[:1] == ["BEGIN IMMEDIATE"]:  # no work ran a statement: nothing to commit
-            self._pending.clear()
-            return
-        self._flush_pending()
-        self._connection().exec_driver_sql("COMMIT")
-
-    def _rollback(self) -> None:
-        self._pending.clear()
-        if self._conn is None:
-            return
-        conn = self._conn
         raw = conn.connection.dbapi_connection
-        if isinstance(raw, sqlite3.Connection) and raw.in_transaction:
-            conn.exec_driver_sql("ROLLBACK")
+        assert isinstance(raw, sqlite3.Connection)
+        # BEGIN and COMMIT (the two that wait for the lock and can fail) through SQLAlchemy, so a failure
+        # is its OperationalError like any other statement's; savepoints on the driver's connection
+        # (~0.5 µs each instead of ~5). IMMEDIATE: the write lock at once, so no statement fails
+        # half-way on a lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            if len(works) == 1:
+                try:
+                    outcomes: list[Outcome] = [(works[0](conn), None)]
+                except Exception as exc:
+                    raw.execute("ROLLBACK")
+                    return [(None, exc)]
+            else:
+                outcomes = [self._in_savepoint(raw, conn, work) for work in works]
+            conn.exec_driver_sql("COMMIT")
+        except BaseException:
+            if raw.in_transaction:
+                raw.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    @staticmethod
+    def _in_savepoint(raw: sqlite3.Connection, conn: sa.Connection, work: Work) -> Outcome:
+        raw.execute("SAVEPOINT tg_work")
+        try:
+            result = work(conn)
+        except Exception as exc:  # this work alone is undone; the others still commit
+            raw.execute("ROLLBACK TO tg_work")
+            raw.execute("RELEASE tg_work")
+            return None, exc
+        raw.execute("RELEASE tg_work")
+        return result, None
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         self._engine.dispose()
-

@@ -26,6 +26,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -221,13 +222,7 @@ class Watcher:
                 if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("id"), str):
                     continue
                 async with self.store.engine.begin() as conn:
-                    if await outbox.mark_once(conn, job_id, "checkpoint:" + checkpoint["id"][:280]):
-                        now = time.time()
-                        data = {"id": job_id, "checkpoint_id": checkpoint["id"],
-                                "step_number": checkpoint.get("step_number"),
-                                "fine_tuned_model_checkpoint": checkpoint.get("fine_tuned_model_checkpoint")}
-                        await outbox.emit(conn, job_id, key_id, outbox.CHECKPOINT_EVENT, data,
-                                          int(checkpoint.get("created_at") or now), now)
+                    await conn.run_sync(_checkpoint_event, job_id, key_id, checkpoint)
 
     async def _wanted(self, key_id: str | None, event_type: str) -> bool:
         owner = webhook_endpoints.c.key_id
@@ -235,3 +230,12 @@ class Watcher:
             rows = await conn.execute(sa.select(webhook_endpoints.c.event_types).where(
                 owner.is_(None) if key_id is None else owner == key_id))
             return any(event_type in (r[0] or []) for r in rows)
+
+
+def _checkpoint_event(conn: sa.Connection, job_id: str, key_id: str | None, checkpoint: dict[str, Any]) -> None:
+    """The event of a checkpoint not announced before (the outbox's writes are sync: see Outbox)."""
+    if outbox.mark_once(conn, job_id, "checkpoint:" + checkpoint["id"][:280]):
+        now = time.time()
+        data = {"id": job_id, "checkpoint_id": checkpoint["id"], "step_number": checkpoint.get("step_number"),
+                "fine_tuned_model_checkpoint": checkpoint.get("fine_tuned_model_checkpoint")}
+        outbox.emit(conn, job_id, key_id, outbox.CHECKPOINT_EVENT, data, int(checkpoint.get("created_at") or now), now)
