@@ -10,6 +10,7 @@ Every rule has one ``code``; :data:`RULES` lists them with their severity.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Mapping
@@ -18,6 +19,10 @@ from typing import Any
 
 import orjson
 
+try:  # msgspec is a dependency; without it every line takes the Python rules (same results, slower)
+    from . import fastpath as _fastpath
+except ImportError:  # pragma: no cover
+    _fastpath = None  # type: ignore[assignment]
 from .tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_NAME,
@@ -235,6 +240,61 @@ def _is_json_string(value: Any) -> bool:
     return True
 
 
+# TOKENS_PER_MESSAGE + ceil(utf8_bytes / 4) == (utf8_bytes + _PER_MSG) >> 2; the same for a name
+_PER_MSG = 3 + 4 * TOKENS_PER_MESSAGE
+_PER_NAME = 3 + 4 * TOKENS_PER_NAME
+
+
+def _str_messages(msgs: list[Any]) -> tuple[int, int, int]:
+    """(tokens, role bits, trained turns) of a fast-path example with ``str`` contents: what
+    ``_check_messages`` counts for it."""
+    unset = _fastpath.UNSET
+    tokens = TOKENS_PER_REPLY
+    seen = trained = 0
+    for m in msgs:
+        c = m.content
+        tokens += ((len(c) if c.isascii() else len(c.encode("utf-8", "surrogatepass"))) + _PER_MSG) >> 2
+        if m.name is not unset:
+            c = m.name
+            tokens += ((len(c) if c.isascii() else len(c.encode("utf-8", "surrogatepass"))) + _PER_NAME) >> 2
+        seen |= m.bit
+        trained += m.weight
+    return tokens, seen, trained
+
+
+def _raw_messages(msgs: list[Any]) -> tuple[int, int, int]:
+    """The same with raw contents of an escape-free, valid UTF-8 line: a content must be a JSON string
+    (``"`` first) of at least one character, and its UTF-8 length is its raw length less the quotes."""
+    unset = _fastpath.UNSET
+    tokens = TOKENS_PER_REPLY
+    seen = trained = 0
+    for m in msgs:
+        c = memoryview(m.content)
+        if c[0] != 34 or len(c) < 3:  # 34: '"'
+            raise ValueError
+        tokens += (len(c) - 2 + _PER_MSG) >> 2
+        if m.name is not unset:
+            n = m.name
+            tokens += ((len(n) if n.isascii() else len(n.encode("utf-8", "surrogatepass"))) + _PER_NAME) >> 2
+        seen |= m.bit
+        trained += m.weight
+    return tokens, seen, trained
+
+
+def _clean(chunk: bytes) -> bool:
+    """Whether the complete lines of ``chunk`` (which starts at a line) are valid UTF-8 and hold no
+    backslash. An incomplete character at the very end is allowed: it belongs to the unfinished line."""
+    if b"\\" in chunk:
+        return False
+    if chunk.isascii():
+        return True
+    try:
+        codecs.utf_8_decode(chunk, "strict", False)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class Validator:
     """Incremental validator. ``feed`` chunks, then ``finish``."""
 
@@ -244,7 +304,9 @@ class Validator:
         model: str | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_problems: int = DEFAULT_MAX_PROBLEMS,
+        fast: bool = True,
     ) -> None:
+        """``fast=False`` sends every line through the Python rules (the fast path's yardstick in tests)."""
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
         self.method = method
@@ -257,6 +319,7 @@ class Validator:
             "dpo": self._check_dpo,
             "reinforcement": self._check_reinforcement,
         }[method]
+        self._fast = fast and method == "supervised" and _fastpath is not None
         self._partial = bytearray()
         self._line = 0
         self._bytes = 0
@@ -297,7 +360,6 @@ class Validator:
         if not self._too_large and self._bytes > self.max_bytes:
             self._too_large = True
             self._add(ERROR, None, "", "file_too_large", f"file exceeds the {self.max_bytes}-byte limit")
-        process = self._process
         if self._partial:
             nl = chunk.find(b"\n")
             if nl < 0:
@@ -306,12 +368,11 @@ class Validator:
             self._partial += memoryview(chunk)[:nl]
             line = bytes(self._partial)
             self._partial = bytearray()
-            process(line)
+            self._lines([line])
             chunk = chunk[nl + 1 :]
         lines = chunk.split(b"\n")
         tail = lines.pop()
-        for line in lines:
-            process(line)
+        self._lines(lines, self._fast and _clean(chunk))
         if tail:
             self._partial += tail
 
@@ -321,7 +382,7 @@ class Validator:
         if self._partial:
             line = bytes(self._partial)
             self._partial = bytearray()
-            self._process(line)
+            self._lines([line])
         if self._examples == 0 and self._error_count == 0:
             self._add(ERROR, None, "", "no_examples", "the file holds no examples")
         elif self._examples < MIN_EXAMPLES:
@@ -379,6 +440,48 @@ class Validator:
         self._add(WARNING, line, path, code, message)
 
     # ------------------------------------------------------------------ lines
+    def _lines(self, lines: list[bytes], raw: bool = False) -> None:
+        """Check complete lines: the fast path (``fastpath``) where it takes a line and the line draws no
+        problem at all, the Python rules (``_process``) for every other line. ``raw``: the lines are valid
+        UTF-8 and hold no backslash, so contents need not become ``str`` (``fastpath.decode_raw``)."""
+        if not self._fast:
+            for line in lines:
+                self._process(line)
+            return
+        decode, rejected = (_fastpath.decode_raw if raw else _fastpath.decode), _fastpath.Rejected
+        messages = _raw_messages if raw else _str_messages
+        context, all_roles = self.context, _fastpath.ALL_ROLES
+        n_examples = n_sum = n_max = n_trained = n_tokens = 0
+        n_min: int | None = None
+        for line in lines:
+            try:
+                if self._format != "chat":  # the first line names the format (and a mixed file errs)
+                    raise ValueError
+                msgs = decode(line).messages
+                tokens, seen, trained = messages(msgs)
+                if seen != all_roles or not trained or tokens > context:
+                    raise ValueError  # a warning (or an error) to report: the Python rules word it
+            except (ValueError, *rejected):
+                self._process(line)
+                continue
+            self._line += 1
+            n = len(msgs)
+            n_examples += 1
+            n_sum += n
+            n_max = max(n_max, n)
+            n_min = n if n_min is None or n < n_min else n_min
+            n_trained += trained
+            n_tokens += tokens
+        if n_examples:
+            self._examples += n_examples
+            self._msg_examples += n_examples
+            self._msg_sum += n_sum
+            self._msg_max = max(self._msg_max, n_max)
+            self._msg_min = n_min if self._msg_min is None or (n_min is not None and n_min < self._msg_min) \
+                else self._msg_min
+            self._trained += n_trained
+            self._tokens += n_tokens
+
     def _process(self, line: bytes) -> None:
         self._line += 1
         ln = self._line
