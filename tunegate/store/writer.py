@@ -36,17 +36,25 @@ Work = Callable[[sa.Connection], Any]
 Outcome = tuple[Any, Exception | None]
 
 
-class _Thread:
+class CallThread:
     """One thread running calls in order. Lighter than a one-worker ThreadPoolExecutor (no
     concurrent.futures.Future to chain to an asyncio one): a hop costs one queue put and one
-    ``call_soon_threadsafe``."""
+    ``call_soon_threadsafe``. ``on_exit`` runs on the thread when it stops (closing what it owns)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_exit: Callable[[], None] | None = None) -> None:
         self._calls: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._on_exit = on_exit
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
+        try:
+            self._serve_calls()
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _serve_calls(self) -> None:
         while (item := self._calls.get()) is not None:
             loop, future, fn, args = item
             try:
@@ -80,7 +88,7 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 
 class SQLiteWriter:
     def __init__(self, path: str, on_connect: Callable[[Any, Any], None]) -> None:
-        self._thread: _Thread | None = None  # started on first use
+        self._thread: CallThread | None = None  # started on first use
         # AUTOCOMMIT: sqlite3 and SQLAlchemy then leave transactions alone, and this class begins,
         # commits and sets savepoints itself (pysqlite's own transaction handling breaks SAVEPOINT).
         self._engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.StaticPool,
@@ -108,7 +116,7 @@ class SQLiteWriter:
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._thread is None:
-            self._thread = _Thread("tunegate-registry-write")
+            self._thread = CallThread("tunegate-registry-write")
         return await self._thread.call(fn, *args)
 
     async def _drain(self) -> None:
