@@ -258,7 +258,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await asyncio.to_thread(files.prepare)
         app.state.services = Services(settings, store, upstream, ContextResolver(settings, store, upstream, files),
                                       files)
-        app.state.local_jobs = await start_scheduler(settings, store, files)  # the `local` provider's worker
+        # the `local` provider's worker; a cluster's API (Ray) is reached outside any request, like S3
+        app.state.local_jobs = await start_scheduler(settings, store, files, files_upstream)
         app.state.webhooks = await start_webhooks(settings, store, app.state.services.resolver)  # watcher, outbox
         pruner = asyncio.get_running_loop().create_task(_prune_request_log(settings, store))
         _freeze_startup_objects()

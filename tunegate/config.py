@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from tunegate.cluster.settings import RaySettings
 from tunegate.webhooks.settings import WatchSettings, WebhookSettings
 
 MB = 1024 * 1024
@@ -77,6 +78,10 @@ class LocalTraining(BaseModel):
     gradient_checkpointing: bool = False
     quantization: Literal["none", "4bit", "8bit"] = "none"  # QLoRA (bitsandbytes, tunegate[qlora], CUDA)
     threads: int | None = Field(default=None, ge=1)  # torch CPU threads per rank
+    # "process": this instance trains in its own children (one machine). "ray": each job is submitted to
+    # the Ray cluster of [local_training.ray] (needs file_store = "s3"; see tunegate/cluster).
+    engine: Literal["process", "ray"] = "process"
+    ray: RaySettings = Field(default_factory=RaySettings)
 
 
 class Settings(BaseSettings):

@@ -17,14 +17,25 @@ if TYPE_CHECKING:
     from tunegate.config import Settings
     from tunegate.files import FileStore
     from tunegate.store import Store
+    from tunegate.upstream import Upstream
 
 __all__ = ["JobDB", "Scheduler", "job_dir", "start_scheduler", "wake_all"]
 
 
-async def start_scheduler(settings: Settings, store: Store, files: FileStore) -> Scheduler:
-    """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown)."""
+async def start_scheduler(settings: Settings, store: Store, files: FileStore,
+                          upstream: Upstream | None = None) -> Scheduler:
+    """The gateway's lifespan calls this once per instance (and ``await scheduler.stop()`` at shutdown).
+    ``upstream`` carries the calls to a cluster (``[local_training] engine = "ray"``)."""
+    runner = None
+    training = settings.local_training
+    if training.engine == "ray":
+        from tunegate.cluster.runner import RayRunner
+
+        if upstream is None:
+            raise ValueError('[local_training] engine = "ray" needs an upstream for the cluster\'s API')
+        runner = RayRunner(training.ray, training, files, store, upstream, keep_checkpoints=settings.local_keep_checkpoints)
     scheduler = Scheduler(store, files, Path(settings.data_dir), concurrency=settings.local_concurrency,
                           model_roots=settings.local_model_roots, keep_checkpoints=settings.local_keep_checkpoints,
-                          max_epochs=settings.local_max_epochs, training=settings.local_training)
+                          max_epochs=settings.local_max_epochs, training=training, runner=runner)
     await scheduler.start()
     return scheduler

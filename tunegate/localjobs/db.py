@@ -72,6 +72,17 @@ class JobDB:
         async with self.engine.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
+    async def unheld_engine_jobs(self, before: float, limit: int = 100) -> list[Row]:
+        """Running jobs on an outside engine that no live instance follows: released by an instance that
+        stopped, or held by one whose heartbeat is older than ``before``."""
+        query = (sa.select(local_jobs)
+                 .where(local_jobs.c.status == "running", local_jobs.c.engine_job_id.is_not(None),
+                        sa.or_(local_jobs.c.claimed_by.is_(None), local_jobs.c.heartbeat_at.is_(None),
+                               local_jobs.c.heartbeat_at < before))
+                 .order_by(local_jobs.c.id).limit(limit))
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
     async def heartbeat(self, instance: str, job_ids: Sequence[str]) -> set[str]:
         """Refresh the heartbeat of jobs this instance still holds; the ids it still holds."""
         if not job_ids:
@@ -110,13 +121,19 @@ class JobDB:
 
     # ---- events --------------------------------------------------------------------------------
 
-    async def add_events(self, job_id: str, events: Iterable[Row]) -> None:
+    async def add_events(self, job_id: str, events: Iterable[Row], *, cursor: int | None = None) -> None:
+        """Store events; with ``cursor`` (an outside engine's last event number) the job's ``engine_cursor``
+        moves in the same transaction, so an instance that follows the job later stores none twice."""
         rows = [dict(job_id=job_id, created_at=int(e.get("created_at") or now()), level=e.get("level") or "info",
                      type=e.get("type") or "message", message=str(e.get("message") or ""), data=e.get("data"))
                 for e in events]
-        if rows:
-            async with self.engine.begin() as conn:
+        if not rows and cursor is None:
+            return
+        async with self.engine.begin() as conn:
+            if rows:
                 await conn.execute(local_job_events.insert(), rows)
+            if cursor is not None:
+                await conn.execute(local_jobs.update().where(local_jobs.c.id == job_id).values(engine_cursor=cursor))
 
     async def list_events(self, job_id: str, *, limit: int, after_seq: int | None) -> tuple[list[Row], bool]:
         """Newest first, like OpenAI; ``after_seq`` continues with older events."""

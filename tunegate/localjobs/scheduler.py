@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -171,6 +172,19 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 # ---- the scheduler ---------------------------------------------------------------------------
 
 
+async def _call(method: Callable[[], Any]) -> Any:
+    """A runner's method: a coroutine (a job on a cluster, over HTTP) is awaited on the loop; a blocking
+    one (a child process of this host) runs in a thread."""
+    if inspect.iscoroutinefunction(method):
+        return await method()
+    return await asyncio.to_thread(method)
+
+
+def _engine_ref(proc: Any) -> str | None:
+    """The id a job has on an outside engine (it outlives this instance), or None for a child process."""
+    return getattr(proc, "engine_ref", None)
+
+
 @dataclass
 class Running:
     job_id: str
@@ -270,10 +284,13 @@ class Scheduler:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for run in self.running.values():
+        for run in list(self.running.values()):
+            if _engine_ref(run.proc) is not None:
+                await self._release(run)  # it trains on, elsewhere: the next instance follows it
+                continue
             run.stopping = True
             if not run.pause_sent:
-                run.proc.pause()
+                await _call(run.proc.pause)
                 run.pause_sent = True
         deadline = time.monotonic() + self.shutdown_grace
         while self.running and time.monotonic() < deadline:
@@ -281,9 +298,17 @@ class Scheduler:
             if self.running:
                 await asyncio.sleep(0.2)
         for run in list(self.running.values()):
-            await asyncio.to_thread(run.proc.cancel)
+            await _call(run.proc.cancel)
             self.running.pop(run.job_id, None)
             await self._requeue_lost(run.job_id, self.instance, None, reason="the gateway instance stopped")
+
+    async def _release(self, run: Running) -> None:
+        self.running.pop(run.job_id, None)
+        await self._store_events(run)
+        await self.db.cas(run.job_id, {"claimed_by": self.instance, "status": "running"},
+                          {"claimed_by": None, "heartbeat_at": None})
+        log.info("local job %s left running on %s (%s) for the next instance", run.job_id,
+                 run.row.get("engine") or "its engine", _engine_ref(run.proc))
 
     # ---- one tick ------------------------------------------------------------------------------
 
@@ -402,7 +427,13 @@ class Scheduler:
         run = Running(row["id"], row, None)
         try:
             run.proc = self.runner(spec, run.events.append)
-            await asyncio.to_thread(run.proc.start)
+            if (ref := _engine_ref(run.proc)) is not None:
+                # Named before it is submitted: an instance that dies in between leaves a job another can find.
+                await self.db.cas(row["id"], {"claimed_by": self.instance},
+                                  {"engine": getattr(self.runner, "engine", None), "engine_job_id": ref,
+                                   "engine_cursor": 0})
+                run.row = {**row, "engine_job_id": ref}
+            await _call(run.proc.start)
         except Exception as exc:
             log.exception("could not start the training process for %s", row["id"])
             await self._finish(row["id"], {"status": "failed", "error": {
@@ -417,14 +448,18 @@ class Scheduler:
 
     async def _poll_all(self) -> None:
         for run in list(self.running.values()):
-            status = await asyncio.to_thread(run.proc.poll)
+            status = await _call(run.proc.poll)
             await self._store_events(run)
             if status != "running":
                 await self._finalize(run, status)
 
     async def _store_events(self, run: Running) -> None:
         events = run.take_events()
+        cursor = getattr(run.proc, "cursor", None)  # an outside engine's log position, stored with its events
         if not events:
+            if cursor is not None and cursor != run.row.get("engine_cursor"):
+                await self.db.add_events(run.job_id, [], cursor=cursor)
+                run.row["engine_cursor"] = cursor
             return
         keep: list[dict[str, Any]] = []
         progress: dict[str, Any] | None = None
@@ -441,7 +476,9 @@ class Scheduler:
             elif kind == "checkpoint":
                 await self.db.put_checkpoint(run.job_id, int(ev["step"]), ev.get("metrics") or {}, str(ev["path"]))
                 checkpointed = True
-        await self.db.add_events(run.job_id, keep)
+        await self.db.add_events(run.job_id, keep, cursor=cursor)
+        if cursor is not None:
+            run.row["engine_cursor"] = cursor
         if checkpointed:
             await self._retain_checkpoints(run)
         if progress is not None:
@@ -465,11 +502,11 @@ class Scheduler:
             if row is None:
                 continue  # finished in this tick, or taken over (the heartbeat handles that)
             if row["cancel_requested"]:
-                await asyncio.to_thread(run.proc.cancel)  # blocks until the child is gone
+                await _call(run.proc.cancel)  # returns once the child (or the cluster's job) is gone
                 await self._store_events(run)
                 await self._finalize(run, "cancelled")
             elif row["pause_requested"] and not run.pause_sent:
-                run.proc.pause()
+                await _call(run.proc.pause)
                 run.pause_sent = True
 
     async def _finalize(self, run: Running, status: str) -> None:
@@ -549,8 +586,11 @@ class Scheduler:
             return
         held = await self.db.heartbeat(self.instance, list(self.running))
         for job_id in set(self.running) - held:
-            # Another instance decided this one was gone and took the job: stop our copy of the run.
             run = self.running.pop(job_id)
+            if _engine_ref(run.proc) is not None:
+                log.warning("local job %s is now followed by another instance", job_id)
+                continue  # one job on the cluster, followed by whoever holds it: nothing to stop
+            # Another instance decided this one was gone and took the job: stop our copy of the run.
             log.warning("local job %s is no longer held by this instance; stopping its training process", job_id)
             await asyncio.to_thread(run.proc.cancel)
 
@@ -577,6 +617,8 @@ class Scheduler:
         for row in stale.values():
             if row["claimed_by"] == self.instance or row["id"] in self.running:
                 continue
+            if row.get("engine_job_id") and row["status"] == "running":
+                continue  # still running on its engine: followed again below, never started again
             if row["status"] == "validating_files":
                 await self.db.cas(row["id"], {"status": "validating_files", "claimed_by": row["claimed_by"]},
                                   {"claimed_by": None, "heartbeat_at": None})
@@ -585,6 +627,34 @@ class Scheduler:
             await self._requeue_lost(row["id"], row["claimed_by"], row["heartbeat_at"],
                                      reason=f"the gateway instance running it ({row['claimed_by']}) stopped "
                                             "responding")
+        await self._adopt_engine_jobs(t)
+
+    async def _adopt_engine_jobs(self, t: float) -> None:
+        """Follow jobs that run on an outside engine and that no live instance follows (released at a
+        stop, held by an instance that stopped answering, or by a process of this host that is gone).
+        Only an instance whose runner can follow them, and that trains at all, takes them."""
+        adopt = getattr(self.runner, "adopt", None)
+        if adopt is None or self.concurrency == 0:
+            return
+        for row in await self.db.unheld_engine_jobs(t - 2 * self.heartbeat_interval):
+            if row["id"] in self.running or row["claimed_by"] == self.instance:
+                continue
+            lost = (row["claimed_by"] is None or row["heartbeat_at"] is None
+                    or row["heartbeat_at"] < t - self.stale_after or self._gone_here(row["claimed_by"]))
+            if not lost:
+                continue
+            held = {"status": "running", "claimed_by": row["claimed_by"], "engine_job_id": row["engine_job_id"]}
+            if not await self.db.cas(row["id"], held, {"claimed_by": self.instance, "heartbeat_at": time.time()}):
+                continue  # another instance got there first
+            run = Running(row["id"], {**row, "claimed_by": self.instance}, None)
+            proc = await adopt(row, run.events.append)
+            if proc is None:  # the engine never got it: nothing runs, so it can be queued again
+                await self._requeue_lost(row["id"], self.instance, None, reason="its submission never reached "
+                                         f"{row.get('engine') or 'the engine'}")
+                continue
+            run.proc = proc
+            self.running[row["id"]] = run
+            log.info("local job %s: following %s on %s", row["id"], row["engine_job_id"], row.get("engine"))
 
     async def _requeue_lost(self, job_id: str, holder: str, heartbeat: float | None, *, reason: str) -> None:
         """A running job whose process is gone: cancelled if that was asked, else queued again to resume
@@ -595,7 +665,8 @@ class Scheduler:
         expect: dict[str, Any] = {"status": "running", "claimed_by": holder}
         if heartbeat is not None:
             expect["heartbeat_at"] = heartbeat
-        base = {"claimed_by": None, "pid": None, "heartbeat_at": None, "estimated_finish": None}
+        base = {"claimed_by": None, "pid": None, "heartbeat_at": None, "estimated_finish": None,
+                "engine_job_id": None}
         if row["cancel_requested"]:
             if await self.db.cas(job_id, expect, {**base, "status": "cancelled", "finished_at": now()}):
                 await self.db.add_events(job_id, [{"message": "Job cancelled"}])

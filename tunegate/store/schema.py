@@ -157,6 +157,11 @@ local_jobs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("pause_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("paused", sa.Boolean, nullable=False, default=False),
+    # A run handed to an engine outside this instance (tunegate.cluster: "ray"): its id there, named before
+    # it is submitted so another instance can follow it, and the last log event stored (each stored once).
+    sa.Column("engine", sa.String(16), nullable=True),
+    sa.Column("engine_job_id", sa.String(200), nullable=True),
+    sa.Column("engine_cursor", sa.BigInteger, nullable=False, default=0),
     sa.Index("ix_local_jobs_status", "status"),
     sa.Index("ix_local_jobs_key_id", "key_id"),
 )
