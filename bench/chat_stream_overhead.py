@@ -145,6 +145,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=32, help="content chunks per stream")
     ap.add_argument("--gap-ms", type=float, default=2.0, help="the upstream's pause between chunks")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "chat_stream.json"))
+    ap.add_argument("--source", default=None,
+                    help="run the gateway from the tunegate package in this directory (e.g. a `git archive` of an "
+                         "older commit), the stand-in from this checkout")
     args = ap.parse_args()
     up_port, gw_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,8 +155,10 @@ def main() -> None:
         env.update(TUNEGATE_DATA_DIR=tmp, TUNEGATE_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
         upstream_proc = subprocess.Popen([sys.executable, "-c", UPSTREAM, str(up_port), str(args.chunks),
                                           str(args.gap_ms)], cwd=ROOT, env=env, start_new_session=True)
-        gateway_proc = subprocess.Popen([str(VENV_BIN / "tunegate"), "serve", "--port", str(gw_port)], cwd=tmp, env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        gw_env = {**env, "PYTHONPATH": str(Path(args.source).resolve()) if args.source else str(ROOT)}
+        gateway_proc = subprocess.Popen([str(VENV_BIN / "tunegate"), "serve", "--port", str(gw_port)], cwd=tmp,
+                                        env=gw_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         try:
             upstream, gateway = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
             asyncio.run(wait_http(upstream + "/models"))

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from tunegate import metrics
 from tunegate.api.common import context, json_body, respond
@@ -46,15 +46,14 @@ async def chat_completions(request: Request) -> Response:
     except BaseException:
         await _close(chunks)
         raise
-    return StreamingResponse(_relay(ctx, body, chunks, first, started), media_type="text/event-stream",
-                             headers=SSE_HEADERS)
+    return sse.EventStream(_relay(ctx, body, chunks, first, started), headers=SSE_HEADERS)
 
 
 async def _relay(ctx: RequestContext, body: JSON, chunks: AsyncIterator[JSON], first: JSON | None,
                  started: float) -> AsyncIterator[bytes]:
     """The stream as SSE, chunk by chunk as the provider sends them (nothing is held back). When the
-    client goes away Starlette cancels this generator; ``finally`` then closes the provider's stream, which
-    frees the slot there (the local model server stops generating)."""
+    client goes away the response (``sse.EventStream``) cancels this generator; ``finally`` then closes
+    the provider's stream, which frees the slot there (the local model server stops generating)."""
     first_at = time.perf_counter() if first is not None else None
     counted = 0
     usage_tokens: int | None = None
