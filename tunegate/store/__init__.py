@@ -55,6 +55,9 @@ _UPSERT_OBJECT = sa.text(
 ).bindparams(sa.bindparam("snapshot", type_=objects.c.snapshot.type))
 _UPSERT_OBJECT_RETURNING = sa.text(str(_UPSERT_OBJECT.text) + " RETURNING provider, connection, key_id").bindparams(
     sa.bindparam("snapshot", type_=objects.c.snapshot.type))
+_LOG_COLUMNS = tuple(c.name for c in request_log.columns if c.name != "id")
+_INSERT_LOG_SQLITE = (f"INSERT INTO request_log ({', '.join(_LOG_COLUMNS)}) "
+                      f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
 _UPSERT_CURSOR = sa.text(
     "INSERT INTO page_cursors (cursor_key, provider, token, created_at, expires_at) "
     "VALUES (:cursor_key, :provider, :token, :created_at, :expires_at) "
@@ -597,7 +600,10 @@ class Store:
         batch, self._log_queue = self._log_queue, []
         if batch:
             def write(conn: sa.Connection) -> None:
-                conn.execute(request_log.insert(), batch)
+                if conn.dialect.name == "sqlite":  # the driver's executemany: ~2 µs a row, not ~10 (bind processing)
+                    conn.exec_driver_sql(_INSERT_LOG_SQLITE, [tuple(e.get(c) for c in _LOG_COLUMNS) for e in batch])
+                else:
+                    conn.execute(request_log.insert(), batch)
 
             await self._write(write)  # on SQLite, with the registry's writes: no second writer to wait for
 
