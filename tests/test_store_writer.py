@@ -99,12 +99,14 @@ async def test_a_failed_batch_fails_every_caller_and_commits_nothing(sqlite_stor
 
 
 async def test_request_log_and_records_go_through_the_same_writer(sqlite_store: Store) -> None:
-    entry = dict(ts=1.0, trace_id="t", key_id=None, provider="openai", operation="list_jobs", method="GET",
-                 path="/v1/fine_tuning/jobs", status=200, upstream_status=200, latency_ms=1.0)
+    entry = dict(ts=1.5, trace_id="t", key_id="key-a", provider="openai", operation="list_jobs", method="GET",
+                 path="/v1/fine_tuning/jobs", status=201, upstream_status=202, latency_ms=1.25)
     sqlite_store._log_queue.extend([entry, entry])
     await asyncio.gather(sqlite_store.flush_log(),
                          sqlite_store.record("job", "ftjob-x", "openai", None, None, "queued", None))
-    assert len(await sqlite_store.recent_requests()) == 2 and "ftjob-x" in durable_ids(sqlite_store)
+    logged = await sqlite_store.recent_requests()
+    assert len(logged) == 2 and "ftjob-x" in durable_ids(sqlite_store)
+    assert {k: v for k, v in logged[0].items() if k != "id"} == entry  # every column where it belongs
 
 
 async def test_an_expired_keys_cache_is_refreshed_by_one_query(sqlite_store: Store) -> None:
