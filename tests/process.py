@@ -31,8 +31,17 @@ class ServeProcess:
                      **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def _drain(self) -> None:
+        """Read the server's output as it comes: a pipe nobody reads fills (64 KiB) and then blocks the
+        server on its next log line. The last 64 KiB are kept for error messages."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self.output = (self.output + line)[-65536:]
+
     def __enter__(self) -> ServeProcess:
         self.proc = subprocess.Popen(self._cmd, env=self._env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.output = b""
+        threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -41,8 +50,8 @@ class ServeProcess:
             except requests.RequestException:
                 time.sleep(0.05)
         self.proc.kill()
-        raise RuntimeError("tunegate serve did not start: " + (self.proc.stdout.read() or b"").decode()[-2000:]
-                           if self.proc.stdout else "")
+        self.proc.wait(5)
+        raise RuntimeError("tunegate serve did not start: " + self.output.decode(errors="replace")[-2000:])
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc is not None
