@@ -229,3 +229,20 @@ def test_pause_checkpoints_through_the_bucket_and_resume_continues(tmp_path, tmp
                 ray_jobs.append(e.message.rsplit(" ", 1)[1])
     runs = ray_jobs_for(ray_address, job.id)
     assert len(runs) == 2 and all(r["status"] == "SUCCEEDED" for r in runs)  # the paused run, the resumed one
+
+
+def test_two_ranks_on_the_ray_node(tmp_path, tmp_path_factory, tiny_model, bucket, ray_address, ray_jobs) -> None:
+    """[local_training] processes = 2 with engine = "ray": the entrypoint runs a torchrun group (gloo on CPU) on
+    its node; the job reports like one process (each step once, from rank 0)."""
+    settings = ray_settings(ray_address, tmp_path_factory.getbasetemp())
+    settings["local_training"]["processes"] = 2
+    with Gateway(tmp_path / "data", **settings) as gw:
+        client = sdk(gw.url)
+        job = create_job(client, tmp_path, tiny_model)
+        final = wait_for(client, job.id, lambda j: j.status in TERMINAL)
+        assert final.status == "succeeded", final.error
+        seen = events(client, job.id)
+        ray_jobs.append(submission_of(client, job.id))
+        assert [e.data["step"] for e in seen if e.type == "metrics"] == [1, 2, 3, 4, 5, 6]
+        started = next(e for e in seen if e.message == "Fine-tuning job started")
+        assert started.data["processes"] == 2

@@ -252,10 +252,17 @@ class RayTrainingJob:
         if result.status == "succeeded":
             out = Path(self.output_dir or ".")
             await asyncio.to_thread(private_dir, out)
-            adapter = await self._fetch_adapter(result.adapter_dir, out)
-            metrics = out / "step_metrics.csv"
-            if split_uri(result.metrics_csv):
-                await self._download(result.metrics_csv, metrics)
+            try:
+                adapter = await self._fetch_adapter(result.adapter_dir, out)
+                metrics = out / "step_metrics.csv"
+                if split_uri(result.metrics_csv):
+                    await self._download(result.metrics_csv, metrics)
+            except (ValueError, tarfile.TarError) as exc:  # never fixed by trying again (the store being away is)
+                message = f"The trained adapter could not be copied back from the object store: {exc}"
+                self.error = {"code": "training_error", "message": message, "param": None}
+                self.status = "failed"
+                self.on_event({"type": "message", "level": "error", "message": message})
+                return
             result.adapter_dir, result.metrics_csv = str(adapter), str(metrics)
         self.result = result
         self.status = result.status
@@ -263,9 +270,14 @@ class RayTrainingJob:
     async def _download(self, uri: str, path: Path) -> None:
         where = split_uri(uri)
         assert where is not None
+        limit = self.runner.settings.max_artifact_bytes
         handle = await asyncio.to_thread(open, path, "wb")
+        size = 0
         try:
             async for chunk in self.runner.files.read(where[1]):
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"{uri} is larger than max_artifact_bytes ({limit})")
                 await asyncio.to_thread(handle.write, chunk)
         finally:
             await asyncio.to_thread(handle.close)

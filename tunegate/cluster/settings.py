@@ -33,4 +33,5 @@ class RaySettings(BaseModel):
     forward_aws_credentials: bool = False
     poll_interval: float = Field(default=2.0, gt=0)  # seconds between looks at a job's status and log
     max_log_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # a job log larger than this fails the job
+    max_artifact_bytes: int = Field(default=64 * 1024**3, ge=1024)  # an adapter or metrics file copied back
     request_timeout: float = Field(default=30.0, gt=0)  # one call to the Jobs API
