@@ -149,3 +149,29 @@ async def test_placement_cache_is_bounded(store: Store) -> None:
     assert all(p.snapshot is None for p in store._placements.values())
     found = await store.placement("job", "ftjob-0")  # evicted long ago: read back from the database
     assert found is not None and found.key_id == "key-a" and found.provider == "openai"
+
+
+async def test_postgres_pings_only_connections_left_idle(store: Store) -> None:
+    """No round trip on every checkout (pool_pre_ping is off): a connection idle for a while in the pool
+    is pinged before use, and a dead one replaced; one reused at once is not pinged."""
+    if not store.url.startswith("postgresql"):
+        pytest.skip("the idle ping is PostgreSQL's (SQLite has no server to lose)")
+    assert await store.ping()  # a pooled connection, just checked in
+
+    async def kill_the_pooled_connections() -> None:
+        other = await Store.open(store.url, store.box)
+        try:
+            async with other.engine.begin() as conn:
+                await conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        finally:
+            await other.close()
+
+    await kill_the_pooled_connections()
+    store.PING_AFTER_IDLE_SECONDS = 0.0  # every pooled connection counts as idle: pinged, found dead, replaced
+    assert await store.lookup("job", "ftjob-none") is None
+    await kill_the_pooled_connections()
+    store.PING_AFTER_IDLE_SECONDS = 3600.0  # none counts as idle: the dead one is used, and that query fails
+    with pytest.raises(sa.exc.DBAPIError):
+        await store.lookup("job", "ftjob-none")
+    assert await store.lookup("job", "ftjob-none") is None  # the pool dropped it: the next query reconnects
