@@ -89,3 +89,33 @@ def test_the_address_must_be_http() -> None:
 
     with pytest.raises(ValueError, match="http"):
         RayJobsClient(Upstream(), "ray://10.0.0.5:10001")
+
+
+def test_a_cluster_that_does_not_answer_leaves_the_job_running() -> None:
+    """A head that is briefly away (restart, network) says nothing about the job: poll keeps it running and
+    raises nothing (a raise would fail every scheduler tick)."""
+    from types import SimpleNamespace
+
+    from tests.standins.openai_like import free_port
+    from tunegate.cluster.ray_jobs import RayJobsClient
+    from tunegate.cluster.runner import RayTrainingJob
+    from tunegate.cluster.settings import RaySettings
+    from tunegate.upstream import Upstream
+
+    async def run() -> tuple[str, str]:
+        upstream = Upstream()
+        try:
+            settings = RaySettings(poll_interval=0.01)
+            client = RayJobsClient(upstream, f"http://127.0.0.1:{free_port()}", timeout=2)  # nothing listens
+            client.policy.retry.attempts = 1
+            runner = SimpleNamespace(client=client, settings=settings)
+            seen: list[dict[str, object]] = []
+            job = RayTrainingJob(runner, "ftjob-x", seen.append, "tunegate-ftjob-x-1")  # type: ignore[arg-type]
+            job.status = "running"
+            first = await job.poll()
+            await asyncio.sleep(0.02)
+            return first, await job.poll()
+        finally:
+            await upstream.close()
+
+    assert asyncio.run(run()) == ("running", "running")

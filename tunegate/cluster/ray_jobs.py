@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from tunegate.config import RetryPolicy, Timeouts
-from tunegate.errors import UpstreamError
+from tunegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from tunegate.upstream import CallPolicy, Upstream
 
 TERMINAL = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
@@ -86,8 +86,14 @@ class RayJobsClient:
             if value is not None:
                 body[name] = value
         for attempt in range(self.submit_attempts):
-            response = await self.upstream.request("POST", f"{self.base}/api/jobs/", self.policy, json=body,
-                                                   headers=self.headers)
+            try:
+                response = await self.upstream.request("POST", f"{self.base}/api/jobs/", self.policy, json=body,
+                                                       headers=self.headers)
+            except (UpstreamUnreachable, UpstreamTimeout):
+                if attempt == self.submit_attempts - 1:
+                    raise
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))  # the answer may be lost, not the submit:
+                continue  # the next round asks for the id before deciding
             existing = await self.get(submission_id)
             if response.ok or existing is not None:
                 return existing or RayJob(submission_id, "PENDING", "", None, None)

@@ -45,6 +45,7 @@ from tunegate.cluster.layout import (
 )
 from tunegate.cluster.ray_jobs import RayJob, RayJobsClient
 from tunegate.cluster.settings import RaySettings
+from tunegate.errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from tunegate.private import private_dir
 
 log = logging.getLogger("tunegate.cluster")
@@ -159,6 +160,7 @@ class RayTrainingJob:
         self.error: dict[str, Any] | None = None
         self.traceback: str | None = None
         self._next_poll = 0.0
+        self._last_warning = 0.0
         self._ray_status: str | None = None
 
     @property
@@ -205,6 +207,17 @@ class RayTrainingJob:
         if self.status != "running" or time.monotonic() < self._next_poll:
             return self.status
         self._next_poll = time.monotonic() + self.runner.settings.poll_interval
+        try:
+            return await self._follow()
+        except (UpstreamUnreachable, UpstreamTimeout, UpstreamError) as exc:
+            # The head briefly away (restart, network) says nothing about the job: keep following it.
+            if time.monotonic() - self._last_warning > 60:
+                self._last_warning = time.monotonic()
+                log.warning("Ray job %s: the cluster did not answer (%s); still following it", self.engine_ref,
+                            exc.message)
+            return self.status
+
+    async def _follow(self) -> str:
         job = await self.client.get(self.engine_ref)
         if job is None:
             self._lost()
@@ -257,7 +270,7 @@ class RayTrainingJob:
                 metrics = out / "step_metrics.csv"
                 if split_uri(result.metrics_csv):
                     await self._download(result.metrics_csv, metrics)
-            except (ValueError, tarfile.TarError) as exc:  # never fixed by trying again (the store being away is)
+            except (ValueError, tarfile.TarError, NotFound) as exc:  # never fixed by trying again (a store away is)
                 message = f"The trained adapter could not be copied back from the object store: {exc}"
                 self.error = {"code": "training_error", "message": message, "param": None}
                 self.status = "failed"
