@@ -89,6 +89,10 @@ class Upstream:
         self._allowed = ["localhost", "127.0.0.1", "::1"] if allowed_client_hosts is None else allowed_client_hosts
         self._session: aiohttp.ClientSession | None = None
         self._client_session: aiohttp.ClientSession | None = None
+        # Whether an address literal passes the guard's rule: a pure function of the host and this
+        # Upstream's fixed list, asked on every request to a client-chosen literal (ipaddress parsing of
+        # the list each time, ~5 µs), so kept (bounded).
+        self._literals: dict[str, bool] = {}
 
     @staticmethod
     def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
@@ -121,8 +125,14 @@ class Upstream:
             return self.session
         # aiohttp never asks the resolver about an address literal (http://169.254.169.254/), so the
         # guard's rule is applied to literals here, before the connection is opened.
-        literal = ip_literal(host)
-        if literal is not None and not address_allowed(host, literal, self._allowed):
+        allowed = self._literals.get(host)
+        if allowed is None:
+            literal = ip_literal(host)
+            allowed = literal is None or address_allowed(host, literal, self._allowed)
+            if len(self._literals) >= 1024:
+                self._literals.clear()
+            self._literals[host] = allowed
+        if not allowed:
             raise _refused(host, policy)
         return self.client_session
 

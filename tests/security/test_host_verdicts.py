@@ -71,3 +71,23 @@ def test_the_connect_time_guard_still_runs_while_a_verdict_is_kept(tmp_path: Pat
             assert resp.status_code == 400 and resp.json()["error"]["code"] == "custom_host_not_allowed", resp.text
     assert lookups == ["localhost"]  # the request-time verdict was kept...
     assert not standin.requests  # ...and the connect-time check refused each connection all the same
+
+
+async def test_address_literals_are_judged_once_per_upstream_and_refused_every_time() -> None:
+    from tunegate.config import RetryPolicy, Timeouts
+    from tunegate.upstream import CallPolicy, Upstream
+
+    upstream = Upstream(["127.0.0.1"])
+    policy = CallPolicy(timeouts=Timeouts(), retry=RetryPolicy(attempts=1), client_host="10.0.0.8")
+    try:
+        for _ in range(2):  # the kept "no" refuses as the first one did
+            with pytest.raises(InvalidRequest) as refused:
+                upstream._session_for("http://10.0.0.8:8080/v1/files", policy)
+            assert refused.value.code == "custom_host_not_allowed"
+        assert upstream._session_for("http://127.0.0.1:9/v1", policy) is upstream.client_session
+        assert upstream._literals == {"10.0.0.8": False, "127.0.0.1": True}
+        with pytest.raises(InvalidRequest):  # another Upstream has its own list: nothing carried over
+            Upstream([])._session_for("http://127.0.0.1:9/v1", CallPolicy(
+                timeouts=Timeouts(), retry=RetryPolicy(attempts=1), client_host="127.0.0.1"))
+    finally:
+        await upstream.close()
