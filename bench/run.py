@@ -405,6 +405,23 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ---- upload ------------------------------------------------------------------------------------
 
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root``'s process tree as it is now, plus what its children that were waited for
+    used (cutime + cstime): a helper that starts and ends during an upload is counted."""
+    try:
+        with open(f"/proc/{root}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return cpu_seconds(process_tree(root)) + (int(fields[13]) + int(fields[14])) / TICK
+
+
+def tree_rss_bytes(root: int) -> int:
+    """RSS of ``root``'s process tree, read again each time: children that appear later count."""
+    return rss_bytes(process_tree(root))
+
+
 UPLOAD_CHILD = r"""
 import json, os, socket, sys, time
 port, path, custom_host, validate = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -450,21 +467,22 @@ print(json.dumps({"status": status, "seconds": t1 - t0, "send_seconds": t_sent -
 """
 
 
-def run_upload(port: int, path: Path, custom_host: str, watch: list[int] | None,
+def run_upload(port: int, path: Path, custom_host: str, watch: int | None,
                validate: bool = True) -> dict[str, Any]:
     """Upload ``path`` as multipart to POST /v1/files on ``port`` (in a child process, with sendfile);
-    samples the RSS of ``watch`` every 20 ms meanwhile."""
+    samples the RSS of the process tree under ``watch`` (a pid) every 20 ms meanwhile, re-reading the
+    tree each time (a validation helper the gateway starts per upload counts)."""
     samples: list[int] = []
     stop = threading.Event()
-    base_rss = rss_bytes(watch) if watch else 0
+    base_rss = tree_rss_bytes(watch) if watch else 0
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append(rss_bytes(watch or []))
+            samples.append(tree_rss_bytes(watch) if watch else 0)
             stop.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    cpu0 = cpu_seconds(watch) if watch else 0.0
+    cpu0 = tree_cpu_seconds(watch) if watch else 0.0
     if watch:
         sampler.start()
     out = subprocess.run([sys.executable, "-c", UPLOAD_CHILD, str(port), str(path), custom_host,
@@ -478,7 +496,7 @@ def run_upload(port: int, path: Path, custom_host: str, watch: list[int] | None,
     r = json.loads(out.stdout)
     r["mb_s"] = round(r["bytes"] / MB / r["seconds"], 1)
     if watch:
-        r["gateway_cpu_s"] = round(cpu_seconds(watch) - cpu0, 3)
+        r["gateway_cpu_s"] = round(tree_cpu_seconds(watch) - cpu0, 3)
         r["rss_before_mb"] = round(base_rss / MB, 1)
         r["rss_peak_mb"] = round(max(samples, default=base_rss) / MB, 1)
         r["rss_growth_mb"] = round((max(samples, default=base_rss) - base_rss) / MB, 1)
@@ -797,14 +815,14 @@ def main() -> int:
                 if args.profile and rnd == 0:
                     spy = py_spy_record(gw.pid, 60, results_dir / "profile-upload.txt")
                     time.sleep(0.5)
-                g = run_upload(gw_port, up_file, custom_host, gw_pids)
+                g = run_upload(gw_port, up_file, custom_host, gw.pid)
                 if spy is not None:
                     os.kill(spy.pid, signal.SIGINT)  # py-spy writes what it has on SIGINT
                     spy.wait(30)
                     results["profile"]["upload"] = summarise_profile(results_dir / "profile-upload.txt")
                     spy = None
                 d = run_upload(up_port, up_file, custom_host, None)
-                nv = run_upload(gw_port, up_file, custom_host, gw_pids, validate=False)
+                nv = run_upload(gw_port, up_file, custom_host, gw.pid, validate=False)
                 ups["gateway"].append(g)
                 ups["direct"].append(d)
                 ups.setdefault("gateway_no_validation", []).append(nv)
@@ -813,7 +831,7 @@ def main() -> int:
                         f"direct {d['mb_s']:>7.1f} MB/s  gateway w/o validation {nv['mb_s']:>7.1f} MB/s "
                         f"(RSS +{nv['rss_growth_mb']} MB)")
                 if pk is not None:  # Portkey passes the multipart body through, unvalidated
-                    k = run_upload(pk_port, up_file, custom_host, pk.pids())
+                    k = run_upload(pk_port, up_file, custom_host, pk.pid)
                     ups.setdefault("portkey", []).append(k)
                     line += f"  portkey {k['mb_s']:>7.1f} MB/s (status {k['status']}, peak RSS {k['rss_peak_mb']} MB)"
                 print(line, flush=True)

@@ -42,9 +42,22 @@ def threads_cpu(pids: list[int]) -> dict[str, float]:
     return out
 
 
+def minor_faults(pids: list[int]) -> int:
+    """Minor page faults of these processes (and of their children that were waited for)."""
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(f[7]) + int(f[8])  # minflt, cminflt
+    return total
+
+
 def one(port: int, path: Path, custom_host: str, gw: run.Service, up: run.Service, validate: bool) -> dict:
     up_pids = up.pids()
-    c_gw, c_up = run.cpu_seconds(gw.pids()), run.cpu_seconds(up_pids)
+    idle = run.tree_rss_bytes(gw.pid)
+    c_gw, c_up, f_gw = run.tree_cpu_seconds(gw.pid), run.cpu_seconds(up_pids), minor_faults(gw.pids())
     th0 = threads_cpu(gw.pids())
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -52,7 +65,7 @@ def one(port: int, path: Path, custom_host: str, gw: run.Service, up: run.Servic
                              "on" if validate else "off"], stdout=subprocess.PIPE, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, run.rss_bytes(gw.pids()))  # the tree now: a helper started per upload counts
+        peak = max(peak, run.tree_rss_bytes(gw.pid))  # the tree now: a helper started per upload counts
         time.sleep(0.02)
     out = json.loads(proc.stdout.read() if proc.stdout else "{}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -60,7 +73,8 @@ def one(port: int, path: Path, custom_host: str, gw: run.Service, up: run.Servic
     th1 = threads_cpu(gw.pids())
     busy = {k: round(v - th0.get(k, 0.0), 2) for k, v in th1.items() if v - th0.get(k, 0.0) > 0.005}
     return {"status": out["status"], "mb_s": round(out["bytes"] / run.MB / out["seconds"], 1),
-            "gw_cpu_s": round(run.cpu_seconds(gw.pids()) - c_gw, 3),
+            "gw_cpu_s": round(run.tree_cpu_seconds(gw.pid) - c_gw, 3),
+            "gw_faults": minor_faults(gw.pids()) - f_gw, "idle_rss_mb": round(idle / run.MB, 1),
             "up_cpu_s": round(run.cpu_seconds(up_pids) - c_up, 3),
             "client_cpu_s": round(ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime, 3), "wall_s": round(wall, 3),
             "peak_rss_mb": round(peak / run.MB, 1), "threads": busy, "body": out["body"][:200] if out["status"] != 200 else ""}
@@ -106,7 +120,7 @@ def main() -> None:
                 if not rs:
                     continue
                 print(f"validation {k:3s}: " + "  ".join(
-                    f"{r['mb_s']:7.1f} MB/s gw {r['gw_cpu_s']:.2f}s up {r['up_cpu_s']:.2f}s cl {r['client_cpu_s']:.2f}s rss {r['peak_rss_mb']}"
+                    f"{r['mb_s']:7.1f} MB/s gw {r['gw_cpu_s']:.2f}s up {r['up_cpu_s']:.2f}s cl {r['client_cpu_s']:.2f}s rss {r['idle_rss_mb']}->{r['peak_rss_mb']} pf {r['gw_faults']}"
                     f" [{r['status']}]{r['body']}" for r in rs)
                     + f"  | threads {rs[-1]['threads']}  | median {statistics.median(r['mb_s'] for r in rs):.1f} MB/s")
         finally:
