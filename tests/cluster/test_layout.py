@@ -119,3 +119,18 @@ def test_a_cluster_that_does_not_answer_leaves_the_job_running() -> None:
             await upstream.close()
 
     assert asyncio.run(run()) == ("running", "running")
+
+
+def test_only_the_unread_part_of_a_growing_log_is_parsed() -> None:
+    from tunegate.cluster.layout import new_events
+
+    log = "setup\n" + event_line(1, {"type": "message"}) + event_line(2, {"type": "message"})[:10]
+    events, end = new_events(log, 0)
+    assert [s for s, _ in events] == [1] and log[end:] == "TUNEGATE-E"  # the half-written line waits
+    log += event_line(2, {"type": "message"})[10:] + "noise\n"
+    events, end2 = new_events(log, 1, end)
+    assert [s for s, _ in events] == [2] and end2 == len(log)
+    assert new_events(log, 2, end2) == ([], end2)
+    # Read from the start (an instance that adopts the job): the cursor alone keeps events from repeating.
+    assert [s for s, _ in new_events(log, 1)[0]] == [2]
+    assert new_events("short\n", 0, 10_000)[1] == len("short\n")

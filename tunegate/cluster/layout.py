@@ -114,6 +114,16 @@ def parse_events(log: str, after: int) -> Iterator[tuple[int, dict[str, Any]]]:
             continue
 
 
+def new_events(log: str, after: int, start: int = 0) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+    """``parse_events`` over ``log[start:]`` (the part not read before: Ray's job log only grows), and the
+    offset where the next read starts (the end of the last complete line). Blocking on a long log: run it
+    in a thread."""
+    if start > len(log):
+        start = 0  # not the log it was (never seen; the cursor still keeps events from repeating)
+    end = log.rfind("\n", start) + 1 or start
+    return list(parse_events(log[start:end], after)), end
+
+
 def log_tail(log: str, lines: int = 20, chars: int = 4000) -> str:
     """The last non-event lines of a log: what a failed job's error is made of."""
     other = [line for line in log.splitlines() if not line.startswith(EVENT_PREFIX) and line.strip()]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import orjson
+
 from tunegate.config import RetryPolicy, Timeouts
 from tunegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from tunegate.upstream import CallPolicy, Upstream
@@ -131,4 +133,10 @@ class RayJobsClient:
             return ""
         if not response.ok:
             raise self._fail("send the training job's log", response.status, response.body)
-        return str((response.json() or {}).get("logs") or "")
+        # A long job's log is megabytes of JSON: decoded off the event loop.
+        return await asyncio.to_thread(_logs_text, response.body)
+
+
+def _logs_text(body: bytes) -> str:
+    decoded = orjson.loads(body) if body else None
+    return str((decoded or {}).get("logs") or "") if isinstance(decoded, dict) else ""

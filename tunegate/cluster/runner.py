@@ -40,7 +40,7 @@ from tunegate.cluster.layout import (
     ClusterJob,
     job_root,
     log_tail,
-    parse_events,
+    new_events,
     split_uri,
 )
 from tunegate.cluster.ray_jobs import RayJob, RayJobsClient
@@ -161,6 +161,7 @@ class RayTrainingJob:
         self.traceback: str | None = None
         self._next_poll = 0.0
         self._last_warning = 0.0
+        self._offset = 0  # where the unread part of the job's log starts
         self._ray_status: str | None = None
 
     @property
@@ -223,21 +224,25 @@ class RayTrainingJob:
             self._lost()
             return self.status
         self._announce(job)
+        text = await self._read_log()
+        if self.status == "running" and job.terminal:
+            # The log may lag the status by a moment: read it once more before deciding.
+            text = await self._read_log()
+            if self.status == "running":
+                self._ended_without_result(job, await asyncio.to_thread(log_tail, text))
+        return self.status
+
+    async def _read_log(self) -> str:
+        """Deliver the log's events after the cursor; only the part not read before is parsed (in a thread)."""
         text = await self.client.logs(self.engine_ref, self.runner.settings.max_log_bytes)
-        for seq, event in parse_events(text, self.cursor):
+        events, end = await asyncio.to_thread(new_events, text, self.cursor, self._offset)
+        for seq, event in events:
             await self._handle(event)
             self.cursor = seq
             if self.status != "running":
-                return self.status
-        if job.terminal and self.status == "running":
-            # The log may lag the status by a moment: read it once more before deciding.
-            text = await self.client.logs(self.engine_ref, self.runner.settings.max_log_bytes)
-            for seq, event in parse_events(text, self.cursor):
-                await self._handle(event)
-                self.cursor = seq
-            if self.status == "running":
-                self._ended_without_result(job, text)
-        return self.status
+                return text
+        self._offset = end
+        return text
 
     def _announce(self, job: RayJob) -> None:
         if job.status == self._ray_status:
@@ -302,8 +307,7 @@ class RayTrainingJob:
         await asyncio.to_thread(os.unlink, archive)
         return out / "adapter"
 
-    def _ended_without_result(self, job: RayJob, text: str) -> None:
-        tail = log_tail(text)
+    def _ended_without_result(self, job: RayJob, tail: str) -> None:
         if job.status == "STOPPED":
             message = "The job was stopped on the Ray cluster (not by tunegate)."
         else:
