@@ -100,6 +100,10 @@ def test_job_trains_on_ray_and_its_adapter_comes_back(tmp_path, tmp_path_factory
         assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= members
         metrics_csv = client.files.content(names[f"{job.id}-step_metrics.csv"]).text
         assert metrics_csv.splitlines()[0].startswith("step,train_loss") and len(metrics_csv.splitlines()) == 7
+        # The tuned model answers at once, from the adapter that came back (the local model server).
+        answer = client.chat.completions.create(model=final.fine_tuned_model, max_tokens=4, temperature=0,
+                                                messages=[{"role": "user", "content": "Capital of France?"}])
+        assert answer.model == final.fine_tuned_model and answer.usage.completion_tokens > 0
     # Ray ran it once, and says it succeeded; the node's copies are in the job's prefix of the bucket.
     runs = ray_jobs_for(ray_address, job.id)
     assert [r["submission_id"] for r in runs] == [submission] and runs[0]["status"] == "SUCCEEDED"
