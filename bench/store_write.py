@@ -1,5 +1,7 @@
 """Cost of a registry write (``Store.record`` of a new job) on a SQLite file, with and without the webhook
-outbox hook, one at a time and 64 at once — the write every created job makes before its answer.
+outbox hook (for a job made with a caller's own provider key, and for one on a stored connection, which the
+outbox also enrols for the watcher), one at a time and 64 at once — the write every created job makes before
+its answer.
 
     .venv/bin/python bench/store_write.py [--n 640]
     PYTHONPATH=/some/tree .venv/bin/python bench/store_write.py   # another tunegate tree (before/after)
@@ -34,7 +36,10 @@ async def main_async(n: int) -> None:
         counter = iter(range(10**9))
 
         async def one(label: str) -> None:
-            await store.record("job", f"ftjob-{label}-{next(counter)}", "openai", None, "key-a",
+            # "stored connection": a job the watcher can poll (enrolled in job_watch by the outbox); the
+            # others are made with a caller's own provider key (no connection: never enrolled).
+            connection = "oa" if "connection" in label else None
+            await store.record("job", f"ftjob-{label}-{next(counter)}", "openai", connection, "key-a",
                                "validating_files", snapshot, claim=True)
 
         async def bench(label: str, concurrency: int) -> None:
@@ -46,13 +51,15 @@ async def main_async(n: int) -> None:
             done = max(1, n // concurrency) * concurrency
             wall = (time.perf_counter() - w0) / done * 1e6
             cpu = (time.process_time() - c0) / done * 1e6
-            print(f"record {label:<12} concurrency {concurrency:<3} {wall:>9.0f} µs wall {cpu:>9.0f} µs CPU", flush=True)
+            print(f"record {label:<31} concurrency {concurrency:<3} {wall:>9.0f} µs wall {cpu:>9.0f} µs CPU", flush=True)
 
         await bench("no hook", 1)
         await bench("no hook", 64)
         store.on_status("job", Outbox(WatchSettings()).on_job_status)
         await bench("outbox hook", 1)
         await bench("outbox hook", 64)
+        await bench("outbox hook, stored connection", 1)
+        await bench("outbox hook, stored connection", 64)
         await store.close()
 
 
