@@ -1,4 +1,4 @@
-"""tunegate.server.tune_allocator: glibc's trim threshold (freed body chunks stay resident, no page
+"""tunegate.allocator.tune_allocator: glibc's trim threshold (freed body chunks stay resident, no page
 fault per chunk) and mmap threshold, and a no-op where there is no glibc."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tunegate import server
+from tunegate import allocator as server
 
 # What uvicorn does with a request body (a bytearray grown by 64 KiB reads, then copied into bytes and
 # freed), 400 times, and the minor page faults that took: with glibc's trim threshold frozen at its
@@ -18,7 +18,7 @@ from tunegate import server
 CHURN = r"""
 import ctypes, resource, sys
 if sys.argv[1] == "tuned":
-    from tunegate.server import tune_allocator
+    from tunegate.allocator import tune_allocator
     assert tune_allocator()
 else:
     ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # the mmap threshold alone, as before

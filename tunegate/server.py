@@ -2,42 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from typing import Any
 
 from starlette.applications import Starlette
 
+from tunegate.allocator import tune_allocator
 from tunegate.app import create_app
 from tunegate.config import Settings
 from tunegate.private import UMASK
-
-M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1024 * 1024
-TRIM_THRESHOLD = 8 * 1024 * 1024
-
-
-def tune_allocator() -> bool:
-    """Fixed glibc malloc thresholds for a process that streams large bodies; whether they were set.
-
-    - mmap threshold 1 MiB: glibc raises it each time a large block is freed, after which 8 MiB upload
-      parts come from the heap and their memory stays resident; fixed, every large buffer is mmap'd
-      and handed back to the OS as soon as it is freed.
-    - trim threshold 8 MiB: setting the mmap threshold also freezes the trim threshold at its 128 KiB
-      default, so every freed 256 KiB body chunk at the top of the heap was returned to the kernel and
-      faulted back in by the next one (~43k page faults and ~0.06 s of kernel time per 200 MiB upload).
-      Up to 8 MiB of free heap now stays resident instead.
-
-    Called where the serving process (and each uvicorn worker) builds its app, before any request.
-    Not glibc (musl, macOS: no ``libc.so.6``, or no ``mallopt``): nothing to tune."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
 
 
 def app() -> Starlette:

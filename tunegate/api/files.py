@@ -3,9 +3,10 @@ streamed downloads."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -18,10 +19,16 @@ from tunegate.multipart import MultipartReader
 from tunegate.providers.base import JSON, IncomingFile
 from tunegate.spool import Spool
 
+if TYPE_CHECKING:
+    from tunegate.data.helper import ValidatorProcess
+
 FILE_FIELD_LIMIT = 64 * 1024  # one text field of a multipart form
 MAX_FORM_FIELDS = 32  # text fields in one form (OpenAI's file forms have at most four)
 MAX_FORM_FIELD_BYTES = 256 * 1024  # all text fields of one form together
 FORM_OVERHEAD = 1024 * 1024  # what a form may hold besides its file: boundaries, headers, fields
+# Uploads at least this large (by Content-Length) validate in a helper process; None: never (the default:
+# on the shared 2-core bench machine the helper measured slower than inline validation, docs/performance.md).
+REMOTE_MIN_BYTES: int | None = None
 
 
 async def bounded(body: AsyncIterator[bytes], limit: int, param: str | None = None) -> AsyncIterator[bytes]:
@@ -39,11 +46,15 @@ async def bounded(body: AsyncIterator[bytes], limit: int, param: str | None = No
 class GuardedChunks:
     """The file's bytes on their way to the provider, checked as they pass. A failed check raises
     inside the provider's body stream, so the upstream request is aborted before it completes and
-    nothing is created there; ``error`` keeps the real reason for the client."""
+    nothing is created there; ``error`` keeps the real reason for the client. The check runs inline
+    (``validator``) or in a helper process (``remote``) that validates while the bytes go upstream;
+    either way the body's end waits for the verdict."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], validator: object | None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], validator: object | None,
+                 remote: ValidatorProcess | None = None) -> None:
         self._chunks = chunks
-        self._validator = validator
+        self._validator = None if remote is not None else validator
+        self._remote = remote
         self.error: BaseException | None = None
         self.report: Any = None  # the validator's report, once the whole file has passed
         self.bytes = 0
@@ -52,14 +63,20 @@ class GuardedChunks:
         try:
             async for chunk in self._chunks:
                 self.bytes += len(chunk)
-                if self._validator is not None:
+                if self._remote is not None:
+                    await self._remote.feed(chunk)
+                elif self._validator is not None:
                     self._validator.feed(chunk)  # type: ignore[attr-defined]
                 yield chunk
-            if self._validator is not None:
-                report = self.report = self._validator.finish()  # type: ignore[attr-defined]
-                if not report.ok:
-                    raise InvalidRequest("The training file is not valid: " + report.summary(),
-                                         param="file", code="invalid_training_file")
+            report = None
+            if self._remote is not None:
+                report = await self._remote.finish()
+            elif self._validator is not None:
+                report = self._validator.finish()  # type: ignore[attr-defined]
+            self.report = report
+            if report is not None and not report.ok:
+                raise InvalidRequest("The training file is not valid: " + report.summary(),
+                                     param="file", code="invalid_training_file")
         except BaseException as exc:
             self.error = exc
             raise
@@ -72,6 +89,27 @@ def _validator_for(ctx: RequestContext, purpose: str, max_bytes: int) -> object 
     from tunegate.data.validator import Validator  # the data package is optional at import time
 
     return Validator(method=str(ctx.option("validation_method", "supervised")), model=None, max_bytes=max_bytes)
+
+
+async def _helper_for(validator: object | None, size_hint: int | None) -> ValidatorProcess | None:
+    """A helper process to validate on another core, when that can pay: a file of at least
+    ``REMOTE_MIN_BYTES`` (the helper's start costs ~0.1 s of CPU and ~20 MB while it runs) and a second
+    core to run it on, and only when ``REMOTE_MIN_BYTES`` is set (off by default: it did not measure a
+    gain here). Otherwise (small or unsized bodies, one core) validation stays inline."""
+    if (validator is None or REMOTE_MIN_BYTES is None or size_hint is None or size_hint < REMOTE_MIN_BYTES
+            or _cores() < 2):
+        return None
+    from tunegate.data.helper import ValidatorProcess
+
+    v: Any = validator
+    return await ValidatorProcess.start(v.method, v.max_bytes)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def services_settings(ctx: RequestContext):  # type: ignore[no-untyped-def]
@@ -148,7 +186,7 @@ async def upload_file(request: Request) -> Response:
     with slots.hold(ctx.key_id or "open", services(request).settings.max_concurrent_uploads):
         form = await read_form_file(request, "file", max_bytes, needs=("purpose",))
         try:
-            created, report = await _upload(ctx, form, max_bytes)
+            created, report = await _upload(ctx, form, max_bytes, _declared_length(request))
         finally:
             form.close()
     await remember(ctx, "file", created, created=True)
@@ -159,12 +197,27 @@ async def upload_file(request: Request) -> Response:
     return respond(created)
 
 
-async def _upload(ctx: RequestContext, form: FormFile, max_bytes: int) -> tuple[JSON, Any]:
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length")
+    return int(declared) if declared and declared.isdigit() else None
+
+
+async def _upload(ctx: RequestContext, form: FormFile, max_bytes: int,
+                  size_hint: int | None = None) -> tuple[JSON, Any]:
     """Send the form's file to the provider, validated on the way: (the file object, the validation report)."""
     purpose = form.fields.pop("purpose", None)
     if not purpose:
         raise missing_param("purpose")
-    guarded = GuardedChunks(form.chunks, _validator_for(ctx, purpose, max_bytes))
+    validator = _validator_for(ctx, purpose, max_bytes)
+    remote = await _helper_for(validator, size_hint)
+    try:
+        return await _send(ctx, form, purpose, GuardedChunks(form.chunks, validator, remote))
+    finally:
+        if remote is not None:
+            remote.close()  # a failed or cancelled upload: the helper goes with it
+
+
+async def _send(ctx: RequestContext, form: FormFile, purpose: str, guarded: GuardedChunks) -> tuple[JSON, Any]:
     incoming = IncomingFile(filename=form.filename, purpose=purpose, content_type=form.content_type,
                             chunks=guarded.__aiter__(), fields=form.fields)
     try:

@@ -220,6 +220,14 @@ class Report:
             "stats": dict(self.stats),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Report:
+        """The report ``to_dict`` gave (a validator in another process sends it so)."""
+        return cls(ok=bool(data["ok"]), errors=[Problem(**p) for p in data["errors"]],
+                   warnings=[Problem(**p) for p in data["warnings"]], stats=dict(data["stats"]),
+                   error_count=int(data["error_count"]), warning_count=int(data["warning_count"]),
+                   counts=dict(data["counts"]))
+
 
 def _tt(text: str) -> int:
     """Inline-able text token estimate (same as tokens.text_tokens)."""
