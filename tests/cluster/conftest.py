@@ -19,12 +19,16 @@ PREFIX = "shared/files"
 ACCESS, SECRET = "AKIAMOTOCLUSTER", "moto-cluster-secret"
 
 
+TOKEN = os.environ.get("TUNEGATE_TEST_RAY_TOKEN")  # .ci/run's head runs with RAY_AUTH_MODE=token
+AUTH = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else {}
+
+
 @pytest.fixture(scope="session")
 def ray_address() -> str:
     address = os.environ.get("TUNEGATE_TEST_RAY_ADDRESS")
     if not address:
         pytest.skip("no Ray head: set TUNEGATE_TEST_RAY_ADDRESS (.ci/run starts one on loopback)")
-    requests.get(address.rstrip("/") + "/api/version", timeout=10).raise_for_status()
+    requests.get(address.rstrip("/") + "/api/jobs/", headers=AUTH, timeout=10).raise_for_status()
     return address.rstrip("/")
 
 
@@ -50,7 +54,7 @@ def ray_settings(address: str, model_root: Path, **ray: Any) -> dict[str, Any]:
                 file_store_s3_region="us-east-1", local_model_roots=[model_root], local_concurrency=2,
                 local_training={"engine": "ray", "threads": 1, "ray": {
                     "address": address, "python": sys.executable, "poll_interval": 0.3, "num_cpus": 0.5,
-                    "forward_aws_credentials": True, **ray}})
+                    "forward_aws_credentials": True, **({"token": TOKEN} if TOKEN else {}), **ray}})
 
 
 @pytest.fixture
@@ -59,4 +63,4 @@ def ray_jobs(ray_address: str) -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     for submission_id in made:
-        requests.post(f"{ray_address}/api/jobs/{submission_id}/stop", timeout=10)
+        requests.post(f"{ray_address}/api/jobs/{submission_id}/stop", headers=AUTH, timeout=10)

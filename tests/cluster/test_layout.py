@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.cluster.conftest import TOKEN
 from tunegate.cluster.layout import ClusterJob, event_line, job_root, log_tail, parse_events, split_uri
 
 
@@ -48,7 +49,7 @@ def test_a_submission_id_already_taken_returns_that_job(ray_address: str) -> Non
     async def run() -> tuple[RayJob, RayJob, str]:
         upstream = Upstream()
         try:
-            client = RayJobsClient(upstream, ray_address)
+            client = RayJobsClient(upstream, ray_address, token=TOKEN)
             sid = f"tunegate-test-{time.time_ns()}"
             first = await client.submit(sid, "echo first", runtime_env={}, metadata={}, num_cpus=0, num_gpus=None,
                                         memory_bytes=None, resources={})
@@ -75,7 +76,7 @@ def test_an_unknown_job_is_none_and_cannot_be_stopped(ray_address: str) -> None:
     async def run() -> tuple[object, bool, str]:
         upstream = Upstream()
         try:
-            client = RayJobsClient(upstream, ray_address)
+            client = RayJobsClient(upstream, ray_address, token=TOKEN)
             return await client.get("tunegate-nope"), await client.stop("tunegate-nope"), await client.logs("tunegate-nope", 1024)
         finally:
             await upstream.close()

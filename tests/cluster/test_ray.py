@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 openai = pytest.importorskip("openai")
 
-from tests.cluster.conftest import BUCKET, PREFIX, ray_settings  # noqa: E402
+from tests.cluster.conftest import AUTH, BUCKET, PREFIX, TOKEN, ray_settings  # noqa: E402
 from tests.gateway import Gateway  # noqa: E402
 from tests.trainer.conftest import sft_rows, write_jsonl  # noqa: E402
 
@@ -61,7 +61,7 @@ def submission_of(client: Any, job_id: str) -> str:
 
 
 def ray_jobs_for(address: str, job_id: str) -> list[dict[str, Any]]:
-    listed = requests.get(f"{address}/api/jobs/", timeout=10).json()
+    listed = requests.get(f"{address}/api/jobs/", headers=AUTH, timeout=10).json()
     return [j for j in listed if (j.get("metadata") or {}).get("tunegate_job") == job_id]
 
 
@@ -69,7 +69,7 @@ def wait_ray(address: str, submission_id: str, statuses: tuple[str, ...], timeou
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = requests.get(f"{address}/api/jobs/{submission_id}", timeout=10).json()
+        body = requests.get(f"{address}/api/jobs/{submission_id}", headers=AUTH, timeout=10).json()
         if body["status"] in statuses:
             return body
         time.sleep(0.3)
@@ -185,7 +185,8 @@ def test_a_killed_gateway_s_job_is_followed_by_the_next_one(tmp_path, tmp_path_f
            ray["python"], "TUNEGATE_LOCAL_TRAINING__RAY__POLL_INTERVAL": "0.3",
            "TUNEGATE_LOCAL_TRAINING__RAY__NUM_CPUS": "0.5", "TUNEGATE_LOCAL_TRAINING__RAY__FORWARD_AWS_CREDENTIALS":
            "true", "AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": os.environ["AWS_ACCESS_KEY_ID"],
-           "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"]}
+           "AWS_SECRET_ACCESS_KEY": os.environ["AWS_SECRET_ACCESS_KEY"],
+           **({"TUNEGATE_LOCAL_TRAINING__RAY__TOKEN": TOKEN} if TOKEN else {})}
     with ServeProcess(tmp_path / "data", env=env) as first:
         client = sdk(first.url)
         job = create_job(client, tmp_path, tiny_model, examples=24, epochs=3, batch=2)
@@ -250,3 +251,18 @@ def test_two_ranks_on_the_ray_node(tmp_path, tmp_path_factory, tiny_model, bucke
         assert [e.data["step"] for e in seen if e.type == "metrics"] == [1, 2, 3, 4, 5, 6]
         started = next(e for e in seen if e.message == "Fine-tuning job started")
         assert started.data["processes"] == 2
+
+
+def test_a_head_with_token_auth_refuses_a_gateway_without_the_token(tmp_path, tmp_path_factory, tiny_model, bucket,
+                                                                   ray_address) -> None:
+    if not TOKEN:
+        pytest.skip("the Ray head runs without token authentication (TUNEGATE_TEST_RAY_TOKEN unset)")
+    settings = ray_settings(ray_address, tmp_path_factory.getbasetemp())
+    settings["local_training"]["ray"].pop("token")
+    with Gateway(tmp_path / "data", **settings) as gw:
+        client = sdk(gw.url)
+        job = create_job(client, tmp_path, tiny_model)
+        final = wait_for(client, job.id, lambda j: j.status in TERMINAL, timeout=120)
+        assert final.status == "failed"
+        assert "401" in final.error.message and "Ray cluster refused" in final.error.message
+        assert ray_jobs_for(ray_address, job.id) == []  # nothing ran

@@ -96,10 +96,12 @@ class RayJobsClient:
                     raise
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))  # the answer may be lost, not the submit:
                 continue  # the next round asks for the id before deciding
+            if not response.ok and response.status < 500:  # refused (auth, a bad request): no retry helps
+                raise self._fail("start the training job", response.status, response.body)
             existing = await self.get(submission_id)
             if response.ok or existing is not None:
                 return existing or RayJob(submission_id, "PENDING", "", None, None)
-            if response.status < 500 or attempt == self.submit_attempts - 1:
+            if attempt == self.submit_attempts - 1:
                 raise self._fail("start the training job", response.status, response.body)
             # "No available agent to submit job, please try again later": a head still starting its
             # agents. Resending is safe: the submission id makes a second copy impossible.
