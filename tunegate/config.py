@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     rate_limit_per_min: int | None = None  # default for keys without their own limit (None: unlimited)
     max_concurrent_uploads: int = 8  # per key (per gateway process when open)
     validate_uploads: bool = True
+    # Validate uploads of at least this many bytes in a helper process, on another core, while the bytes
+    # stream upstream (tunegate/data/helper.py); None: always in the serving process. Pays only with a
+    # free core: on 2 busy cores it measured no gain (docs/performance.md, Upload), so it is off by default.
+    validate_uploads_in_helper_from_bytes: int | None = Field(default=None, ge=0)
     local_concurrency: int = 1  # `local` provider: training processes per gateway instance (0: none here)
     # `local` provider limits. A job's model is a Hugging Face id (from the local cache, never downloaded)
     # or a model directory under one of these roots; no other path on the host is looked at.

@@ -169,10 +169,10 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Stand
         return helper
 
     monkeypatch.setattr(ValidatorProcess, "start", classmethod(start))
-    monkeypatch.setattr(files_api, "REMOTE_MIN_BYTES", 0)
     monkeypatch.setattr(files_api, "_cores", lambda: 2)
     standin = StandIn()
-    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data") as gw:
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data",
+                                                          validate_uploads_in_helper_from_bytes=0) as gw:
         yield standin, upstream.url, gw, started
 
 
@@ -195,7 +195,7 @@ def test_gateway_bad_file_same_answer_as_inline(env: tuple[StandIn, str, Gateway
     data = GOOD * 500 + b"not json\n" + GOOD * 500
     answers = []
     for threshold in (0, 1 << 60):  # helper, then inline
-        monkeypatch.setattr(files_api, "REMOTE_MIN_BYTES", threshold)
+        gw.settings.validate_uploads_in_helper_from_bytes = threshold
         with pytest.raises(openai.BadRequestError) as refused:
             _client(gw, standin, upstream).files.create(file=("t.jsonl", io.BytesIO(data)), purpose="fine-tune")
         answers.append(refused.value.body)

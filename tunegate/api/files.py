@@ -28,7 +28,6 @@ MAX_FORM_FIELD_BYTES = 256 * 1024  # all text fields of one form together
 FORM_OVERHEAD = 1024 * 1024  # what a form may hold besides its file: boundaries, headers, fields
 # Uploads at least this large (by Content-Length) validate in a helper process; None: never (the default:
 # on the shared 2-core bench machine the helper measured slower than inline validation, docs/performance.md).
-REMOTE_MIN_BYTES: int | None = None
 
 
 async def bounded(body: AsyncIterator[bytes], limit: int, param: str | None = None) -> AsyncIterator[bytes]:
@@ -91,12 +90,13 @@ def _validator_for(ctx: RequestContext, purpose: str, max_bytes: int) -> object 
     return Validator(method=str(ctx.option("validation_method", "supervised")), model=None, max_bytes=max_bytes)
 
 
-async def _helper_for(validator: object | None, size_hint: int | None) -> ValidatorProcess | None:
-    """A helper process to validate on another core, when that can pay: a file of at least
-    ``REMOTE_MIN_BYTES`` (the helper's start costs ~0.1 s of CPU and ~20 MB while it runs) and a second
-    core to run it on, and only when ``REMOTE_MIN_BYTES`` is set (off by default: it did not measure a
-    gain here). Otherwise (small or unsized bodies, one core) validation stays inline."""
-    if (validator is None or REMOTE_MIN_BYTES is None or size_hint is None or size_hint < REMOTE_MIN_BYTES
+async def _helper_for(validator: object | None, size_hint: int | None,
+                      min_bytes: int | None) -> ValidatorProcess | None:
+    """A helper process to validate on another core, when that can pay: a file of at least ``min_bytes``
+    (``validate_uploads_in_helper_from_bytes``; the helper's start costs ~0.1 s of CPU and ~20 MB while it
+    runs) and a second core to run it on; off by default (it did not measure a gain here). Otherwise
+    (small or unsized bodies, one core) validation stays inline."""
+    if (validator is None or min_bytes is None or size_hint is None or size_hint < min_bytes
             or _cores() < 2):
         return None
     from tunegate.data.helper import ValidatorProcess
@@ -209,7 +209,7 @@ async def _upload(ctx: RequestContext, form: FormFile, max_bytes: int,
     if not purpose:
         raise missing_param("purpose")
     validator = _validator_for(ctx, purpose, max_bytes)
-    remote = await _helper_for(validator, size_hint)
+    remote = await _helper_for(validator, size_hint, services_settings(ctx).validate_uploads_in_helper_from_bytes)
     try:
         return await _send(ctx, form, purpose, GuardedChunks(form.chunks, validator, remote))
     finally:
