@@ -209,7 +209,7 @@ def test_pause_checkpoints_through_the_bucket_and_resume_continues(tmp_path, tmp
                                                                    bucket, ray_address, ray_jobs) -> None:
     with Gateway(tmp_path / "data", **ray_settings(ray_address, tmp_path_factory.getbasetemp())) as gw:
         client = sdk(gw.url)
-        job = create_job(client, tmp_path, tiny_model, examples=40, epochs=4, batch=1)
+        job = create_job(client, tmp_path, tiny_model, examples=80, epochs=6, batch=1)  # long enough to pause
         wait_for(client, job.id, lambda j: any(e.type == "metrics" for e in events(client, j.id)))
         ray_jobs.append(submission_of(client, job.id))
         client.fine_tuning.jobs.pause(job.id)
@@ -228,7 +228,7 @@ def test_pause_checkpoints_through_the_bucket_and_resume_continues(tmp_path, tmp
         seen = events(client, job.id)
         assert any(e.message.startswith("Resuming from checkpoint at step") for e in seen)
         steps = [e.data["step"] for e in seen if e.type == "metrics"]
-        assert sorted(set(steps)) == list(range(1, 161)) and steps[-1] == 160  # 40 steps x 4 epochs
+        assert sorted(set(steps)) == list(range(1, 481)) and steps[-1] == 480  # 80 steps x 6 epochs
         for e in seen:
             if e.message.startswith("Submitted to the Ray cluster"):
                 ray_jobs.append(e.message.rsplit(" ", 1)[1])
@@ -266,3 +266,31 @@ def test_a_head_with_token_auth_refuses_a_gateway_without_the_token(tmp_path, tm
         assert final.status == "failed"
         assert "401" in final.error.message and "Ray cluster refused" in final.error.message
         assert ray_jobs_for(ray_address, job.id) == []  # nothing ran
+
+
+def test_a_job_waiting_for_cluster_resources_is_queued_and_can_be_cancelled(tmp_path, tmp_path_factory, tiny_model,
+                                                                             bucket, ray_address, ray_jobs) -> None:
+    """Ray keeps a job PENDING while no node has its resources: the client sees `queued` (OpenAI's word for a
+    job waiting for capacity), not `running`; a cancel stops it on Ray before it ever ran."""
+    settings = ray_settings(ray_address, tmp_path_factory.getbasetemp(), resources={"tunegate_test_absent": 1.0})
+    with Gateway(tmp_path / "data", **settings) as gw:
+        client = sdk(gw.url)
+        job = create_job(client, tmp_path, tiny_model)
+        wait_for(client, job.id, lambda j: any(e.message.startswith("Submitted to the Ray cluster")
+                                               for e in events(client, j.id)), timeout=60)
+        submission = submission_of(client, job.id)
+        ray_jobs.append(submission)
+        time.sleep(2)  # several polls: still nothing from a node
+        assert wait_ray(ray_address, submission, ("PENDING",))["status"] == "PENDING"
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+        assert [j.status for j in client.fine_tuning.jobs.list(limit=5) if j.id == job.id] == ["queued"]
+        started = time.monotonic()
+        client.fine_tuning.jobs.cancel(job.id)
+        final = wait_for(client, job.id, lambda j: j.status in TERMINAL, timeout=60)
+        assert final.status == "cancelled" and time.monotonic() - started < 15  # nothing waits for Ray
+        # Ray cannot stop a job whose supervisor waits for resources; the marker makes it exit if it ever starts.
+        marker = f"{PREFIX}/cluster/{job.id}/control/cancel-{submission}"
+        assert bucket.head_object(Bucket=BUCKET, Key=marker)["ContentLength"] > 0
+        assert requests.get(f"{ray_address}/api/jobs/{submission}", headers=AUTH, timeout=10).json()["status"] in (
+            "PENDING", "STOPPED")
+        assert not any(e.type == "metrics" for e in events(client, job.id))

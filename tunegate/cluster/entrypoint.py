@@ -32,7 +32,7 @@ from typing import Any
 
 from tunegate.cluster.layout import ERROR, JOB_ENV, RESULT, ClusterJob, event_line, split_uri
 
-PAUSE_POLL_SECONDS = 1.0  # one HEAD a second per job: cheap, and a pause lands within a step or two
+CONTROL_POLL_SECONDS = 1.0  # one LIST a second per job: cheap, and a pause lands within a step or two
 
 
 class Relay:
@@ -139,26 +139,34 @@ class Attempt:
                     checkpoints=[])
         return data
 
-    def pause_requested(self) -> bool:
+    def control(self) -> set[str]:
+        """The control markers present (pause, this submission's cancel); one LIST a second at most."""
         now = time.monotonic()
         if now < self.next_pause_check:
-            return False
-        self.next_pause_check = now + PAUSE_POLL_SECONDS
+            return set()
+        self.next_pause_check = now + CONTROL_POLL_SECONDS
         try:
-            self.s3.head_object(Bucket=self.job.bucket, Key=self.job.pause_key)
-        except Exception:  # 404 (no marker) or the store briefly away: keep training
-            return False
-        return True
+            listed = self.s3.list_objects_v2(Bucket=self.job.bucket, Prefix=f"{self.job.root}/control/")
+        except Exception:  # the store briefly away: keep training
+            return set()
+        keys = {o["Key"] for o in listed.get("Contents", [])}
+        return ({"pause"} if self.job.pause_key in keys else set()) | (
+            {"cancel"} if self.job.cancel_key in keys else set())
 
     # ---- the run -------------------------------------------------------------------------------
     def run(self, make_process: Callable[..., Any]) -> int:
+        if "cancel" in self.control():  # cancelled while Ray kept it waiting: never train
+            self.relay.put({"type": ERROR, "error": {"code": "cancelled", "param": None,
+                                                     "message": "The job was cancelled before it started."}})
+            return 143
         proc = make_process(self.spec(), self.on_event, processes=self.job.processes, env=self.job.trainer_env)
         proc.start()
         while (status := proc.poll()) == "running":
-            if self.stop_asked:
+            asked = self.control()
+            if self.stop_asked or "cancel" in asked:
                 proc.cancel()
                 return 143
-            if not self.pause_sent and self.pause_requested():
+            if not self.pause_sent and "pause" in asked:
                 proc.pause()
                 self.pause_sent = True
             time.sleep(0.2)

@@ -6,6 +6,7 @@ cluster's entrypoint stays light.
 Object store (the gateway's ``file_store = "s3"`` bucket), for job J:
 
     <prefix>/cluster/J/control/pause                 the gateway asks for a pause (the job polls it)
+    <prefix>/cluster/J/control/cancel-<submission>   that submission was cancelled: exit, never train
     <prefix>/cluster/J/checkpoints/<name>.tar        a checkpoint directory, packed (resume, pause)
     <prefix>/cluster/J/runs/<submission>/adapter.tar the final adapter (adapter/<file> members)
     <prefix>/cluster/J/runs/<submission>/step_metrics.csv
@@ -64,6 +65,10 @@ class ClusterJob:
     def pause_key(self) -> str:
         return pause_key(self.root)
 
+    @property
+    def cancel_key(self) -> str:
+        return cancel_key(self.root, self.submission_id)
+
     def checkpoint_key(self, name: str) -> str:
         return f"{self.root}/checkpoints/{name}.tar"
 
@@ -86,6 +91,12 @@ def job_root(store_prefix: str, job_id: str) -> str:
 
 def pause_key(root: str) -> str:
     return f"{root}/control/pause"
+
+
+def cancel_key(root: str, submission_id: str) -> str:
+    """Per submission: a job Ray keeps PENDING cannot be stopped there (its supervisor actor waits for the
+    same resources); if it ever starts, this marker makes it exit before it trains."""
+    return f"{root}/control/cancel-{submission_id}"
 
 
 def split_uri(uri: str) -> tuple[str, str] | None:

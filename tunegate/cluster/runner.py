@@ -191,14 +191,21 @@ class RayTrainingJob:
         await self.runner.files.write(name, one())
 
     async def cancel(self) -> None:
-        """Stop the Ray job and wait (bounded) until Ray reports it ended; its processes are Ray's to kill."""
+        """Stop the Ray job and wait (bounded) until Ray reports it ended; its processes are Ray's to kill.
+        A job Ray still keeps PENDING cannot be stopped there (its supervisor actor waits for the same
+        resources): the cancel marker makes it exit at once if it ever starts, and nothing waits for it."""
+
+        async def marker() -> AsyncIterator[bytes]:
+            yield b"cancel"
+
         if self.status != "running":
             return
+        await self.runner.files.write(f"cluster/{self.job_id}/control/cancel-{self.engine_ref}", marker())
         stopped = await self.client.stop(self.engine_ref)
         deadline = time.monotonic() + _CANCEL_WAIT
         while stopped and time.monotonic() < deadline:
             job = await self.client.get(self.engine_ref)
-            if job is None or job.terminal:
+            if job is None or job.terminal or job.status == "PENDING":
                 break
             await asyncio.sleep(0.5)
         self.status = "cancelled"

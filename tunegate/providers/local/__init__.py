@@ -37,6 +37,15 @@ CANCEL_WAIT_S = 15.0
 PAUSE_WAIT_S = 60.0
 
 
+def api_status(row: Row) -> str:
+    """The status a client sees. A job handed to an outside engine (a Ray cluster) that has not begun
+    there — no event from its node yet: Ray's PENDING, waiting for the cluster's resources — is
+    ``queued``, as OpenAI shows a job that waits for capacity; internally it is held (``running``)."""
+    if row["status"] == "running" and row.get("engine_job_id") and not row.get("engine_cursor"):
+        return "queued"
+    return str(row["status"])
+
+
 def job_object(row: Row) -> JSON:
     method_type = row["method"]["type"]
     hp = dict(row["hyperparameters"] or {})
@@ -45,7 +54,7 @@ def job_object(row: Row) -> JSON:
         method_hp["beta"] = hp.get("beta", "auto")
     method_hp.update({k: v for k, v in hp.items() if k not in method_hp})
     return models.job(
-        id=row["id"], model=row["model"], status=row["status"], created_at=row["created_at"],
+        id=row["id"], model=row["model"], status=api_status(row), created_at=row["created_at"],
         training_file=row["training_file"], validation_file=row["validation_file"],
         fine_tuned_model=row["fine_tuned_model"], finished_at=row["finished_at"], hyperparameters=hp,
         trained_tokens=row["trained_tokens"], result_files=row["result_files"] or [], error=row["error"],
