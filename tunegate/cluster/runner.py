@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from tunegate import aws
 from tunegate.cluster.layout import (
     ERROR,
@@ -47,6 +49,7 @@ from tunegate.cluster.ray_jobs import RayJob, RayJobsClient
 from tunegate.cluster.settings import RaySettings
 from tunegate.errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from tunegate.private import private_dir
+from tunegate.store.schema import local_jobs
 
 log = logging.getLogger("tunegate.cluster")
 
@@ -111,14 +114,16 @@ class RayRunner:
 
     async def _file_keys(self, job_id: str) -> tuple[str, str | None]:
         """The object-store keys of the job's managed files: the nodes read them from the bucket."""
-        from tunegate.localjobs.db import JobDB
-
-        job = await JobDB(self.store.engine).get(job_id)
+        # Read from the store's own table (not through tunegate.localjobs, which calls this runner).
+        query = (sa.select(local_jobs.c.training_file, local_jobs.c.validation_file)
+                 .where(local_jobs.c.id == job_id))
+        async with self.store.engine.connect() as conn:
+            job = (await conn.execute(query)).first()
         if job is None:
             raise RuntimeError(f"job {job_id} is gone")
         keys: list[str | None] = []
-        for name in ("training_file", "validation_file"):
-            found = await self.store.get_managed_file(job[name]) if job[name] else None
+        for file_id in job:
+            found = await self.store.get_managed_file(file_id) if file_id else None
             keys.append(found["location"] if found else None)
         if keys[0] is None:
             raise RuntimeError("the training file no longer exists")
