@@ -60,7 +60,7 @@ def test_a_submission_id_already_taken_returns_that_job(ray_address: str) -> Non
                 if job is not None and job.terminal:
                     break
                 await asyncio.sleep(0.2)
-            return first, again, await client.logs(sid, 1 << 20)
+            return first, again, await client.logs(sid)
         finally:
             await upstream.close()
 
@@ -77,7 +77,7 @@ def test_an_unknown_job_is_none_and_cannot_be_stopped(ray_address: str) -> None:
         upstream = Upstream()
         try:
             client = RayJobsClient(upstream, ray_address, token=TOKEN)
-            return await client.get("tunegate-nope"), await client.stop("tunegate-nope"), await client.logs("tunegate-nope", 1024)
+            return await client.get("tunegate-nope"), await client.stop("tunegate-nope"), await client.logs("tunegate-nope")
         finally:
             await upstream.close()
 

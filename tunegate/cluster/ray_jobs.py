@@ -55,7 +55,7 @@ class RayJobsClient:
     """One cluster's Jobs API. ``address`` is the operator's (settings), so it connects as a trusted host."""
 
     def __init__(self, upstream: Upstream, address: str, timeout: float = 30.0, token: str | None = None,
-                 submit_attempts: int = 5) -> None:
+                 submit_attempts: int = 5, max_log_bytes: int = 64 * 1024 * 1024) -> None:
         parts = urlsplit(address)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"[local_training.ray] address must be an http(s) URL, got {address!r}")
@@ -66,6 +66,9 @@ class RayJobsClient:
         self.policy = CallPolicy(Timeouts(connect=min(10.0, timeout), first_byte=timeout, idle=timeout),
                                  RetryPolicy(attempts=3, backoff_base=0.5, backoff_max=4.0),
                                  trusted_hosts=frozenset({parts.hostname.lower()}))
+        # A job's log may be far larger than any other answer: its own bound (a larger log fails the poll).
+        self.log_policy = CallPolicy(self.policy.timeouts, self.policy.retry, trusted_hosts=self.policy.trusted_hosts,
+                                     max_answer_bytes=max_log_bytes)
 
     def _url(self, submission_id: str, tail: str = "") -> str:
         return f"{self.base}/api/jobs/{quote(submission_id, safe='')}{tail}"
@@ -126,10 +129,9 @@ class RayJobsClient:
             raise self._fail("stop the training job", response.status, response.body)
         return bool((response.json() or {}).get("stopped"))
 
-    async def logs(self, submission_id: str, max_bytes: int) -> str:
-        policy = CallPolicy(self.policy.timeouts, self.policy.retry, trusted_hosts=self.policy.trusted_hosts,
-                            max_answer_bytes=max_bytes)
-        response = await self.upstream.request("GET", self._url(submission_id, "/logs"), policy, idempotent=True,
+    async def logs(self, submission_id: str) -> str:
+        response = await self.upstream.request("GET", self._url(submission_id, "/logs"), self.log_policy,
+                                               idempotent=True,
                                                headers=self.headers)
         if response.status == 404:
             return ""

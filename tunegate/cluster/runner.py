@@ -40,14 +40,17 @@ from tunegate.cluster.layout import (
     JOB_ENV,
     RESULT,
     ClusterJob,
+    cancel_key,
     job_root,
     log_tail,
     new_events,
+    pause_key,
     split_uri,
 )
 from tunegate.cluster.ray_jobs import RayJob, RayJobsClient
 from tunegate.cluster.settings import RaySettings
 from tunegate.errors import NotFound, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from tunegate.files.s3 import S3Store
 from tunegate.private import private_dir
 from tunegate.store.schema import local_jobs
 
@@ -64,7 +67,7 @@ class RayRunner:
 
     def __init__(self, settings: RaySettings, training: Any, files: Any, store: Any, upstream: Any,
                  keep_checkpoints: int = 3) -> None:
-        if getattr(files, "prefix", None) is None or not hasattr(files, "client"):
+        if not isinstance(files, S3Store):
             raise ValueError('[local_training] engine = "ray" needs file_store = "s3": the cluster\'s nodes read '
                              "training files and write adapters in the shared bucket.")
         self.settings = settings
@@ -72,7 +75,8 @@ class RayRunner:
         self.files = files
         self.store = store
         token = settings.token.get_secret_value() if settings.token is not None else None
-        self.client = RayJobsClient(upstream, settings.address, settings.request_timeout, token)
+        self.client = RayJobsClient(upstream, settings.address, settings.request_timeout, token,
+                                    max_log_bytes=settings.max_log_bytes)
         self.keep_checkpoints = keep_checkpoints
 
     def __call__(self, spec: Any, on_event: Callable[[dict[str, Any]], None]) -> RayTrainingJob:
@@ -187,25 +191,24 @@ class RayTrainingJob:
         self.status = "running"
         self.on_event({"type": "message", "message": f"Submitted to the Ray cluster as {self.engine_ref}"})
 
+    async def _mark(self, key: str) -> None:
+        """Write a control marker; ``key`` is relative to the store's prefix (which ``write`` adds)."""
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"1"
+
+        await self.runner.files.write(key, body())
+
     async def pause(self) -> None:
-        name = f"cluster/{self.job_id}/control/pause"  # the store adds its prefix: layout.job_root
-
-        async def one() -> AsyncIterator[bytes]:
-            yield b"pause"
-
-        await self.runner.files.write(name, one())
+        await self._mark(pause_key(job_root("", self.job_id)))
 
     async def cancel(self) -> None:
         """Stop the Ray job and wait (bounded) until Ray reports it ended; its processes are Ray's to kill.
         A job Ray still keeps PENDING cannot be stopped there (its supervisor actor waits for the same
         resources): the cancel marker makes it exit at once if it ever starts, and nothing waits for it."""
-
-        async def marker() -> AsyncIterator[bytes]:
-            yield b"cancel"
-
         if self.status != "running":
             return
-        await self.runner.files.write(f"cluster/{self.job_id}/control/cancel-{self.engine_ref}", marker())
+        await self._mark(cancel_key(job_root("", self.job_id), self.engine_ref))
         stopped = await self.client.stop(self.engine_ref)
         deadline = time.monotonic() + _CANCEL_WAIT
         while stopped and time.monotonic() < deadline:
@@ -246,7 +249,7 @@ class RayTrainingJob:
 
     async def _read_log(self) -> str:
         """Deliver the log's events after the cursor; only the part not read before is parsed (in a thread)."""
-        text = await self.client.logs(self.engine_ref, self.runner.settings.max_log_bytes)
+        text = await self.client.logs(self.engine_ref)
         events, end = await asyncio.to_thread(new_events, text, self.cursor, self._offset)
         for seq, event in events:
             await self._handle(event)
