@@ -4,9 +4,11 @@ streamed on the way, with the gateway's resident memory under 100 MB the whole t
 
 The bar is absolute: peak RSS under 100 MiB. It was 95 MiB until 2026-12-02; chat on eight backends, the
 webhook watcher and the multi-process trainer's launcher raised the idle process by ~2.4 MiB (79.9 -> 82.3 MiB,
-same machine, same run) while the upload's own growth stayed ~14 MiB (docs/performance.md). Measured when this
-was written: start ~79 MiB, peak ~91 MiB for both (Bedrock: one 5 MiB part + botocore's signer loaded on
-first use; Vertex: one 8 MiB resumable chunk; its token is minted in a child process, so google-auth never
+same machine, same run) while the upload's own growth stayed ~14 MiB (docs/performance.md). At 82-83 MiB idle
+the Bedrock upload peaked at 98.4 MiB here and 100.3 MiB on CI (a failed run, 2026-12-02); the SQLite gateway
+then stopped importing SQLAlchemy's PostgreSQL dialect (-2.2 MiB idle). Measured after that on this machine:
+start 79.8 MiB, peak 95.6 MiB (Bedrock: one 5 MiB part + botocore's signer, ~2.9 MiB, loaded on first use)
+and 94.9 MiB (Vertex: one 8 MiB resumable chunk; its token is minted in a child process, so google-auth never
 loads in the gateway). The growth during the upload is asserted too (a whole-file buffer would be 300+ MiB).
 The emulators run in this test process (they may hold the whole object in memory); only the gateway
 subprocess is measured."""
