@@ -3,10 +3,10 @@ outbox hook (for a job made with a caller's own provider key, and for one on a s
 outbox also enrols for the watcher), one at a time and 64 at once — the write every created job makes before
 its answer.
 
-    .venv/bin/python bench/store_write.py [--n 640]
+    .venv/bin/python bench/store_write.py [--n 640] [--database postgresql+asyncpg://...]
     PYTHONPATH=/some/tree .venv/bin/python bench/store_write.py   # another tunegate tree (before/after)
 
-Each row: wall µs per record and process CPU µs per record (all threads).
+Each row: wall µs per record (or lookup) and process CPU µs per record (all threads).
 """
 
 from __future__ import annotations
@@ -24,16 +24,16 @@ if not os.environ.get("PYTHONPATH"):
     sys.path.insert(0, str(ROOT))
 
 
-async def main_async(n: int) -> None:
+async def main_async(n: int, database: str | None) -> None:
     from tunegate.store import Store
     from tunegate.store.secretbox import SecretBox
     from tunegate.webhooks.outbox import Outbox
     from tunegate.webhooks.settings import WatchSettings
 
     with tempfile.TemporaryDirectory(prefix="tunegate-store-write-") as tmp:
-        store = await Store.open(f"sqlite+aiosqlite:///{tmp}/bench.db", SecretBox(os.urandom(32)))
+        store = await Store.open(database or f"sqlite+aiosqlite:///{tmp}/bench.db", SecretBox(os.urandom(32)))
         snapshot = {"id": "x", "status": "validating_files", "model": "gpt-4o-mini-2024-07-18"}
-        counter = iter(range(10**9))
+        counter = iter(range(int(time.time() * 1000), 10**15))  # fresh ids on a database that persists
 
         async def one(label: str) -> None:
             # "stored connection": a job the watcher can poll (enrolled in job_watch by the outbox); the
@@ -53,6 +53,20 @@ async def main_async(n: int) -> None:
             cpu = (time.process_time() - c0) / done * 1e6
             print(f"record {label:<31} concurrency {concurrency:<3} {wall:>9.0f} µs wall {cpu:>9.0f} µs CPU", flush=True)
 
+        async def lookups(concurrency: int) -> None:  # the read every create makes (its training file)
+            async def one_read() -> None:
+                await store.lookup("file", f"file-missing-{next(counter)}")
+            await asyncio.gather(*(one_read() for _ in range(concurrency)))
+            c0, w0 = time.process_time(), time.perf_counter()
+            for _ in range(max(1, n // concurrency)):
+                await asyncio.gather(*(one_read() for _ in range(concurrency)))
+            done = max(1, n // concurrency) * concurrency
+            print(f"lookup (a miss)                        concurrency {concurrency:<3} "
+                  f"{(time.perf_counter() - w0) / done * 1e6:>9.0f} µs wall "
+                  f"{(time.process_time() - c0) / done * 1e6:>9.0f} µs CPU", flush=True)
+
+        await lookups(1)
+        await lookups(64)
         await bench("no hook", 1)
         await bench("no hook", 64)
         store.on_status("job", Outbox(WatchSettings()).on_job_status)
@@ -66,13 +80,14 @@ async def main_async(n: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=640)
+    ap.add_argument("--database", help="a database URL instead of a fresh SQLite file (e.g. PostgreSQL)")
     args = ap.parse_args()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        asyncio.run(main_async(args.n))
+        asyncio.run(main_async(args.n, args.database))
     else:
-        uvloop.run(main_async(args.n))
+        uvloop.run(main_async(args.n, args.database))
 
 
 if __name__ == "__main__":

@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         secure_data_dir(settings.data_dir, settings.resolved_database_url)  # before anything is written there
         box = SecretBox.from_settings(settings.secret_key, settings.data_dir)
-        store = await Store.open(settings.resolved_database_url, box)
+        store = await Store.open(settings.resolved_database_url, box, settings.database_pool_size)
         upstream = Upstream(settings.allowed_custom_hosts)
         files_upstream = Upstream()  # the file store's own session (S3), outside any request
         files = open_file_store(settings, files_upstream)

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     port: int = 8787
     data_dir: Path = Path.home() / ".tunegate"
     database_url: str | None = None  # default: SQLite file under data_dir
+    # PostgreSQL connections each gateway process keeps (opened as needed, then kept; a write beyond them
+    # waits for one). PostgreSQL's max_connections must cover instances x workers x this, plus the CLI.
+    database_pool_size: int = Field(default=20, ge=1, le=500)
     secret_key: str | None = None  # Fernet key for connection secrets; default: a key file in data_dir
     # Hosts (names, addresses or CIDR ranges) that x-portkey-custom-host may point at even though they are
     # not public addresses. Setting it replaces the default, which trusts loopback for local development.

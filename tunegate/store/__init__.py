@@ -22,7 +22,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tunegate.store import migrate
-from tunegate.store.reader import SQLiteReader
+from tunegate.store.reader import PostgresReader, SQLiteReader
 from tunegate.store.schema import (
     api_keys,
     connections,
@@ -129,7 +129,7 @@ def _now() -> int:
 class Store:
     KEY_CACHE_SECONDS = 1.0  # a revoked key stops working within this long, in every process
 
-    def __init__(self, database_url: str, box: SecretBox) -> None:
+    def __init__(self, database_url: str, box: SecretBox, pool_size: int = 20) -> None:
         self.url = database_url
         self.box = box
         kwargs: dict[str, Any] = {}
@@ -137,11 +137,20 @@ class Store:
             # No pool_pre_ping: it costs a round trip on every checkout (8 % of a create's CPU on
             # PostgreSQL, py-spy). Only a connection that sat idle long enough to have been dropped
             # (a restart, an idle timeout, a proxy) is pinged (_ping_if_idle).
-            kwargs.update(pool_size=10, max_overflow=20)
+            # No overflow: SQLAlchemy closes an overflow connection at every check-in, so bursts above the
+            # pool opened (TLS negotiation included) and closed a connection per write — at 64 concurrent
+            # records 10 pooled + 20 overflow cost 1,372 µs wall and 659 µs CPU a record, a fixed pool of
+            # 20 (opened on demand, then kept) 345 / 344 µs (bench/store_write.py --database).
+            kwargs.update(pool_size=pool_size, max_overflow=0)
         else:
             # A fixed pool: opening SQLite connections under load costs a thread each.
             kwargs.update(pool_size=16, max_overflow=0)
         self.engine: AsyncEngine = create_async_engine(database_url, **kwargs)
+        # Reads that are one SELECT need no transaction. On PostgreSQL SQLAlchemy would wrap each in
+        # BEGIN … ROLLBACK: three round trips where one does (in autocommit each statement is its own
+        # snapshot). The same pool; the level is set on the connection at checkout, without a round trip.
+        self._reads: AsyncEngine = (self.engine.execution_options(isolation_level="AUTOCOMMIT")
+                                    if database_url.startswith("postgresql") else self.engine)
         if not database_url.startswith("postgresql"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
@@ -150,7 +159,7 @@ class Store:
         # Only the dialect in use is imported: PostgreSQL's costs ~2 MiB resident in every SQLite gateway.
         self._dialect = importlib.import_module(
             "sqlalchemy.dialects." + ("postgresql" if database_url.startswith("postgresql") else "sqlite"))
-        self._reader = _sqlite_reader(database_url)
+        self._reader = _reader(database_url, self._reads)
         self._writer = _sqlite_writer(database_url)
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         # Where each known object lives and who owns it never changes after its first record, so it is
@@ -179,12 +188,14 @@ class Store:
             raise sa.exc.DisconnectionError() from exc
 
     @classmethod
-    async def open(cls, database_url: str, box: SecretBox) -> Store:
+    async def open(cls, database_url: str, box: SecretBox, pool_size: int = 20) -> Store:
+        """The store on ``database_url``, its schema upgraded. ``pool_size``: PostgreSQL connections this
+        process keeps (opened as needed, never more; a write beyond them waits for one)."""
         if database_url.startswith("sqlite"):
             path = database_url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-        store = cls(database_url, box)
+        store = cls(database_url, box, pool_size)
         if await store.schema_revision() != migrate.head():
             await asyncio.to_thread(migrate.upgrade, database_url)
         return store
@@ -238,12 +249,12 @@ class Store:
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         """A key by id, revoked or not (the gateway's own background calls act for a job's owner)."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         return _key(row) if row is not None else None
 
     async def list_keys(self) -> list[ApiKey]:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at))).mappings()
             return [_key(r) for r in rows]
 
@@ -270,7 +281,7 @@ class Store:
         if self._reader is not None:
             found = bool(await self._reader.fetchall("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1", ()))
         else:
-            async with self.engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 found = (await conn.execute(sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None))
                                             .limit(1))).first() is not None
         if self._any_keys_query is asyncio.current_task():  # not superseded by a create_key meanwhile
@@ -287,7 +298,7 @@ class Store:
         cached = self._key_cache.get(full_key)
         if cached and now - cached[0] < self.KEY_CACHE_SECONDS:
             return cached[1]
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id))).mappings().first()
         key = None
         if row is not None and row["revoked_at"] is None and secret_matches(secret, row["secret_hash"]):
@@ -311,7 +322,7 @@ class Store:
                 options=options or {}, created_at=_now()))
 
     async def get_connection(self, name: str) -> Connection | None:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(connections).where(connections.c.name == name))).mappings().first()
         if row is None:
             return None
@@ -320,13 +331,13 @@ class Store:
 
     async def list_connections(self) -> list[dict[str, Any]]:
         """Connections without their secrets (only the names of the secret fields)."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = (await conn.execute(sa.select(connections).order_by(connections.c.name))).mappings().all()
         return [dict(name=r["name"], provider=r["provider"], base_url=r["base_url"], options=r["options"],
                      secret_fields=sorted(self.box.open(r["secrets"])), created_at=r["created_at"]) for r in rows]
 
     async def connections_for(self, provider: str) -> list[str]:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(sa.select(connections.c.name).where(connections.c.provider == provider)
                                       .order_by(connections.c.name))
             return [r[0] for r in rows]
@@ -452,9 +463,11 @@ class Store:
             if not rows:
                 return None
             provider, connection, key_id, status, snapshot = rows[0]
+            if isinstance(snapshot, (str, bytes)):  # JSON as text (SQLite; PostgreSQL's pass-through codec)
+                snapshot = orjson.loads(snapshot) if snapshot else None
             return StoredObject(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
-                                status=status, snapshot=orjson.loads(snapshot) if snapshot else None)
-        async with self.engine.connect() as conn:
+                                status=status, snapshot=snapshot)
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(objects).where(objects.c.kind == kind, objects.c.id == object_id))
                    ).mappings().first()
         if row is None:
@@ -479,7 +492,7 @@ class Store:
             return await self._reader.fetchall(
                 f"SELECT id, provider, connection, key_id, status FROM objects WHERE kind = ? AND id IN ({marks})",
                 (kind, *ids))
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (await conn.execute(sa.select(objects.c.id, objects.c.provider, objects.c.connection,
                                                  objects.c.key_id, objects.c.status)
                                        .where(objects.c.kind == kind, objects.c.id.in_(ids)))).all()
@@ -501,7 +514,7 @@ class Store:
                     created_at=_now()))
             return None
         except sa.exc.IntegrityError:
-            async with self.engine.connect() as conn:
+            async with self._reads.connect() as conn:
                 row = (await conn.execute(sa.select(idempotency).where(
                     idempotency.c.scope == scope, idempotency.c.idem_key == idem_key))).mappings().first()
             return dict(row) if row else None
@@ -541,7 +554,7 @@ class Store:
         """The position saved under ``scope``, unless it has expired."""
         query = sa.select(page_cursors.c.token).where(
             page_cursors.c.cursor_key == self.box.tag("page-cursor", scope), page_cursors.c.expires_at > _now())
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             return (await conn.execute(query)).scalar()
 
     async def forget_cursor(self, scope: bytes) -> None:
@@ -556,7 +569,7 @@ class Store:
             await conn.execute(managed_files.insert().values(**row))
 
     async def get_managed_file(self, file_id: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(managed_files).where(managed_files.c.id == file_id))).mappings().first()
         return dict(row) if row else None
 
@@ -576,7 +589,7 @@ class Store:
                 bound = sa.tuple_(sa.literal(anchor["created_at"]), sa.literal(anchor["id"]))
                 query = query.where(cursor > bound if ascending else cursor < bound)
         query = query.order_by(*(c.asc() if ascending else c.desc() for c in order)).limit(limit + 1)
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = [dict(r) for r in (await conn.execute(query)).mappings()]
         return rows[:limit], len(rows) > limit
 
@@ -591,7 +604,7 @@ class Store:
     async def file_copy(self, sha256: str, provider: str, connection: str | None, owner: str | None) -> str | None:
         """The provider's id for a copy of this content that ``owner`` pushed earlier, if any. Copies are
         never shared between keys: one key's job must not name another key's remote file."""
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             row = (await conn.execute(sa.select(file_copies.c.remote_id).where(
                 file_copies.c.sha256 == sha256, file_copies.c.provider == provider,
                 file_copies.c.connection == (connection or ""), file_copies.c.target_format == provider,
@@ -631,7 +644,7 @@ class Store:
             await self._write(write)  # on SQLite, with the registry's writes: no second writer to wait for
 
     async def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self._reads.connect() as conn:
             rows = await conn.execute(sa.select(request_log).order_by(request_log.c.id.desc()).limit(limit))
             return [dict(r) for r in rows.mappings()]
 
@@ -660,8 +673,11 @@ class Store:
             return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
 
 
-def _sqlite_reader(database_url: str) -> SQLiteReader | None:
-    """A plain-sqlite3 reader for a database file (an in-memory database is per connection: none)."""
+def _reader(database_url: str, reads: AsyncEngine) -> SQLiteReader | PostgresReader | None:
+    """The registry's fast reader: the driver's own on PostgreSQL, a plain-sqlite3 one for a database
+    file (an in-memory database is per connection: none, the engine reads)."""
+    if database_url.startswith("postgresql"):
+        return PostgresReader(reads)
     if not database_url.startswith("sqlite"):
         return None
     path = database_url.split("///", 1)[-1].split("?", 1)[0]
