@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from tunegate.trainer import TorchrunProcess, TrainSpec, make_training_process, run_training  # noqa: E402
-from tunegate.trainer.launch import pid_running  # noqa: E402
+from tunegate.trainer.launch import pid_running, rank_deaths  # noqa: E402
 
 from .conftest import sft_rows, write_jsonl  # noqa: E402
 
@@ -160,6 +160,23 @@ def test_killed_rank_fails_the_job(tmp_path, tiny_model, data):
     assert events[-1] == {"type": "message", "level": "error", "message": proc.error["message"]}
     assert not any(pid_running(p) for p in pids.values())
     assert proc.traceback  # torchrun's own report, for the gateway's log
+
+
+def report(*failures: tuple[int, int]) -> str:
+    """torchrun's failure report (torch/distributed/elastic/multiprocessing/errors), as it prints it."""
+    blocks = [f"[{i}]:\n  time      : 2026-12-02_06:52:54\n  host      : box\n  rank      : {rank} (local_rank: {rank})"
+              f"\n  exitcode  : {code} (pid: {100 + rank})\n  error_file: <N/A>" for i, (rank, code) in enumerate(failures)]
+    return "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n" + "\n".join(blocks)
+
+
+def test_the_killed_rank_is_the_cause_not_the_ranks_torchrun_stopped():
+    """torchrun stops the survivors with SIGTERM and may list one of them first (seen on CI: the job failed
+    with "rank 0 died (signal 15)" when rank 1 had been SIGKILLed)."""
+    assert rank_deaths(report((0, -15), (1, -9)), set()) == [(1, -9), (0, -15)]
+    assert rank_deaths(report((1, -9), (0, -15)), set()) == [(1, -9), (0, -15)]
+    assert rank_deaths(report((0, -15), (1, -15)), set()) == [(0, -15), (1, -15)]  # the group was stopped
+    assert rank_deaths(report((0, -15), (1, -9)), {1}) == [(0, -15)]  # rank 1 wrote its own error
+    assert rank_deaths(report((0, 1)), set()) == []  # an exit code, not a signal
 
 
 def test_rank_error_is_the_job_error(tmp_path, tiny_model):

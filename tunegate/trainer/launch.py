@@ -43,6 +43,16 @@ _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*\d+\)\s*\n\s*exitcode
 _LOG_TAIL = 16_000
 
 
+def rank_deaths(log_tail: str, failed_ranks: set[int]) -> list[tuple[int, int]]:
+    """(rank, exit code) of each rank torchrun's failure report shows killed by a signal, the cause first.
+
+    When one rank dies, torchrun's agent stops the others with SIGTERM, and its report may name one of those
+    as the "first observed failure" (the order depends on when it noticed each exit; CI saw both): a death
+    by another signal is the cause and comes first. SIGTERM alone (the whole group was stopped) stays."""
+    deaths = [(int(r), int(c)) for r, c in _FAILURE.findall(log_tail) if int(c) < 0 and int(r) not in failed_ranks]
+    return sorted(deaths, key=lambda death: death[1] == -signal.SIGTERM)  # stable: report order otherwise
+
+
 def make_training_process(spec: TrainSpec, on_event: Callable[[dict[str, Any]], None], *, processes: int = 1,
                           env: dict[str, str] | None = None) -> TrainingProcess | TorchrunProcess:
     """One process: a multiprocessing child (``TrainingProcess``); more: a torchrun group."""
@@ -240,7 +250,7 @@ class TorchrunProcess:
                 errors.append(json.load(f))
         errors.sort(key=lambda e: e["time"])
         failed_ranks = {e["rank"] for e in errors}
-        deaths = [(int(r), int(c)) for r, c in _FAILURE.findall(log_tail) if int(c) < 0 and int(r) not in failed_ranks]
+        deaths = rank_deaths(log_tail, failed_ranks)
         own = [e for e in errors if not e["collective"]]  # a rank's own failure, not "my peer vanished"
         if own:
             chosen = own[0]
