@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,38 +36,30 @@ async def main_async(n: int, database: str | None) -> None:
         snapshot = {"id": "x", "status": "validating_files", "model": "gpt-4o-mini-2024-07-18"}
         counter = iter(range(int(time.time() * 1000), 10**15))  # fresh ids on a database that persists
 
-        async def one(label: str) -> None:
+        async def record(label: str) -> None:
             # "stored connection": a job the watcher can poll (enrolled in job_watch by the outbox); the
             # others are made with a caller's own provider key (no connection: never enrolled).
             connection = "oa" if "connection" in label else None
             await store.record("job", f"ftjob-{label}-{next(counter)}", "openai", connection, "key-a",
                                "validating_files", snapshot, claim=True)
 
-        async def bench(label: str, concurrency: int) -> None:
+        async def lookup(_label: str) -> None:  # the read every create makes (its training file): a miss
+            await store.lookup("file", f"file-missing-{next(counter)}")
+
+        async def bench(label: str, concurrency: int, call: Callable[[str], Awaitable[None]] = record) -> None:
             for _ in range(max(1, 64 // concurrency)):  # warm
-                await asyncio.gather(*(one(label) for _ in range(concurrency)))
+                await asyncio.gather(*(call(label) for _ in range(concurrency)))
             c0, w0 = time.process_time(), time.perf_counter()
             for _ in range(max(1, n // concurrency)):
-                await asyncio.gather(*(one(label) for _ in range(concurrency)))
+                await asyncio.gather(*(call(label) for _ in range(concurrency)))
             done = max(1, n // concurrency) * concurrency
             wall = (time.perf_counter() - w0) / done * 1e6
             cpu = (time.process_time() - c0) / done * 1e6
-            print(f"record {label:<31} concurrency {concurrency:<3} {wall:>9.0f} µs wall {cpu:>9.0f} µs CPU", flush=True)
+            print(f"{call.__name__} {label:<31} concurrency {concurrency:<3} {wall:>9.0f} µs wall "
+                  f"{cpu:>9.0f} µs CPU", flush=True)
 
-        async def lookups(concurrency: int) -> None:  # the read every create makes (its training file)
-            async def one_read() -> None:
-                await store.lookup("file", f"file-missing-{next(counter)}")
-            await asyncio.gather(*(one_read() for _ in range(concurrency)))
-            c0, w0 = time.process_time(), time.perf_counter()
-            for _ in range(max(1, n // concurrency)):
-                await asyncio.gather(*(one_read() for _ in range(concurrency)))
-            done = max(1, n // concurrency) * concurrency
-            print(f"lookup (a miss)                        concurrency {concurrency:<3} "
-                  f"{(time.perf_counter() - w0) / done * 1e6:>9.0f} µs wall "
-                  f"{(time.process_time() - c0) / done * 1e6:>9.0f} µs CPU", flush=True)
-
-        await lookups(1)
-        await lookups(64)
+        await bench("(a miss)", 1, lookup)
+        await bench("(a miss)", 64, lookup)
         await bench("no hook", 1)
         await bench("no hook", 64)
         store.on_status("job", Outbox(WatchSettings()).on_job_status)

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from tests.gateway import Gateway
+from tests.reliability.helpers import BOUNDARY, multipart_head
 from tests.standins.openai_like import ServerThread, StandIn
 from tunegate.api import files as files_api
 from tunegate.data import helper as helper_mod
@@ -221,15 +222,11 @@ def test_gateway_helper_death_is_a_clean_500(env: tuple[StandIn, str, Gateway, l
 
 def test_gateway_client_gone_mid_upload_ends_the_helper(env: tuple[StandIn, str, Gateway, list[int]]) -> None:
     standin, upstream, gw, started = env
-    boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jsonl\"\r\n"
-            "Content-Type: application/jsonl\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", gw.port)) as sock:
         sock.sendall((f"POST /v1/files HTTP/1.1\r\nHost: x\r\nx-portkey-provider: openai\r\n"
                       f"x-portkey-custom-host: {upstream}\r\nAuthorization: Bearer {standin.api_key}\r\n"
-                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                      f"Content-Length: 100000000\r\n\r\n").encode() + head + GOOD * 20000)
+                      f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+                      f"Content-Length: 100000000\r\n\r\n").encode() + multipart_head() + GOOD * 20000)
         deadline = time.monotonic() + 10
         while not started and time.monotonic() < deadline:
             time.sleep(0.05)

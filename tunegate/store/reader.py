@@ -75,20 +75,12 @@ class PostgresReader:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._numbered: dict[str, str] = {}  # "?" SQL -> "$1" SQL; a handful of fixed statements
-
-    def _native(self, sql: str) -> str:
-        native = self._numbered.get(sql)
-        if native is None:
-            parts = sql.split("?")  # the statements here hold no literal question mark
-            native = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
-            if len(self._numbered) < 256:  # IN lists of different lengths are different statements
-                self._numbered[sql] = native
-        return native
 
     async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        parts = sql.split("?")  # the statements here hold no literal question mark
+        numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))  # asyncpg's marks
         async with self._engine.connect() as conn:
-            result = await conn.exec_driver_sql(self._native(sql), params)
+            result = await conn.exec_driver_sql(numbered, params)
             return [tuple(row) for row in result]
 
     def close(self) -> None:
