@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.stores import POSTGRES, _reset_postgres
-from tunegate.store import Store
+from tunegate.store import Store, driver
 
 
 async def test_migrations_are_idempotent(store: Store) -> None:
@@ -70,6 +70,22 @@ async def test_registry_first_owner_wins(store: Store) -> None:
     assert (await store.lookup("job", "ftjob-1")).status == "succeeded"  # type: ignore[union-attr]
     await store.forget("job", "ftjob-2")
     assert await store.lookup("job", "ftjob-2") is None
+
+
+async def test_driver_sql_on_the_engines_connections(store: Store) -> None:
+    """store/driver.py's statements also run outside SQLite's writer thread: on aiosqlite (``?`` marks as
+    they are) and on asyncpg (numbered), with rows as tuples and none from a statement without rows."""
+    async with store.engine.begin() as conn:
+        got = await conn.run_sync(lambda c: driver.rows(c, "SELECT CAST(? AS INTEGER) + 1, CAST(? AS VARCHAR)",
+                                                        (1, "x")))
+        none = await conn.run_sync(lambda c: driver.rows(
+            c, "INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", ("j", "queued", 1.0)))
+        await conn.run_sync(lambda c: driver.execute_many(
+            c, "INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)",
+            [("j", "running", 2.0), ("j", "succeeded", 3.0)]))
+        marks = await conn.run_sync(lambda c: driver.rows(
+            c, "SELECT mark FROM job_transitions WHERE job_id = ? ORDER BY created_at", ("j",)))
+    assert got == [(2, "x")] and none == [] and marks == [("queued",), ("running",), ("succeeded",)]
 
 
 async def test_idempotency_claim_is_atomic(store: Store) -> None:

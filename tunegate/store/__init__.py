@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tunegate.store import migrate
+from tunegate.store import driver, migrate
 from tunegate.store.reader import PostgresReader, SQLiteReader
 from tunegate.store.schema import (
     api_keys,
@@ -38,23 +38,21 @@ from tunegate.store.writer import SQLiteWriter
 
 __all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject"]
 
-# The registry's upsert, one text for SQLite (3.35+) and PostgreSQL. SQLAlchemy 2.0's dialect insert()
-# constructs (needed for ON CONFLICT) are never cached (`inherit_cache = False`): each call compiled the
-# INSERT anew, ~0.3 ms of CPU on every created job. A text() statement is compiled once.
-# A sighting refreshes status and snapshot only where the writer may: the same provider and connection,
-# and an object that is unowned or the writer's own. Without the guard, an upstream a caller chose could
-# answer with another key's id and rewrite what that key's dashboard shows.
-_UPSERT_OBJECT = sa.text(
+# The registry's upsert, one text for SQLite (3.35+) and PostgreSQL, run as driver SQL (store/driver.py:
+# SQLAlchemy's dialect insert() constructs are never cached, a text() clause still costs its bind and
+# result processing on every created job). A sighting refreshes status and snapshot only where the writer
+# may: the same provider and connection, and an object that is unowned or the writer's own (the last
+# mark). Without the guard, an upstream a caller chose could answer with another key's id and rewrite what
+# that key's dashboard shows.
+_UPSERT_OBJECT = (
     "INSERT INTO objects (kind, id, provider, connection, key_id, status, snapshot, created_at, updated_at) "
-    "VALUES (:kind, :id, :provider, :connection, :key_id, :status, :snapshot, :created_at, :updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (kind, id) DO UPDATE SET status = excluded.status, snapshot = excluded.snapshot, "
     "updated_at = excluded.updated_at "
     "WHERE objects.provider = excluded.provider "
     "AND COALESCE(objects.connection, '') = COALESCE(excluded.connection, '') "
-    "AND (objects.key_id IS NULL OR objects.key_id = :writer)"
-).bindparams(sa.bindparam("snapshot", type_=objects.c.snapshot.type))
-_UPSERT_OBJECT_RETURNING = sa.text(str(_UPSERT_OBJECT.text) + " RETURNING provider, connection, key_id").bindparams(
-    sa.bindparam("snapshot", type_=objects.c.snapshot.type))
+    "AND (objects.key_id IS NULL OR objects.key_id = ?)")
+_UPSERT_OBJECT_RETURNING = _UPSERT_OBJECT + " RETURNING provider, connection, key_id"
 _LOG_COLUMNS = tuple(c.name for c in request_log.columns if c.name != "id")
 _INSERT_LOG_SQLITE = (f"INSERT INTO request_log ({', '.join(_LOG_COLUMNS)}) "
                       f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
@@ -360,12 +358,12 @@ class Store:
         if known is not None and known.status == status and status is not None:
             return
         now = _now()
-        params = dict(kind=kind, id=object_id, provider=provider, connection=connection,
-                      key_id=key_id if claim else None, writer=key_id, status=status, snapshot=snapshot,
-                      created_at=now, updated_at=now)
+        params = (kind, object_id, provider, connection, key_id if claim else None, status,
+                  driver.json_text(snapshot), now, now, key_id)
 
         def write(conn: sa.Connection) -> Any:
-            row = conn.execute(_UPSERT_OBJECT_RETURNING, params).first()
+            found = driver.rows(conn, _UPSERT_OBJECT_RETURNING, params)
+            row = found[0] if found else None
             if row is not None and status is not None and kind in self._status_hooks:
                 self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
             return row
@@ -412,11 +410,11 @@ class Store:
         if not items:
             return
         now = _now()
-        rows = [dict(kind=kind, id=i, provider=provider, connection=connection, key_id=key_id, writer=key_id,
-                     status=s, snapshot=snap, created_at=now, updated_at=now) for i, s, snap in items]
+        rows = [(kind, i, provider, connection, key_id, s, driver.json_text(snap), now, now, key_id)
+                for i, s, snap in items]
 
         def write(conn: sa.Connection) -> None:
-            conn.execute(_UPSERT_OBJECT, rows)
+            driver.execute_many(conn, _UPSERT_OBJECT, rows)
             if kind in self._status_hooks:
                 self._run_hooks(conn, self._written(conn, kind, items))
 

@@ -22,8 +22,8 @@ import orjson
 import sqlalchemy as sa
 
 from tunegate.providers import provider_named
-from tunegate.store import StatusChange
-from tunegate.store.schema import job_watch, webhook_deliveries, webhook_endpoints, webhook_events
+from tunegate.store import StatusChange, driver
+from tunegate.store.schema import job_watch, webhook_deliveries, webhook_events
 from tunegate.webhooks.settings import WatchSettings
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -37,20 +37,22 @@ CHECKPOINT_EVENT = "fine_tuning.job.checkpoint.created"
 EVENT_TYPES = (*OPENAI_EVENTS.values(), *TUNEGATE_EVENTS.values(), CHECKPOINT_EVENT)
 DEFAULT_EVENT_TYPES = list(OPENAI_EVENTS.values())
 
-_MARK = sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:job_id, :mark, :now) "
-                "ON CONFLICT (job_id, mark) DO NOTHING RETURNING job_id")
+# Driver SQL (store/driver.py): these run in every created job's transaction.
+_MARK = ("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?) "
+         "ON CONFLICT (job_id, mark) DO NOTHING RETURNING job_id")
 # A non-terminal status is marked only while the job has not ended: "first sighting of this status" and
 # "not a stale sighting after the end" in one statement (was two, one thread hop each on every create).
 # Not marking a stale status loses nothing: after an end nothing more is ever announced for the job.
-_MARK_UNLESS_ENDED = sa.text(
+_MARK_UNLESS_ENDED = (  # parameters: job, mark, now, job
     "INSERT INTO job_transitions (job_id, mark, created_at) "
-    "SELECT CAST(:job_id AS VARCHAR), CAST(:mark AS VARCHAR), CAST(:now AS FLOAT) "  # typed for PostgreSQL
-    "WHERE NOT EXISTS (SELECT 1 FROM job_transitions WHERE job_id = CAST(:job_id AS VARCHAR) "
+    "SELECT CAST(? AS VARCHAR), CAST(? AS VARCHAR), CAST(? AS FLOAT) "  # typed for PostgreSQL
+    "WHERE NOT EXISTS (SELECT 1 FROM job_transitions WHERE job_id = CAST(? AS VARCHAR) "
     "AND mark IN ('succeeded', 'failed', 'cancelled')) "
     "ON CONFLICT (job_id, mark) DO NOTHING RETURNING job_id")
-_ENROL = sa.text(
-    "INSERT INTO job_watch (job_id, active, status, next_poll_at, unchanged, failures, polls, updated_at) "
-    "VALUES (:job_id, :yes, :status, :next, 0, 0, 0, :now) ON CONFLICT (job_id) DO NOTHING")
+_ENDPOINTS_OF_KEY = "SELECT id, event_types FROM webhook_endpoints WHERE key_id = ?"
+_ENDPOINTS_OF_NO_KEY = "SELECT id, event_types FROM webhook_endpoints WHERE key_id IS NULL"
+_ENROL = ("INSERT INTO job_watch (job_id, active, status, next_poll_at, unchanged, failures, polls, updated_at) "
+          "VALUES (?, ?, ?, ?, 0, 0, 0, ?) ON CONFLICT (job_id) DO NOTHING")
 
 
 def pollable(provider: str, connection: str | None) -> bool:
@@ -88,17 +90,16 @@ class Outbox:
         woken = False
         for change in changes:
             terminal = change.status in TERMINAL
-            marked = conn.execute(_MARK if terminal else _MARK_UNLESS_ENDED,
-                                  {"job_id": change.id, "mark": change.status, "now": now}).first()
-            if marked is None:
+            marked = (driver.rows(conn, _MARK, (change.id, change.status, now)) if terminal else
+                      driver.rows(conn, _MARK_UNLESS_ENDED, (change.id, change.status, now, change.id)))
+            if not marked:
                 continue  # recorded before (here or by another instance), or a stale sighting after the end
             if terminal:
                 conn.execute(job_watch.update().where(job_watch.c.job_id == change.id).values(
                     active=False, status=change.status, lease_owner=None, reason=change.status, updated_at=now))
             elif pollable(change.provider, change.connection):
-                conn.execute(_ENROL, {"job_id": change.id, "yes": True, "status": change.status, "now": now,
-                                      "next": now + self.watch.intervals.get(
-                                          change.status, self.watch.default_interval_seconds)})
+                due = now + self.watch.intervals.get(change.status, self.watch.default_interval_seconds)
+                driver.rows(conn, _ENROL, (change.id, True, change.status, due, now))
             event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
             if event_type is not None and emit(conn, change.id, change.key_id, event_type, {"id": change.id},
                                                _when(change, now), now):
@@ -120,10 +121,9 @@ def emit(conn: sa.Connection, job_id: str, key_id: str | None, event_type: str, 
          created_at: int, now: float) -> int:
     """Write one event and a pending delivery to each of the owner's endpoints that subscribes to it.
     A key's endpoints hear only its own jobs; an open gateway's endpoints (no key) only unowned ones."""
-    owner = webhook_endpoints.c.key_id
-    query = sa.select(webhook_endpoints.c.id, webhook_endpoints.c.event_types).where(
-        owner.is_(None) if key_id is None else owner == key_id)
-    targets = [r[0] for r in conn.execute(query) if event_type in (r[1] or [])]
+    found = (driver.rows(conn, _ENDPOINTS_OF_NO_KEY, ()) if key_id is None else
+             driver.rows(conn, _ENDPOINTS_OF_KEY, (key_id,)))
+    targets = [r[0] for r in found if event_type in (driver.from_json(r[1]) or [])]
     if not targets:
         return 0
     event_id = "evt_" + secrets.token_hex(16)
@@ -138,4 +138,4 @@ def emit(conn: sa.Connection, job_id: str, key_id: str | None, event_type: str, 
 
 def mark_once(conn: sa.Connection, job_id: str, mark: str) -> bool:
     """Whether this transaction is the first to note ``mark`` for the job (checkpoints use it)."""
-    return conn.execute(_MARK, {"job_id": job_id, "mark": mark, "now": time.time()}).first() is not None
+    return bool(driver.rows(conn, _MARK, (job_id, mark, time.time())))
