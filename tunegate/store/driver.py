@@ -32,7 +32,7 @@ def rows(conn: sa.Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[A
     raw = conn.connection.dbapi_connection
     if isinstance(raw, sqlite3.Connection):
         return raw.execute(sql, params).fetchall()
-    result = conn.exec_driver_sql(sql if conn.dialect.paramstyle == "qmark" else numbered(sql), params)
+    result = conn.exec_driver_sql(_marked(conn, sql), params)
     return [tuple(r) for r in result] if result.returns_rows else []
 
 
@@ -42,7 +42,12 @@ def execute_many(conn: sa.Connection, sql: str, params: list[tuple[Any, ...]]) -
     if isinstance(raw, sqlite3.Connection):
         raw.executemany(sql, params)
     else:
-        conn.exec_driver_sql(sql if conn.dialect.paramstyle == "qmark" else numbered(sql), params)
+        conn.exec_driver_sql(_marked(conn, sql), params)
+
+
+def _marked(conn: sa.Connection, sql: str) -> str:
+    """The statement with the marks the connection's driver takes (aiosqlite ``?``, asyncpg ``$n``)."""
+    return sql if conn.dialect.paramstyle == "qmark" else numbered(sql)
 
 
 def as_store_error(exc: Exception) -> Exception:

@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tunegate.store.driver import numbered
 from tunegate.store.writer import CallThread
 
 
@@ -77,10 +78,8 @@ class PostgresReader:
         self._engine = engine
 
     async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        parts = sql.split("?")  # the statements here hold no literal question mark
-        numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))  # asyncpg's marks
         async with self._engine.connect() as conn:
-            result = await conn.exec_driver_sql(numbered, params)
+            result = await conn.exec_driver_sql(numbered(sql), params)  # asyncpg's $n marks
             return [tuple(row) for row in result]
 
     def close(self) -> None:

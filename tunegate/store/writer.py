@@ -173,7 +173,8 @@ class SQLiteWriter:
         raw = conn.connection.dbapi_connection
         assert isinstance(raw, sqlite3.Connection)
         # BEGIN, COMMIT and savepoints on the driver's connection, like the registry's hot statements
-        # (store/driver.py): ~0.5 µs each instead of ~15 through SQLAlchemy. IMMEDIATE: the write lock at once, so no statement fails half-way on a lock upgrade.
+        # (store/driver.py): ~0.5 µs each instead of ~15 through SQLAlchemy. IMMEDIATE: the write lock at
+        # once, so no statement fails half-way on a lock upgrade.
         raw.execute("BEGIN IMMEDIATE")
         try:
             if len(works) == 1:
