@@ -223,10 +223,12 @@ SOURCE: Path | None = None  # a tree to import tunegate from instead of the work
 
 DATABASES: dict[str, str] = {}  # data dir name -> database URL (--database postgres); absent: SQLite in the data dir
 
+GATEWAY_SETTINGS: dict[str, str] = {}  # TUNEGATE_* settings for every gateway started (the caller's own are dropped)
+
 
 def gateway_env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEGATE_")}
-    env.update(TUNEGATE_DATA_DIR=str(data_dir), TUNEGATE_LOG_LEVEL="warning")
+    env.update(TUNEGATE_DATA_DIR=str(data_dir), TUNEGATE_LOG_LEVEL="warning", **GATEWAY_SETTINGS)
     if data_dir.name in DATABASES:
         env["TUNEGATE_DATABASE_URL"] = DATABASES[data_dir.name]
     if SOURCE is not None:

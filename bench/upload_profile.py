@@ -88,7 +88,11 @@ def main() -> None:
     ap.add_argument("--spy-validate", choices=("on", "off"), default="on", help="which uploads --spy records")
     ap.add_argument("--source", help="import tunegate from this directory (e.g. a git archive of a base)")
     ap.add_argument("--file", help="upload this JSONL instead of a generated one")
+    ap.add_argument("--helper-from", type=int, metavar="BYTES",
+                    help="validate uploads of at least BYTES in the helper process (validate_uploads_in_helper_from_bytes)")
     args = ap.parse_args()
+    if args.helper_from is not None:
+        run.GATEWAY_SETTINGS["TUNEGATE_VALIDATE_UPLOADS_IN_HELPER_FROM_BYTES"] = str(args.helper_from)
     if args.source:
         run.SOURCE = Path(args.source).resolve()
     with tempfile.TemporaryDirectory() as td:
