@@ -64,9 +64,10 @@ def one(port: int, path: Path, custom_host: str, gw: run.Service, up: run.Servic
     proc = subprocess.Popen([sys.executable, "-c", run.UPLOAD_CHILD, str(port), str(path), custom_host,
                              "on" if validate else "off"], stdout=subprocess.PIPE, text=True)
     peak = 0
-    while proc.poll() is None:
-        peak = max(peak, run.tree_rss_bytes(gw.pid))  # the tree now: a helper started per upload counts
-        time.sleep(0.02)
+    with run.LagProbe(port, "/healthz") as lag:  # how long a cheap request waits behind the upload
+        while proc.poll() is None:
+            peak = max(peak, run.tree_rss_bytes(gw.pid))  # the tree now: a helper started per upload counts
+            time.sleep(0.02)
     out = json.loads(proc.stdout.read() if proc.stdout else "{}")
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter() - t
@@ -77,7 +78,7 @@ def one(port: int, path: Path, custom_host: str, gw: run.Service, up: run.Servic
             "gw_faults": minor_faults(gw.pids()) - f_gw, "idle_rss_mb": round(idle / run.MB, 1),
             "up_cpu_s": round(run.cpu_seconds(up_pids) - c_up, 3),
             "client_cpu_s": round(ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime, 3), "wall_s": round(wall, 3),
-            "peak_rss_mb": round(peak / run.MB, 1), "threads": busy, "body": out["body"][:200] if out["status"] != 200 else ""}
+            "peak_rss_mb": round(peak / run.MB, 1), "threads": busy, "lag": lag.summary(), "body": out["body"][:200] if out["status"] != 200 else ""}
 
 
 def main() -> None:
@@ -125,6 +126,7 @@ def main() -> None:
                     continue
                 print(f"validation {k:3s}: " + "  ".join(
                     f"{r['mb_s']:7.1f} MB/s gw {r['gw_cpu_s']:.2f}s up {r['up_cpu_s']:.2f}s cl {r['client_cpu_s']:.2f}s rss {r['idle_rss_mb']}->{r['peak_rss_mb']} pf {r['gw_faults']}"
+                    f" lag p50/p99/max {r['lag'].get('probe_p50_ms')}/{r['lag'].get('probe_p99_ms')}/{r['lag'].get('probe_max_ms')} ms"
                     f" [{r['status']}]{r['body']}" for r in rs)
                     + f"  | threads {rs[-1]['threads']}  | median {statistics.median(r['mb_s'] for r in rs):.1f} MB/s")
         finally:

@@ -170,7 +170,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Stand
         return helper
 
     monkeypatch.setattr(ValidatorProcess, "start", classmethod(start))
-    monkeypatch.setattr(files_api, "_cores", lambda: 2)
+    # cores enough that a helper still closing after the last test's answer never pushes the next inline
+    monkeypatch.setattr(files_api, "_cores", lambda: 8)
     standin = StandIn()
     with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data",
                                                           validate_uploads_in_helper_from_bytes=0) as gw:
@@ -236,3 +237,50 @@ def test_gateway_client_gone_mid_upload_ends_the_helper(env: tuple[StandIn, str,
         time.sleep(0.05)
     assert not _alive(started[0])
     assert standin.files == {}
+
+
+def test_helpers_at_once_are_capped_at_the_cores_less_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ValidatorProcess, "running", 0)
+
+    async def pick(cores: int) -> list[bool]:
+        monkeypatch.setattr(files_api, "_cores", lambda: cores)
+        taken = [await files_api._helper_for(Validator(), 1 << 30, 32 << 20) for _ in range(3)]
+        try:
+            assert ValidatorProcess.running == sum(h is not None for h in taken)
+            small = await files_api._helper_for(Validator(), (32 << 20) - 1, 32 << 20)
+            unsized = await files_api._helper_for(Validator(), None, 32 << 20)
+            assert small is None and unsized is None  # below the size, or no Content-Length: inline
+            return [h is not None for h in taken]
+        finally:
+            for h in taken:
+                if h is not None:
+                    h.close()
+                    await h._proc.wait()
+
+    assert asyncio.run(pick(1)) == [False, False, False]  # one core: always inline
+    assert asyncio.run(pick(2)) == [True, False, False]  # the second core takes one helper, the rest inline
+    assert asyncio.run(pick(3)) == [True, True, False]
+    assert ValidatorProcess.running == 0  # each closed helper counted off once
+
+
+def test_large_uploads_validate_in_a_helper_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[int] = []
+    real_start = ValidatorProcess.start.__func__  # type: ignore[attr-defined]
+
+    async def start(cls: type[ValidatorProcess], method: str, max_bytes: int) -> ValidatorProcess:
+        helper = await real_start(cls, method, max_bytes)
+        started.append(helper.pid)
+        return helper
+
+    monkeypatch.setattr(ValidatorProcess, "start", classmethod(start))
+    monkeypatch.setattr(files_api, "_cores", lambda: 2)
+    monkeypatch.setattr(ValidatorProcess, "running", 0)  # none left from an earlier test's gateway
+    standin = StandIn()
+    with ServerThread(standin.app()) as upstream, Gateway(tmp_path / "data") as gw:
+        assert gw.settings.validate_uploads_in_helper_from_bytes == 32 * 1024 * 1024
+        client = _client(gw, standin, upstream.url)
+        small = client.files.create(file=("s.jsonl", io.BytesIO(GOOD * 1000)), purpose="fine-tune")
+        assert started == []  # 0.1 MB: inline
+        data = GOOD * (33 * 1024 * 1024 // len(GOOD))
+        large = client.files.create(file=("l.jsonl", io.BytesIO(data)), purpose="fine-tune")
+        assert len(started) == 1 and standin.contents[large.id] == data and small.id in standin.contents

@@ -94,12 +94,15 @@ async def _helper_for(validator: object | None, size_hint: int | None,
                       min_bytes: int | None) -> ValidatorProcess | None:
     """A helper process to validate on another core, when that can pay: a file of at least ``min_bytes``
     (``validate_uploads_in_helper_from_bytes``; the helper's start costs ~0.1 s of CPU and ~20 MB while it
-    runs) and a second core to run it on; off by default (it did not measure a gain here). Otherwise
-    (small or unsized bodies, one core) validation stays inline."""
-    if (validator is None or min_bytes is None or size_hint is None or size_hint < min_bytes
-            or _cores() < 2):
+    runs) and a core to run it on (fewer helpers at once than cores: more would only take turns, each
+    with its 20 MB). Otherwise (small or unsized bodies, one core, helpers on every other core) validation
+    stays inline."""
+    if validator is None or min_bytes is None or size_hint is None or size_hint < min_bytes:
         return None
     from tunegate.data.helper import ValidatorProcess
+
+    if ValidatorProcess.running >= _cores() - 1:
+        return None
 
     v: Any = validator
     return await ValidatorProcess.start(v.method, v.max_bytes)

@@ -24,6 +24,7 @@ import fcntl
 import os
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import orjson
 
@@ -62,7 +63,12 @@ class ValidatorProcess:
     The bytes go through a pipe of our own (non-blocking write end, ``os.writev`` of the chunks as
     they are, no copy into a transport's buffer), gathered to ``BATCH`` bytes per system call."""
 
+    #: helpers of this process not yet closed (the gateway caps them at its cores less one)
+    running: ClassVar[int] = 0
+
     def __init__(self, proc: asyncio.subprocess.Process, pipe: int) -> None:
+        ValidatorProcess.running += 1
+        self._counted = True
         self._proc = proc
         assert proc.stdout is not None
         self._stdout = proc.stdout
@@ -204,3 +210,6 @@ class ValidatorProcess:
         self._watch.cancel()
         self._kill()
         self._close_pipe()
+        if self._counted:
+            self._counted = False
+            ValidatorProcess.running -= 1
