@@ -136,6 +136,7 @@ def test_close_kills_a_running_helper() -> None:
         await helper.feed(GOOD * 3000)
         helper.close()
         await asyncio.sleep(0.3)
+        assert not os.path.exists(f"/proc/{helper.pid}")  # killed and reaped: not even a zombie
         return helper.pid
 
     pid = asyncio.run(go())
@@ -255,7 +256,7 @@ def test_helpers_at_once_are_capped_at_the_cores_less_one(monkeypatch: pytest.Mo
             for h in taken:
                 if h is not None:
                     h.close()
-                    await h._proc.wait()
+                    await h.wait()
 
     assert asyncio.run(pick(1)) == [False, False, False]  # one core: always inline
     assert asyncio.run(pick(2)) == [True, False, False]  # the second core takes one helper, the rest inline

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -44,6 +45,9 @@ WORKER = "tunegate.data.worker"  # the module the helper runs
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this `tunegate` package
 
 
+_REAPING: set[asyncio.Task[int]] = set()  # waits for killed helpers' exits (a task needs a reference)
+
+
 class ValidatorFailed(APIError):
     """The helper process died or stopped answering: our failure, not the client's."""
 
@@ -61,17 +65,24 @@ class ValidatorProcess:
     ``close`` (always, also after ``finish``) kills a helper still running.
 
     The bytes go through a pipe of our own (non-blocking write end, ``os.writev`` of the chunks as
-    they are, no copy into a transport's buffer), gathered to ``BATCH`` bytes per system call."""
+    they are, no copy into a transport's buffer), gathered to ``BATCH`` bytes per system call.
+
+    The child is started by :class:`subprocess.Popen`, not asyncio's subprocess support: CPython
+    spawns with ``vfork``, so the serving process's pages are neither copied nor counted twice. uvloop
+    forks: measured in a 90 MB process, 3.5-5.7 ms with the event loop held (and a momentary copy that
+    a process tree's summed RSS shows as +88 MB), against 0.3-2.4 ms. Its report is read and its exit
+    awaited on the loop (its stdout and its pidfd, non-blocking)."""
 
     #: helpers of this process not yet closed (the gateway caps them at its cores less one)
     running: ClassVar[int] = 0
 
-    def __init__(self, proc: asyncio.subprocess.Process, pipe: int) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], pipe: int) -> None:
         ValidatorProcess.running += 1
         self._counted = True
         self._proc = proc
         assert proc.stdout is not None
         self._stdout = proc.stdout
+        os.set_blocking(proc.stdout.fileno(), False)
         self._pipe: int | None = pipe
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
@@ -89,9 +100,9 @@ class ValidatorProcess:
                 fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_SIZE)
             os.set_blocking(write_end, False)
             # cwd: `-m` puts the working directory first on sys.path, so the child imports this package
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", WORKER, method, str(max_bytes),
-                stdin=read_end, stdout=asyncio.subprocess.PIPE, cwd=PACKAGE_ROOT)
+            # vfork: returns once the child has exec'd, sooner than asyncio's spawn (see the class docstring)
+            proc = subprocess.Popen([sys.executable, "-m", WORKER, method, str(max_bytes)],  # noqa: ASYNC220
+                                    stdin=read_end, stdout=subprocess.PIPE, cwd=PACKAGE_ROOT)
         except BaseException:
             os.close(write_end)
             raise
@@ -169,7 +180,7 @@ class ValidatorProcess:
         self._close_pipe()  # the helper's end of file
         try:
             raw = await asyncio.wait_for(self._read_report(), VERDICT_SECONDS)
-            code = await asyncio.wait_for(self._proc.wait(), VERDICT_SECONDS)
+            code = await asyncio.wait_for(self.wait(), VERDICT_SECONDS)
         except TimeoutError as exc:
             raise ValidatorFailed(f"gave no verdict within {VERDICT_SECONDS:.0f} s") from exc
         if code != 0 or not raw:
@@ -180,20 +191,52 @@ class ValidatorProcess:
             raise ValidatorFailed("gave an unreadable report") from exc
 
     async def _read_report(self) -> bytes:
-        parts, size = [], 0
-        while data := await self._stdout.read(65536):
+        parts: list[bytes] = []
+        size, out = 0, self._stdout.fileno()
+        while True:
+            try:
+                data = os.read(out, 65536)
+            except BlockingIOError:
+                await self._ready(out)
+                continue
+            if not data:
+                return b"".join(parts)
             parts.append(data)
             size += len(data)
             if size > MAX_REPORT_BYTES:
                 raise ValueError("report too large")
-        return b"".join(parts)
+
+    async def _ready(self, fd: int) -> None:
+        """Until ``fd`` is readable (or, for a pidfd, its process has exited)."""
+        ready = self._loop.create_future()
+        self._loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+        try:
+            await ready
+        finally:
+            self._loop.remove_reader(fd)
+
+    async def wait(self) -> int:
+        """The helper's exit status, once it has exited (and is reaped)."""
+        if self._proc.poll() is not None:
+            return self._proc.returncode
+        try:
+            pidfd = os.pidfd_open(self._proc.pid)
+        except (AttributeError, OSError):  # not Linux 5.3 or later: poll
+            while self._proc.poll() is None:  # noqa: ASYNC110 - nothing else reports the exit
+                await asyncio.sleep(0.01)
+            return self._proc.returncode
+        try:
+            await self._ready(pidfd)
+        finally:
+            os.close(pidfd)
+        return self._proc.wait()  # it has exited: this only reaps it
 
     async def _why(self) -> str:
         if self._stalled:
             return f"took no data for {STALL_SECONDS:.0f} s"
         code: int | None = None
         with contextlib.suppress(TimeoutError):
-            code = await asyncio.wait_for(self._proc.wait(), 5.0)
+            code = await asyncio.wait_for(self.wait(), 5.0)
         return f"exited with {code}"
 
     def _kill(self) -> None:
@@ -206,10 +249,16 @@ class ValidatorProcess:
         return self._proc.pid
 
     def close(self) -> None:
-        """Kills the helper if it still runs (a failed or cancelled upload); asyncio reaps it."""
+        """Kills the helper if it still runs (a failed or cancelled upload) and has it reaped."""
         self._watch.cancel()
         self._kill()
         self._close_pipe()
+        if not self._stdout.closed:
+            self._stdout.close()
+            if self._proc.returncode is None and not self._loop.is_closed():
+                reaping = self._loop.create_task(self.wait())
+                _REAPING.add(reaping)
+                reaping.add_done_callback(_REAPING.discard)
         if self._counted:
             self._counted = False
             ValidatorProcess.running -= 1
