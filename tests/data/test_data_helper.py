@@ -136,11 +136,10 @@ def test_close_kills_a_running_helper() -> None:
         await helper.feed(GOOD * 3000)
         helper.close()
         await asyncio.sleep(0.3)
-        assert not os.path.exists(f"/proc/{helper.pid}")  # killed and reaped: not even a zombie
         return helper.pid
 
     pid = asyncio.run(go())
-    assert not _alive(pid)
+    assert not _alive(pid) and not os.path.exists(f"/proc/{pid}")  # killed and reaped: not even a zombie
 
 
 def test_a_missing_worker_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,9 +158,8 @@ def test_a_missing_worker_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None
 # ---- through the gateway ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StandIn, str, Gateway, list[int]]]:
-    """A gateway whose uploads of any size validate in a helper; the helpers' pids are listed."""
+def _list_started_helpers(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pids of the helpers started from now on, in order."""
     started: list[int] = []
     real_start = ValidatorProcess.start.__func__  # type: ignore[attr-defined]
 
@@ -171,6 +169,13 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Stand
         return helper
 
     monkeypatch.setattr(ValidatorProcess, "start", classmethod(start))
+    return started
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[StandIn, str, Gateway, list[int]]]:
+    """A gateway whose uploads of any size validate in a helper; the helpers' pids are listed."""
+    started = _list_started_helpers(monkeypatch)
     # cores enough that a helper still closing after the last test's answer never pushes the next inline
     monkeypatch.setattr(files_api, "_cores", lambda: 8)
     standin = StandIn()
@@ -265,15 +270,7 @@ def test_helpers_at_once_are_capped_at_the_cores_less_one(monkeypatch: pytest.Mo
 
 
 def test_large_uploads_validate_in_a_helper_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[int] = []
-    real_start = ValidatorProcess.start.__func__  # type: ignore[attr-defined]
-
-    async def start(cls: type[ValidatorProcess], method: str, max_bytes: int) -> ValidatorProcess:
-        helper = await real_start(cls, method, max_bytes)
-        started.append(helper.pid)
-        return helper
-
-    monkeypatch.setattr(ValidatorProcess, "start", classmethod(start))
+    started = _list_started_helpers(monkeypatch)
     monkeypatch.setattr(files_api, "_cores", lambda: 2)
     monkeypatch.setattr(ValidatorProcess, "running", 0)  # none left from an earlier test's gateway
     standin = StandIn()
