@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.stores import POSTGRES, _reset_postgres
-from tunegate.store import Store, driver
+from tunegate.store import Store, Tx
 
 
 async def test_migrations_are_idempotent(store: Store) -> None:
@@ -72,20 +74,38 @@ async def test_registry_first_owner_wins(store: Store) -> None:
     assert await store.lookup("job", "ftjob-2") is None
 
 
-async def test_driver_sql_on_the_engines_connections(store: Store) -> None:
-    """store/driver.py's statements also run outside SQLite's writer thread: on aiosqlite (``?`` marks as
-    they are) and on asyncpg (numbered), with rows as tuples and none from a statement without rows."""
-    async with store.engine.begin() as conn:
-        got = await conn.run_sync(lambda c: driver.rows(c, "SELECT CAST(? AS INTEGER) + 1, CAST(? AS VARCHAR)",
-                                                        (1, "x")))
-        none = await conn.run_sync(lambda c: driver.rows(
-            c, "INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", ("j", "queued", 1.0)))
-        await conn.run_sync(lambda c: driver.execute_many(
-            c, "INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)",
-            [("j", "running", 2.0), ("j", "succeeded", 3.0)]))
-        marks = await conn.run_sync(lambda c: driver.rows(
-            c, "SELECT mark FROM job_transitions WHERE job_id = ? ORDER BY created_at", ("j",)))
+def _driver_sql(tx: Tx) -> tuple[list[tuple[Any, ...]], ...]:
+    got = tx.rows("SELECT CAST(? AS INTEGER) + 1, CAST(? AS VARCHAR)", (1, "x"))
+    none = tx.rows("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", ("j", "queued", 1.0))
+    tx.execute_many("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)",
+                    [("j", "running", 2.0), ("j", "succeeded", 3.0)])
+    tx.execute_many("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", [])
+    return got, none, tx.rows("SELECT mark FROM job_transitions WHERE job_id = ? ORDER BY created_at", ("j",))
+
+
+async def test_driver_sql_in_a_registry_write(store: Store) -> None:
+    """store/driver.py's ``?``-marked statements in ``Store.write``, on each database's transaction (SQLite's
+    writer thread; PostgreSQL's asyncpg pool, numbered marks): rows as tuples, none from a statement without
+    rows, a driver error as SQLAlchemy's, and a work that raises leaves nothing behind."""
+    got, none, marks = await store.write(_driver_sql)
     assert got == [(2, "x")] and none == [] and marks == [("queued",), ("running",), ("succeeded",)]
+
+    def fails(tx: Tx) -> None:
+        tx.rows("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", ("j", "x", 4.0))
+        raise RuntimeError("the work failed")
+
+    with pytest.raises(RuntimeError):
+        await store.write(fails)
+    with pytest.raises(sa.exc.IntegrityError):
+        await store.write(lambda tx: tx.rows(
+            "INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, ?, ?)", ("j", "queued", 5.0)))
+    assert await store.write(lambda tx: tx.rows(
+        "SELECT count(*) FROM job_transitions WHERE job_id = ?", ("j",))) == [(3,)]
+
+
+async def test_an_in_memory_database_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="SQLite file"):
+        Store("sqlite+aiosqlite:///:memory:", store.box)
 
 
 async def test_idempotency_claim_is_atomic(store: Store) -> None:
@@ -168,26 +188,44 @@ async def test_placement_cache_is_bounded(store: Store) -> None:
 
 
 async def test_postgres_pings_only_connections_left_idle(store: Store) -> None:
-    """No round trip on every checkout (pool_pre_ping is off): a connection idle for a while in the pool
-    is pinged before use, and a dead one replaced; one reused at once is not pinged."""
+    """SQLAlchemy's engine (keys, connections, idempotency …): no round trip on every checkout
+    (pool_pre_ping is off); a connection idle for a while in the pool is pinged before use, and a dead one
+    replaced; one reused at once is not pinged. (The registry's own pool: tests/test_registry_pool.py.)"""
     if not store.url.startswith("postgresql"):
         pytest.skip("the idle ping is PostgreSQL's (SQLite has no server to lose)")
-    assert await store.ping()  # a pooled connection, just checked in
+    assert await store.get_key("key-none") is None  # a pooled connection, just checked in
 
-    async def kill_the_pooled_connections() -> None:
-        other = await Store.open(store.url, store.box)
-        try:
-            async with other.engine.begin() as conn:
-                await conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
-        finally:
-            await other.close()
-
-    await kill_the_pooled_connections()
+    await kill_other_connections(store.url)
     store.PING_AFTER_IDLE_SECONDS = 0.0  # every pooled connection counts as idle: pinged, found dead, replaced
-    assert await store.lookup("job", "ftjob-none") is None
-    await kill_the_pooled_connections()
+    assert await store.get_key("key-none") is None
+    await kill_other_connections(store.url)
     store.PING_AFTER_IDLE_SECONDS = 3600.0  # none counts as idle: the dead one is used, and that query fails
     with pytest.raises(sa.exc.DBAPIError):
-        await store.lookup("job", "ftjob-none")
-    assert await store.lookup("job", "ftjob-none") is None  # the pool dropped it: the next query reconnects
+        await store.get_key("key-none")
+    assert await store.get_key("key-none") is None  # the pool dropped it: the next query reconnects
+
+
+async def kill_other_connections(url: str) -> None:
+    """Every server connection to the database but this one's, ended by the server (as a restart does);
+    each termination waited for (PostgreSQL 14+)."""
+    other = create_async_engine(url)
+    try:
+        async with other.begin() as conn:
+            await conn.execute(sa.text("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                                       "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    finally:
+        await other.dispose()
+
+
+async def test_a_write_goes_on_when_its_caller_is_cancelled(store: Store) -> None:
+    """A job just created at the provider is recorded even if the client went away meanwhile."""
+    task = asyncio.ensure_future(store.record("job", "ftjob-orphan", "openai", None, "key-a", "queued", None))
+    await asyncio.sleep(0)  # the write has started
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(200):
+        if (found := await store.lookup("job", "ftjob-orphan")) is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert found is not None and found.key_id == "key-a"

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.gateway import _TEST_FERNET_KEY
-from tunegate.store import StatusChange, Store
+from tunegate.store import StatusChange, Store, Tx
 from tunegate.store.secretbox import SecretBox
 
 
@@ -54,10 +54,9 @@ async def test_concurrent_records_share_commits_and_each_is_durable_when_answere
 
 
 async def test_a_failing_hook_undoes_its_own_record_only(sqlite_store: Store) -> None:
-    def hook(conn: sa.Connection, changes: list[StatusChange]) -> None:
+    def hook(tx: Tx, changes: list[StatusChange]) -> None:
         for change in changes:
-            conn.execute(sa.text("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (:j, 'x', 0)"),
-                               {"j": change.id})
+            tx.rows("INSERT INTO job_transitions (job_id, mark, created_at) VALUES (?, 'x', 0)", (change.id,))
             if change.id == "ftjob-bad":
                 raise RuntimeError("hook failed")
 
@@ -84,7 +83,7 @@ async def test_a_failed_batch_fails_every_caller_and_commits_nothing(sqlite_stor
     blocker.execute("BEGIN IMMEDIATE")
     writer = sqlite_store._writer
     assert writer is not None
-    await writer.call(lambda: writer._connection().exec_driver_sql("PRAGMA busy_timeout=50"))
+    await writer.call(lambda: writer._connection().execute("PRAGMA busy_timeout=50"))
     try:
         results = await asyncio.gather(
             *(sqlite_store.record("job", f"ftjob-{i}", "openai", None, None, "queued", None) for i in range(3)),
@@ -150,7 +149,7 @@ async def test_records_made_together_on_every_database(store: Store) -> None:
         if found is None or found.key_id != "key-a":
             missing.append(job_id)
 
-    def hook(conn: sa.Connection, changes: list[StatusChange]) -> None:
+    def hook(_tx: Tx, changes: list[StatusChange]) -> None:
         if any(c.id == "ftjob-g45" for c in changes):
             raise RuntimeError("hook failed")
 

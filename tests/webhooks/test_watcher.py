@@ -75,8 +75,8 @@ async def test_a_delivery_older_than_max_age_is_given_up(tmp_path: Path) -> None
     store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", SecretBox(_TEST_FERNET_KEY))
     try:
         endpoint, _ = await Endpoints(store).create(None, "x", "http://127.0.0.1:9/x", ["fine_tuning.job.failed"])
-        async with store.engine.begin() as conn:
-            await conn.run_sync(emit, "ftjob-9", None, "fine_tuning.job.failed", {"id": "ftjob-9"}, 1, time.time())
+        await store.write(lambda tx: emit(tx, "ftjob-9", None, "fine_tuning.job.failed", {"id": "ftjob-9"}, 1,
+                                          time.time()))
         deliverer = Deliverer(store, WebhookSettings(max_age_hours=72), None, "x")  # type: ignore[arg-type]
         row = (await Endpoints(store).deliveries(endpoint.id))[0]
         await deliverer.record(Attempt(row["id"], endpoint.id, 5, time.time() - 71 * 3600, b""), 503, "HTTP 503", 1.0)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import orjson
 import sqlalchemy as sa
@@ -22,7 +22,8 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tunegate.store import driver, migrate
-from tunegate.store.reader import PostgresReader, SQLiteReader
+from tunegate.store.driver import Tx
+from tunegate.store.reader import SQLiteReader
 from tunegate.store.schema import (
     api_keys,
     connections,
@@ -36,7 +37,10 @@ from tunegate.store.schema import (
 from tunegate.store.secretbox import SecretBox, new_key, secret_matches, split_key
 from tunegate.store.writer import SQLiteWriter
 
-__all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject"]
+if TYPE_CHECKING:
+    from tunegate.store.postgres import RegistryPool
+
+__all__ = ["ApiKey", "Connection", "StatusChange", "StatusHook", "Store", "StoredObject", "Tx"]
 
 # The registry's upsert, one text for SQLite (3.35+) and PostgreSQL, run as driver SQL (store/driver.py:
 # SQLAlchemy's dialect insert() constructs are never cached, a text() clause still costs its bind and
@@ -54,8 +58,8 @@ _UPSERT_OBJECT = (
     "AND (objects.key_id IS NULL OR objects.key_id = ?)")
 _UPSERT_OBJECT_RETURNING = _UPSERT_OBJECT + " RETURNING provider, connection, key_id"
 _LOG_COLUMNS = tuple(c.name for c in request_log.columns if c.name != "id")
-_INSERT_LOG_SQLITE = (f"INSERT INTO request_log ({', '.join(_LOG_COLUMNS)}) "
-                      f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
+_INSERT_LOG = (f"INSERT INTO request_log ({', '.join(_LOG_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_LOG_COLUMNS))})")
 _UPSERT_CURSOR = sa.text(
     "INSERT INTO page_cursors (cursor_key, provider, token, created_at, expires_at) "
     "VALUES (:cursor_key, :provider, :token, :created_at, :expires_at) "
@@ -111,10 +115,11 @@ class StatusChange:
 
 
 # Called inside the transaction that wrote the statuses, so what a hook writes (the webhook outbox)
-# commits or rolls back with the status change itself. A plain function of a sync connection: on SQLite
-# it runs on the writer thread with the rest of the transaction (one hop for the lot, store/writer.py),
-# on PostgreSQL inside ``AsyncConnection.run_sync``. It must not touch the event loop directly.
-StatusHook = Callable[[sa.Connection, list[StatusChange]], None]
+# commits or rolls back with the status change itself. A plain function of the sync transaction
+# (store/driver.py): on SQLite it runs on the writer thread with the rest of the transaction (one hop for
+# the lot, store/writer.py), on PostgreSQL in a greenlet on the registry's pool (store/postgres.py). It
+# must not touch the event loop directly.
+StatusHook = Callable[[Tx, list[StatusChange]], None]
 
 
 T = TypeVar("T")
@@ -128,6 +133,10 @@ class Store:
     KEY_CACHE_SECONDS = 1.0  # a revoked key stops working within this long, in every process
 
     def __init__(self, database_url: str, box: SecretBox, pool_size: int = 20) -> None:
+        if not (database_url.startswith("postgresql") or _sqlite_file(database_url)):
+            # An in-memory SQLite is one database per connection: it cannot hold a registry.
+            raise ValueError("the database must be a SQLite file (sqlite+aiosqlite:///path) or PostgreSQL "
+                             "(postgresql+asyncpg://…)")
         self.url = database_url
         self.box = box
         kwargs: dict[str, Any] = {}
@@ -139,7 +148,9 @@ class Store:
             # pool opened (TLS negotiation included) and closed a connection per write — at 64 concurrent
             # records 10 pooled + 20 overflow cost 1,372 µs wall and 659 µs CPU a record, a fixed pool of
             # 20 (opened on demand, then kept) 345 / 344 µs (bench/store_write.py --database).
-            kwargs.update(pool_size=pool_size, max_overflow=0)
+            # The registry's hot statements have a pool of their own (store/postgres.py): the engine keeps
+            # a quarter of the connections, for everything else.
+            kwargs.update(pool_size=_engine_share(pool_size), max_overflow=0)
         else:
             # A fixed pool: opening SQLite connections under load costs a thread each.
             kwargs.update(pool_size=16, max_overflow=0)
@@ -157,8 +168,14 @@ class Store:
         # Only the dialect in use is imported: PostgreSQL's costs ~2 MiB resident in every SQLite gateway.
         self._dialect = importlib.import_module(
             "sqlalchemy.dialects." + ("postgresql" if database_url.startswith("postgresql") else "sqlite"))
-        self._reader = _reader(database_url, self._reads)
-        self._writer = _sqlite_writer(database_url)
+        # The registry's reads and writes off SQLAlchemy's engine: on PostgreSQL one asyncpg pool does
+        # both, on a SQLite file a reader thread and the writer thread.
+        self._registry = (_registry_pool(self.engine, max(1, pool_size - _engine_share(pool_size)),
+                                         lambda: self.PING_AFTER_IDLE_SECONDS)
+                          if database_url.startswith("postgresql") else None)
+        sqlite_file = _sqlite_file(database_url)
+        self._writer = SQLiteWriter(sqlite_file, _sqlite_pragmas) if sqlite_file else None
+        self._reader: SQLiteReader | RegistryPool = self._registry or SQLiteReader(sqlite_file)
         self._key_cache: dict[str, tuple[float, ApiKey | None]] = {}
         # Where each known object lives and who owns it never changes after its first record, so it is
         # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
@@ -189,10 +206,8 @@ class Store:
     async def open(cls, database_url: str, box: SecretBox, pool_size: int = 20) -> Store:
         """The store on ``database_url``, its schema upgraded. ``pool_size``: PostgreSQL connections this
         process keeps (opened as needed, never more; a write beyond them waits for one)."""
-        if database_url.startswith("sqlite"):
-            path = database_url.split("///", 1)[-1]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path := _sqlite_file(database_url):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         store = cls(database_url, box, pool_size)
         if await store.schema_revision() != migrate.head():
             await asyncio.to_thread(migrate.upgrade, database_url)
@@ -214,9 +229,8 @@ class Store:
         await self.flush_log()
         if self._writer is not None:
             await self._writer.close()
+        await self._reader.close()
         await self.engine.dispose()
-        if self._reader is not None:
-            await asyncio.to_thread(self._reader.close)
 
     def on_status(self, kind: str, hook: StatusHook) -> None:
         """Run ``hook`` in the same transaction as every status ``record``/``record_many`` write for ``kind``."""
@@ -276,12 +290,7 @@ class Store:
         return await asyncio.shield(self._any_keys_query)
 
     async def _query_any_keys(self, now: float) -> bool:
-        if self._reader is not None:
-            found = bool(await self._reader.fetchall("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1", ()))
-        else:
-            async with self._reads.connect() as conn:
-                found = (await conn.execute(sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None))
-                                            .limit(1))).first() is not None
+        found = bool(await self._reader.fetchall("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1", ()))
         if self._any_keys_query is asyncio.current_task():  # not superseded by a create_key meanwhile
             self._any_keys = (now, found)
         return found
@@ -361,14 +370,14 @@ class Store:
         params = (kind, object_id, provider, connection, key_id if claim else None, status,
                   driver.json_text(snapshot), now, now, key_id)
 
-        def write(conn: sa.Connection) -> Any:
-            found = driver.rows(conn, _UPSERT_OBJECT_RETURNING, params)
+        def write(tx: Tx) -> Any:
+            found = tx.rows(_UPSERT_OBJECT_RETURNING, params)
             row = found[0] if found else None
             if row is not None and status is not None and kind in self._status_hooks:
-                self._run_hooks(conn, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
+                self._run_hooks(tx, [StatusChange(kind, object_id, row[0], row[1], row[2], status, snapshot)])
             return row
 
-        row = await self._write(write)
+        row = await self.write(write)
         if row is None:  # a record this key may not write: leave it, and the cache, as they are
             self._placements.pop((kind, object_id), None)
             return
@@ -413,66 +422,58 @@ class Store:
         rows = [(kind, i, provider, connection, key_id, s, driver.json_text(snap), now, now, key_id)
                 for i, s, snap in items]
 
-        def write(conn: sa.Connection) -> None:
-            driver.execute_many(conn, _UPSERT_OBJECT, rows)
+        def write(tx: Tx) -> None:
+            tx.execute_many(_UPSERT_OBJECT, rows)
             if kind in self._status_hooks:
-                self._run_hooks(conn, self._written(conn, kind, items))
+                self._run_hooks(tx, self._written(tx, kind, items))
 
-        await self._write(write)
+        await self.write(write)
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
 
-    async def _write(self, work: Callable[[sa.Connection], T]) -> T:
-        """Run ``work`` (a plain function of a sync connection) in a write transaction and return once it
-        has committed. On a SQLite file, on the process's one writer thread (group commit, one hop per
-        batch, see store/writer.py). PostgreSQL keeps one transaction per write on the pool, the work in
-        one ``run_sync`` (one greenlet switch, not one per statement): group commit there (tried, one
-        shared transaction at a time) serialised what 30 pooled connections did in parallel, create
-        c=64 291 -> 212 req/s."""
+    async def write(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work`` (a plain function of a sync transaction, store/driver.py) in a write transaction
+        of the registry and return its result once it has committed; the transaction goes on if the
+        caller is cancelled. On a SQLite file, on the process's one writer thread (group commit, one hop
+        per batch, see store/writer.py). On PostgreSQL one transaction per write on the registry's pool
+        (store/postgres.py): group commit there (tried, one shared transaction at a time) serialised what
+        30 pooled connections did in parallel, create c=64 291 -> 212 req/s."""
         if self._writer is not None:
             return cast(T, await self._writer.submit(work))
-        async with self.engine.begin() as conn:
-            return await conn.run_sync(work)
+        assert self._registry is not None  # one or the other (see __init__)
+        return await self._registry.write(work)
 
-    def _run_hooks(self, conn: sa.Connection, changes: list[StatusChange]) -> None:
+    def _run_hooks(self, tx: Tx, changes: list[StatusChange]) -> None:
         if changes:
             for hook in self._status_hooks.get(changes[0].kind, []):
-                hook(conn, changes)
+                hook(tx, changes)
 
     @staticmethod
-    def _written(conn: sa.Connection, kind: str,
-                       items: Sequence[tuple[str, str | None, dict[str, Any] | None]]) -> list[StatusChange]:
+    def _written(tx: Tx, kind: str,
+                 items: Sequence[tuple[str, str | None, dict[str, Any] | None]]) -> list[StatusChange]:
         """The items of a ``record_many`` whose status the registry now holds (a row the writer may not
         write keeps its own status, and is left out), as stored."""
         wanted = {i: (s, snap) for i, s, snap in items if s is not None}
-        if not wanted:
-            return []
-        c = objects.c
-        rows = conn.execute(sa.select(c.id, c.provider, c.connection, c.key_id, c.status)
-                            .where(c.kind == kind, c.id.in_(list(wanted))))
-        return [StatusChange(kind, r[0], r[1], r[2], r[3], r[4], wanted[r[0]][1]) for r in rows
+        ids = list(wanted)
+        found = []
+        for start in range(0, len(ids), 500):  # SQLite binds at most 999 parameters per statement
+            chunk = ids[start:start + 500]
+            found += tx.rows("SELECT id, provider, connection, key_id, status FROM objects "
+                             f"WHERE kind = ? AND id IN ({','.join('?' * len(chunk))})", (kind, *chunk))
+        return [StatusChange(kind, r[0], r[1], r[2], r[3], r[4], wanted[r[0]][1]) for r in found
                 if r[4] == wanted[r[0]][0]]
 
     async def lookup(self, kind: str, object_id: str) -> StoredObject | None:
-        if self._reader is not None:
-            rows = await self._reader.fetchall(
-                "SELECT provider, connection, key_id, status, snapshot FROM objects WHERE kind = ? AND id = ?",
-                (kind, object_id))
-            if not rows:
-                return None
-            provider, connection, key_id, status, snapshot = rows[0]
-            if isinstance(snapshot, (str, bytes)):  # JSON as text (SQLite; PostgreSQL's pass-through codec)
-                snapshot = orjson.loads(snapshot) if snapshot else None
-            return StoredObject(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
-                                status=status, snapshot=snapshot)
-        async with self._reads.connect() as conn:
-            row = (await conn.execute(sa.select(objects).where(objects.c.kind == kind, objects.c.id == object_id))
-                   ).mappings().first()
-        if row is None:
+        rows = await self._reader.fetchall(
+            "SELECT provider, connection, key_id, status, snapshot FROM objects WHERE kind = ? AND id = ?",
+            (kind, object_id))
+        if not rows:
             return None
-        return StoredObject(kind=row["kind"], id=row["id"], provider=row["provider"],
-                            connection=row["connection"], key_id=row["key_id"], status=row["status"],
-                            snapshot=row["snapshot"])
+        provider, connection, key_id, status, snapshot = rows[0]
+        if isinstance(snapshot, (str, bytes)):  # JSON as text (SQLite; asyncpg's default codec)
+            snapshot = orjson.loads(snapshot) if snapshot else None
+        return StoredObject(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
+                            status=status, snapshot=snapshot)
 
     async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
         """id → owning key id, for the ids the registry knows."""
@@ -485,15 +486,10 @@ class Store:
         return found
 
     async def _placement_rows(self, kind: str, ids: list[str]) -> Sequence[Any]:
-        if self._reader is not None:
-            marks = ",".join("?" * len(ids))
-            return await self._reader.fetchall(
-                f"SELECT id, provider, connection, key_id, status FROM objects WHERE kind = ? AND id IN ({marks})",
-                (kind, *ids))
-        async with self._reads.connect() as conn:
-            return (await conn.execute(sa.select(objects.c.id, objects.c.provider, objects.c.connection,
-                                                 objects.c.key_id, objects.c.status)
-                                       .where(objects.c.kind == kind, objects.c.id.in_(ids)))).all()
+        marks = ",".join("?" * len(ids))
+        return await self._reader.fetchall(
+            f"SELECT id, provider, connection, key_id, status FROM objects WHERE kind = ? AND id IN ({marks})",
+            (kind, *ids))
 
     async def forget(self, kind: str, object_id: str) -> None:
         self._placements.pop((kind, object_id), None)
@@ -633,13 +629,10 @@ class Store:
     async def flush_log(self) -> None:
         batch, self._log_queue = self._log_queue, []
         if batch:
-            def write(conn: sa.Connection) -> None:
-                if conn.dialect.name == "sqlite":  # the driver's executemany: ~2 µs a row, not ~10 (bind processing)
-                    conn.exec_driver_sql(_INSERT_LOG_SQLITE, [tuple(e.get(c) for c in _LOG_COLUMNS) for e in batch])
-                else:
-                    conn.execute(request_log.insert(), batch)
-
-            await self._write(write)  # on SQLite, with the registry's writes: no second writer to wait for
+            # The driver's executemany: ~2 µs a row on SQLite, not ~10 (SQLAlchemy's bind processing). With
+            # the registry's writes: on SQLite no second writer to wait for.
+            rows = [tuple(e.get(c) for c in _LOG_COLUMNS) for e in batch]
+            await self.write(lambda tx: tx.execute_many(_INSERT_LOG, rows))
 
     async def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
         async with self._reads.connect() as conn:
@@ -671,23 +664,24 @@ class Store:
             return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
 
 
-def _reader(database_url: str, reads: AsyncEngine) -> SQLiteReader | PostgresReader | None:
-    """The registry's fast reader: the driver's own on PostgreSQL, a plain-sqlite3 one for a database
-    file (an in-memory database is per connection: none, the engine reads)."""
-    if database_url.startswith("postgresql"):
-        return PostgresReader(reads)
-    if not database_url.startswith("sqlite"):
-        return None
-    path = database_url.split("///", 1)[-1].split("?", 1)[0]
-    return SQLiteReader(path) if path and path != ":memory:" else None
+def _engine_share(pool_size: int) -> int:
+    """PostgreSQL connections SQLAlchemy's engine keeps; the registry's pool has the rest of
+    ``pool_size`` (at least one each)."""
+    return max(1, pool_size // 4)
 
 
-def _sqlite_writer(database_url: str) -> SQLiteWriter | None:
-    """The one writer of a SQLite database file (an in-memory database is per connection: none)."""
+def _registry_pool(engine: AsyncEngine, size: int, ping_after_idle: Callable[[], float]) -> RegistryPool:
+    from tunegate.store.postgres import RegistryPool  # asyncpg only where PostgreSQL is used
+
+    return RegistryPool(engine.sync_engine, size, ping_after_idle)
+
+
+def _sqlite_file(database_url: str) -> str:
+    """The path of a SQLite database file ("" for an in-memory database, or another database)."""
     if not database_url.startswith("sqlite"):
-        return None
+        return ""
     path = database_url.split("///", 1)[-1].split("?", 1)[0]
-    return SQLiteWriter(path, _sqlite_pragmas) if path and path != ":memory:" else None
+    return path if path != ":memory:" else ""
 
 
 def _note_checkin(_dbapi_connection: Any, record: Any) -> None:

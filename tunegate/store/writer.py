@@ -12,9 +12,9 @@ lot, and every caller is answered only after that commit (group commit). Each pi
 a ``SAVEPOINT`` when it shares the transaction, so one that fails (a hook that raises) is rolled back
 alone and only its caller sees the error.
 
-A piece of work is a plain function of a *sync* SQLAlchemy connection over the ``sqlite3`` driver (the
-store hooks too: the webhook outbox runs in the transaction that records the status, as its contract
-says), and a whole batch — BEGIN, every work, COMMIT — is **one hop** to the writer thread. Each hop costs
+A piece of work is a plain function of a sync transaction (``driver.Tx``, here the ``sqlite3``
+connection; the store hooks too: the webhook outbox runs in the transaction that records the status, as
+its contract says), and a whole batch — BEGIN, every work, COMMIT — is **one hop** to the writer thread. Each hop costs
 a queue put, a thread wake-up and a ``call_soon_threadsafe`` back; a created job used to make five (the
 upsert, three outbox statements, the commit), ~0.1 ms of CPU each on this machine.
 """
@@ -28,13 +28,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import sqlalchemy as sa
-from sqlalchemy import event
-
-from tunegate.store.driver import as_store_error
+from tunegate.store.driver import SQLiteTx, Tx, as_store_error
 
 T = TypeVar("T")
-Work = Callable[[sa.Connection], Any]
+Work = Callable[[Tx], Any]
 Outcome = tuple[Any, Exception | None]
 
 
@@ -91,13 +88,9 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 class SQLiteWriter:
     def __init__(self, path: str, on_connect: Callable[[Any, Any], None]) -> None:
         self._thread: CallThread | None = None  # started on first use
-        # AUTOCOMMIT: sqlite3 and SQLAlchemy then leave transactions alone, and this class begins,
-        # commits and sets savepoints itself (pysqlite's own transaction handling breaks SAVEPOINT).
-        self._engine = sa.create_engine(f"sqlite:///{path}", poolclass=sa.pool.StaticPool,
-                                        connect_args={"check_same_thread": False},
-                                        isolation_level="AUTOCOMMIT")
-        event.listen(self._engine, "connect", on_connect)
-        self._conn: sa.Connection | None = None  # opened on the writer thread, used only there
+        self._path = path
+        self._on_connect = on_connect
+        self._conn: sqlite3.Connection | None = None  # opened on the writer thread, used only there
         self._queue: list[tuple[Work, asyncio.Future[Any]]] = []
         self._draining: asyncio.Task[None] | None = None
         self.transactions = 0  # commits made, and the works they carried (the group-commit ratio)
@@ -153,9 +146,12 @@ class SQLiteWriter:
 
     # ---- on the writer thread ----------------------------------------------------------------------
 
-    def _connection(self) -> sa.Connection:
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = self._engine.connect()
+            # isolation_level=None: sqlite3 leaves transactions alone, and this class begins, commits and
+            # sets savepoints itself (sqlite3's own transaction handling breaks SAVEPOINT).
+            self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._on_connect(self._conn, None)
         return self._conn
 
     def _run_batch(self, works: list[Work]) -> list[Outcome]:
@@ -169,9 +165,8 @@ class SQLiteWriter:
             raise as_store_error(exc) from exc
 
     def _transaction(self, works: list[Work]) -> list[Outcome]:
-        conn = self._connection()
-        raw = conn.connection.dbapi_connection
-        assert isinstance(raw, sqlite3.Connection)
+        raw = self._connection()
+        tx = SQLiteTx(raw)
         # BEGIN, COMMIT and savepoints on the driver's connection, like the registry's hot statements
         # (store/driver.py): ~0.5 µs each instead of ~15 through SQLAlchemy. IMMEDIATE: the write lock at
         # once, so no statement fails half-way on a lock upgrade.
@@ -179,12 +174,12 @@ class SQLiteWriter:
         try:
             if len(works) == 1:
                 try:
-                    outcomes: list[Outcome] = [(works[0](conn), None)]
+                    outcomes: list[Outcome] = [(works[0](tx), None)]
                 except Exception as exc:
                     raw.execute("ROLLBACK")
                     return [(None, as_store_error(exc))]
             else:
-                outcomes = [self._in_savepoint(raw, conn, work) for work in works]
+                outcomes = [self._in_savepoint(raw, tx, work) for work in works]
             raw.execute("COMMIT")
         except BaseException:
             if raw.in_transaction:
@@ -193,10 +188,10 @@ class SQLiteWriter:
         return outcomes
 
     @staticmethod
-    def _in_savepoint(raw: sqlite3.Connection, conn: sa.Connection, work: Work) -> Outcome:
+    def _in_savepoint(raw: sqlite3.Connection, tx: Tx, work: Work) -> Outcome:
         raw.execute("SAVEPOINT tg_work")
         try:
-            result = work(conn)
+            result = work(tx)
         except Exception as exc:  # this work alone is undone; the others still commit
             raw.execute("ROLLBACK TO tg_work")
             raw.execute("RELEASE tg_work")
@@ -208,4 +203,3 @@ class SQLiteWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        self._engine.dispose()

@@ -19,11 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import sqlalchemy as sa
 
 from tunegate.providers import provider_named
-from tunegate.store import StatusChange, driver
-from tunegate.store.schema import job_watch, webhook_deliveries, webhook_events
+from tunegate.store import StatusChange, Tx, driver
 from tunegate.webhooks.settings import WatchSettings
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -53,6 +51,11 @@ _ENDPOINTS_OF_KEY = "SELECT id, event_types FROM webhook_endpoints WHERE key_id 
 _ENDPOINTS_OF_NO_KEY = "SELECT id, event_types FROM webhook_endpoints WHERE key_id IS NULL"
 _ENROL = ("INSERT INTO job_watch (job_id, active, status, next_poll_at, unchanged, failures, polls, updated_at) "
           "VALUES (?, ?, ?, ?, 0, 0, 0, ?) ON CONFLICT (job_id) DO NOTHING")
+_END_WATCH = ("UPDATE job_watch SET active = ?, status = ?, lease_owner = NULL, reason = ?, updated_at = ? "
+              "WHERE job_id = ?")
+_EVENT = "INSERT INTO webhook_events (id, job_id, key_id, type, created_at, payload) VALUES (?, ?, ?, ?, ?, ?)"
+_DELIVERY = ("INSERT INTO webhook_deliveries (id, event_id, endpoint_id, state, attempts, next_attempt_at, created_at) "
+             "VALUES (?, ?, ?, 'pending', 0, ?, ?)")
 
 
 def pollable(provider: str, connection: str | None) -> bool:
@@ -75,8 +78,8 @@ def payload(event_id: str, event_type: str, created_at: int, data: dict[str, Any
 class Outbox:
     """The store hook, and the writes it makes; ``watch`` gives a new job's first poll interval.
 
-    The hook is a plain function of a sync connection (a store hook runs on SQLite's writer thread, or in
-    ``run_sync`` on PostgreSQL), so the deliverer is woken through the loop it was created on."""
+    The hook is a plain function of a sync transaction (a store hook runs on SQLite's writer thread, or
+    in a greenlet on PostgreSQL), so the deliverer is woken through the loop it was created on."""
 
     def __init__(self, watch: WatchSettings, wake: Callable[[], None] | None = None) -> None:
         self.watch = watch
@@ -85,23 +88,22 @@ class Outbox:
         if wake is not None:
             self._loop = asyncio.get_running_loop()
 
-    def on_job_status(self, conn: sa.Connection, changes: list[StatusChange]) -> None:
+    def on_job_status(self, tx: Tx, changes: list[StatusChange]) -> None:
         now = time.time()
         woken = False
         for change in changes:
             terminal = change.status in TERMINAL
-            marked = (driver.rows(conn, _MARK, (change.id, change.status, now)) if terminal else
-                      driver.rows(conn, _MARK_UNLESS_ENDED, (change.id, change.status, now, change.id)))
+            marked = (tx.rows(_MARK, (change.id, change.status, now)) if terminal else
+                      tx.rows(_MARK_UNLESS_ENDED, (change.id, change.status, now, change.id)))
             if not marked:
                 continue  # recorded before (here or by another instance), or a stale sighting after the end
             if terminal:
-                conn.execute(job_watch.update().where(job_watch.c.job_id == change.id).values(
-                    active=False, status=change.status, lease_owner=None, reason=change.status, updated_at=now))
+                tx.rows(_END_WATCH, (False, change.status, change.status, now, change.id))
             elif pollable(change.provider, change.connection):
                 due = now + self.watch.intervals.get(change.status, self.watch.default_interval_seconds)
-                driver.rows(conn, _ENROL, (change.id, True, change.status, due, now))
+                tx.rows(_ENROL, (change.id, True, change.status, due, now))
             event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
-            if event_type is not None and emit(conn, change.id, change.key_id, event_type, {"id": change.id},
+            if event_type is not None and emit(tx, change.id, change.key_id, event_type, {"id": change.id},
                                                _when(change, now), now):
                 woken = True
         if woken and self.wake is not None and self._loop is not None:
@@ -117,25 +119,20 @@ def _when(change: StatusChange, now: float) -> int:
     return int(now)
 
 
-def emit(conn: sa.Connection, job_id: str, key_id: str | None, event_type: str, data: dict[str, Any],
+def emit(tx: Tx, job_id: str, key_id: str | None, event_type: str, data: dict[str, Any],
          created_at: int, now: float) -> int:
     """Write one event and a pending delivery to each of the owner's endpoints that subscribes to it.
     A key's endpoints hear only its own jobs; an open gateway's endpoints (no key) only unowned ones."""
-    found = (driver.rows(conn, _ENDPOINTS_OF_NO_KEY, ()) if key_id is None else
-             driver.rows(conn, _ENDPOINTS_OF_KEY, (key_id,)))
+    found = (tx.rows(_ENDPOINTS_OF_NO_KEY, ()) if key_id is None else tx.rows(_ENDPOINTS_OF_KEY, (key_id,)))
     targets = [r[0] for r in found if event_type in (driver.from_json(r[1]) or [])]
     if not targets:
         return 0
     event_id = "evt_" + secrets.token_hex(16)
-    conn.execute(webhook_events.insert().values(
-        id=event_id, job_id=job_id, key_id=key_id, type=event_type, created_at=now,
-        payload=payload(event_id, event_type, created_at, data).decode()))
-    conn.execute(webhook_deliveries.insert(), [dict(
-        id="wh_" + secrets.token_hex(16), event_id=event_id, endpoint_id=endpoint, state="pending", attempts=0,
-        next_attempt_at=now, created_at=now) for endpoint in targets])
+    tx.rows(_EVENT, (event_id, job_id, key_id, event_type, now, payload(event_id, event_type, created_at, data).decode()))
+    tx.execute_many(_DELIVERY, [("wh_" + secrets.token_hex(16), event_id, endpoint, now, now) for endpoint in targets])
     return len(targets)
 
 
-def mark_once(conn: sa.Connection, job_id: str, mark: str) -> bool:
+def mark_once(tx: Tx, job_id: str, mark: str) -> bool:
     """Whether this transaction is the first to note ``mark`` for the job (checkpoints use it)."""
-    return bool(driver.rows(conn, _MARK, (job_id, mark, time.time())))
+    return bool(tx.rows(_MARK, (job_id, mark, time.time())))

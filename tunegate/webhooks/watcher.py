@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -36,7 +37,7 @@ from tunegate.context import ContextResolver, RequestContext, new_trace_id
 from tunegate.errors import APIError
 from tunegate.providers import provider_named
 from tunegate.providers.base import Page
-from tunegate.store import Store
+from tunegate.store import Store, Tx
 from tunegate.store.schema import job_watch, webhook_endpoints
 from tunegate.upstream import retry_after_seconds
 from tunegate.webhooks import outbox
@@ -221,8 +222,8 @@ class Watcher:
             for checkpoint in listing.get("data") or []:
                 if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("id"), str):
                     continue
-                async with self.store.engine.begin() as conn:
-                    await conn.run_sync(_checkpoint_event, job_id, key_id, checkpoint)
+                await self.store.write(functools.partial(_checkpoint_event, job_id=job_id, key_id=key_id,
+                                                         checkpoint=checkpoint))
 
     async def _wanted(self, key_id: str | None, event_type: str) -> bool:
         owner = webhook_endpoints.c.key_id
@@ -232,10 +233,11 @@ class Watcher:
             return any(event_type in (r[0] or []) for r in rows)
 
 
-def _checkpoint_event(conn: sa.Connection, job_id: str, key_id: str | None, checkpoint: dict[str, Any]) -> None:
-    """The event of a checkpoint not announced before (the outbox's writes are sync: see Outbox)."""
-    if outbox.mark_once(conn, job_id, "checkpoint:" + checkpoint["id"][:280]):
+def _checkpoint_event(tx: Tx, job_id: str, key_id: str | None, checkpoint: dict[str, Any]) -> None:
+    """The event of a checkpoint not announced before, in the registry's write transaction (the
+    outbox's writes are sync: see Outbox)."""
+    if outbox.mark_once(tx, job_id, "checkpoint:" + checkpoint["id"][:280]):
         now = time.time()
         data = {"id": job_id, "checkpoint_id": checkpoint["id"], "step_number": checkpoint.get("step_number"),
                 "fine_tuned_model_checkpoint": checkpoint.get("fine_tuned_model_checkpoint")}
-        outbox.emit(conn, job_id, key_id, outbox.CHECKPOINT_EVENT, data, int(checkpoint.get("created_at") or now), now)
+        outbox.emit(tx, job_id, key_id, outbox.CHECKPOINT_EVENT, data, int(checkpoint.get("created_at") or now), now)
