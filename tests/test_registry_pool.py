@@ -104,6 +104,18 @@ async def test_connections_the_server_closed_are_replaced_before_use(proxied: tu
     assert found is not None and found.key_id == "key-a"
 
 
+async def test_a_live_idle_connection_is_pinged_and_kept(proxied: tuple[Store, SilencingProxy]) -> None:
+    store, proxy = proxied
+    await store.record("job", "ftjob-1", "openai", None, "key-a", "queued", {"id": "ftjob-1"})
+    opened = proxy.accepted
+    store.PING_AFTER_IDLE_SECONDS = 0.0  # every checkout pings
+    for n in range(3):
+        await store.record("job", "ftjob-1", "openai", None, "key-a", ("running", "succeeded", "failed")[n], None)
+        found = await store.lookup("job", "ftjob-1")
+        assert found is not None and found.status == ("running", "succeeded", "failed")[n]
+    assert proxy.accepted == opened  # answered: the same connection, kept
+
+
 async def test_a_silent_idle_connection_is_pinged_and_replaced(proxied: tuple[Store, SilencingProxy]) -> None:
     store, proxy = proxied
     registry(store).PING_TIMEOUT_SECONDS = 0.2

@@ -147,9 +147,9 @@ class RegistryPool:
             if time.monotonic() - con.released_at < self._ping_after_idle():
                 return con
             try:
-                await con.execute(";", timeout=self.PING_TIMEOUT_SECONDS)  # an empty query: one round trip
+                await con.fetchval("SELECT 1", timeout=self.PING_TIMEOUT_SECONDS)
                 return con
-            except _DRIVER_ERRORS:
+            except Exception:  # whatever failed, this connection is not trusted again
                 con.terminate()  # dead or silent: its holder opens a new connection on the next checkout
                 await pool.release(con)
         raise sa.exc.DisconnectionError("no live connection to the database")
