@@ -55,3 +55,19 @@ async def test_a_stale_sighting_after_the_end_is_not_announced(store: Store) -> 
     marks = await _rows(store, sa.select(job_transitions.c.mark))
     assert marks == [("failed",)]
     assert await _rows(store, sa.select(job_watch.c.active)) == []  # ended before it was ever enrolled
+
+
+async def test_a_status_with_nothing_to_follow_writes_nothing(store: Store) -> None:
+    """A job made with a caller's own key, in a status without an event: no mark, no watch, no event (the
+    common create); its later statuses are announced as usual."""
+    store.on_status("job", Outbox(WatchSettings()).on_job_status)
+    await Endpoints(store).create(None, "x", "http://127.0.0.1:9/x",
+                                  ["fine_tuning.job.running", "fine_tuning.job.succeeded"])
+    await store.record("job", "ftjob-1", "openai", None, None, "validating_files", {"id": "ftjob-1"})
+    await store.record("job", "ftjob-1", "openai", None, None, "queued", {"id": "ftjob-1"})
+    assert await _rows(store, sa.select(job_transitions.c.mark)) == []
+    for status in ("running", "succeeded", "running"):  # the last one stale: after the end
+        await store.record("job", "ftjob-1", "openai", None, None, status, {"id": "ftjob-1"})
+    events = await _rows(store, sa.select(webhook_events.c.type).order_by(webhook_events.c.created_at))
+    assert events == [("fine_tuning.job.running",), ("fine_tuning.job.succeeded",)]
+    assert sorted(await _rows(store, sa.select(job_transitions.c.mark))) == [("running",), ("succeeded",)]

@@ -93,16 +93,22 @@ class Outbox:
         woken = False
         for change in changes:
             terminal = change.status in TERMINAL
+            event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
+            enrol = not terminal and pollable(change.provider, change.connection)
+            if not (terminal or enrol or event_type):
+                # Nothing would follow from marking it (no event for this status, no watch to start), and
+                # only terminal marks are ever read back: a job created with a caller's own key (the
+                # common create) writes nothing here, one statement (a round trip on PostgreSQL) saved.
+                continue
             marked = (tx.rows(_MARK, (change.id, change.status, now)) if terminal else
                       tx.rows(_MARK_UNLESS_ENDED, (change.id, change.status, now, change.id)))
             if not marked:
                 continue  # recorded before (here or by another instance), or a stale sighting after the end
             if terminal:
                 tx.rows(_END_WATCH, (False, change.status, change.status, now, change.id))
-            elif pollable(change.provider, change.connection):
+            elif enrol:
                 due = now + self.watch.intervals.get(change.status, self.watch.default_interval_seconds)
                 tx.rows(_ENROL, (change.id, True, change.status, due, now))
-            event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
             if event_type is not None and emit(tx, change.id, change.key_id, event_type, {"id": change.id},
                                                _when(change, now), now):
                 woken = True
