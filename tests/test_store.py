@@ -12,8 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.gateway import _TEST_FERNET_KEY
 from tests.stores import POSTGRES, _reset_postgres
 from tunegate.store import Store, Tx
+from tunegate.store.secretbox import SecretBox
 
 
 async def test_migrations_are_idempotent(store: Store) -> None:
@@ -103,9 +105,11 @@ async def test_driver_sql_in_a_registry_write(store: Store) -> None:
         "SELECT count(*) FROM job_transitions WHERE job_id = ?", ("j",))) == [(3,)]
 
 
-async def test_an_in_memory_database_is_refused(store: Store) -> None:
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///",
+                                 "postgresql://u@127.0.0.1/db", "postgresql+psycopg://u@127.0.0.1/db"])
+async def test_a_database_that_cannot_hold_the_registry_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="SQLite file"):
-        Store("sqlite+aiosqlite:///:memory:", store.box)
+        Store(url, SecretBox(_TEST_FERNET_KEY))
 
 
 async def test_idempotency_claim_is_atomic(store: Store) -> None:

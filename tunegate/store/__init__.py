@@ -133,10 +133,11 @@ class Store:
     KEY_CACHE_SECONDS = 1.0  # a revoked key stops working within this long, in every process
 
     def __init__(self, database_url: str, box: SecretBox, pool_size: int = 20) -> None:
-        if not (database_url.startswith("postgresql") or _sqlite_file(database_url)):
-            # An in-memory SQLite is one database per connection: it cannot hold a registry.
+        if not (database_url.startswith("postgresql+asyncpg://") or _sqlite_file(database_url)):
+            # An in-memory SQLite is one database per connection: it cannot hold a registry. PostgreSQL's
+            # registry pool is asyncpg's (store/postgres.py), whatever driver another URL would name.
             raise ValueError("the database must be a SQLite file (sqlite+aiosqlite:///path) or PostgreSQL "
-                             "(postgresql+asyncpg://…)")
+                             "through asyncpg (postgresql+asyncpg://…)")
         self.url = database_url
         self.box = box
         kwargs: dict[str, Any] = {}
