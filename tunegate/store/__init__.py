@@ -455,12 +455,7 @@ class Store:
         """The items of a ``record_many`` whose status the registry now holds (a row the writer may not
         write keeps its own status, and is left out), as stored."""
         wanted = {i: (s, snap) for i, s, snap in items if s is not None}
-        ids = list(wanted)
-        found = []
-        for start in range(0, len(ids), 500):  # SQLite binds at most 999 parameters per statement
-            chunk = ids[start:start + 500]
-            found += tx.rows("SELECT id, provider, connection, key_id, status FROM objects "
-                             f"WHERE kind = ? AND id IN ({','.join('?' * len(chunk))})", (kind, *chunk))
+        found = [r for sql, params in _placement_queries(kind, list(wanted)) for r in tx.rows(sql, params)]
         return [StatusChange(kind, r[0], r[1], r[2], r[3], r[4], wanted[r[0]][1]) for r in found
                 if r[4] == wanted[r[0]][0]]
 
@@ -479,18 +474,11 @@ class Store:
     async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
         """id → owning key id, for the ids the registry knows."""
         found = {i: p.key_id for i in ids if (p := self._placements.get((kind, i))) is not None}
-        missing = [i for i in ids if i not in found]
-        for start in range(0, len(missing), 500):  # SQLite binds at most 999 parameters per statement
-            for r in await self._placement_rows(kind, missing[start:start + 500]):
+        for sql, params in _placement_queries(kind, [i for i in ids if i not in found]):
+            for r in await self._reader.fetchall(sql, params):
                 self._place(StoredObject(kind, r[0], r[1], r[2], r[3], r[4], None))
                 found[r[0]] = r[3]
         return found
-
-    async def _placement_rows(self, kind: str, ids: list[str]) -> Sequence[Any]:
-        marks = ",".join("?" * len(ids))
-        return await self._reader.fetchall(
-            f"SELECT id, provider, connection, key_id, status FROM objects WHERE kind = ? AND id IN ({marks})",
-            (kind, *ids))
 
     async def forget(self, kind: str, object_id: str) -> None:
         self._placements.pop((kind, object_id), None)
@@ -663,6 +651,14 @@ class Store:
             if cut <= lowest:
                 return 0
             return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
+
+
+def _placement_queries(kind: str, ids: list[str]) -> list[tuple[str, tuple[Any, ...]]]:
+    """The reads of id, provider, connection, owner and status for these ids: one per 500 of them
+    (SQLite binds at most 999 parameters per statement)."""
+    chunks = [ids[start:start + 500] for start in range(0, len(ids), 500)]
+    return [("SELECT id, provider, connection, key_id, status FROM objects "
+             f"WHERE kind = ? AND id IN ({','.join('?' * len(chunk))})", (kind, *chunk)) for chunk in chunks]
 
 
 def _engine_share(pool_size: int) -> int:
