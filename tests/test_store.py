@@ -221,8 +221,12 @@ async def kill_other_connections(url: str) -> None:
         await other.dispose()
 
 
-async def test_a_write_goes_on_when_its_caller_is_cancelled(store: Store) -> None:
-    """A job just created at the provider is recorded even if the client went away meanwhile."""
+@pytest.mark.parametrize("hooked", [False, True], ids=["one-statement", "transaction"])
+async def test_a_write_goes_on_when_its_caller_is_cancelled(store: Store, hooked: bool) -> None:
+    """A job just created at the provider is recorded even if the client went away meanwhile: a record with
+    no hook to run (one statement on PostgreSQL), and one with a hook (a transaction)."""
+    if hooked:
+        store.on_status("job", lambda tx, changes: None)  # no writes_for: it may write, so a transaction
     task = asyncio.ensure_future(store.record("job", "ftjob-orphan", "openai", None, "key-a", "queued", None))
     await asyncio.sleep(0)  # the write has started
     task.cancel()

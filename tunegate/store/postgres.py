@@ -92,7 +92,7 @@ class RegistryPool:
         self._opening: asyncio.Lock | None = None
 
     async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-        """One ``?``-marked read, outside a transaction; its rows as tuples."""
+        """One ``?``-marked statement, outside a transaction (autocommit); its rows as tuples."""
         pool = await self._opened()
         con = await self._checkout(pool)
         try:
@@ -101,6 +101,12 @@ class RegistryPool:
             raise await self._failed(pool, con, exc, sql) from exc
         finally:
             await pool.release(con)
+
+    async def write_one(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """One ``?``-marked statement that writes, on its own in autocommit: atomic and durable by itself,
+        in one round trip where a transaction around it takes three. It goes on if the caller is
+        cancelled, as ``write`` does."""
+        return await asyncio.shield(self.fetchall(sql, params))
 
     async def write(self, work: Callable[[AsyncpgTx], T]) -> T:
         """Run ``work(tx)`` in a transaction; its result once the transaction has committed. The

@@ -73,7 +73,8 @@ async def start_webhooks(settings: Settings, store: Store, resolver: ContextReso
     me = instance_id()
     service = WebhookService(me, Deliverer(store, settings.webhooks, upstream, me),
                              Watcher(store, resolver, settings.watch, me), upstream)
-    store.on_status("job", Outbox(settings.watch, service.deliverer.wake).on_job_status)
+    outbox = Outbox(settings.watch, service.deliverer.wake)
+    store.on_status("job", outbox.on_job_status, outbox.writes_for)
     loop = asyncio.get_running_loop()
     if settings.webhooks.enabled:
         service.tasks.append(loop.create_task(service.deliverer.run()))

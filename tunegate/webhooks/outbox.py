@@ -88,18 +88,25 @@ class Outbox:
         if wake is not None:
             self._loop = asyncio.get_running_loop()
 
+    @staticmethod
+    def writes_for(status: str, provider: str, connection: str | None) -> bool:
+        """Whether a change to ``status`` of a job at ``provider`` / ``connection`` writes anything here (the
+        store's ``writes_for``): a terminal status, one with an event, or a job the watcher can follow.
+        Otherwise nothing would follow from marking it (no event, no watch to start), and only terminal
+        marks are ever read back: a job created with a caller's own key (the common create) writes nothing,
+        and on PostgreSQL its record is then one statement (store ``on_status``)."""
+        return (status in TERMINAL or status in OPENAI_EVENTS or status in TUNEGATE_EVENTS
+                or pollable(provider, connection))
+
     def on_job_status(self, tx: Tx, changes: list[StatusChange]) -> None:
         now = time.time()
         woken = False
         for change in changes:
+            if not self.writes_for(change.status, change.provider, change.connection):
+                continue
             terminal = change.status in TERMINAL
             event_type = OPENAI_EVENTS.get(change.status) or TUNEGATE_EVENTS.get(change.status)
             enrol = not terminal and pollable(change.provider, change.connection)
-            if not (terminal or enrol or event_type):
-                # Nothing would follow from marking it (no event for this status, no watch to start), and
-                # only terminal marks are ever read back: a job created with a caller's own key (the
-                # common create) writes nothing here, one statement (a round trip on PostgreSQL) saved.
-                continue
             marked = (tx.rows(_MARK, (change.id, change.status, now)) if terminal else
                       tx.rows(_MARK_UNLESS_ENDED, (change.id, change.status, now, change.id)))
             if not marked:
