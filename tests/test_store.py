@@ -191,6 +191,47 @@ async def test_placement_cache_is_bounded(store: Store) -> None:
     assert found is not None and found.key_id == "key-a" and found.provider == "openai"
 
 
+async def test_a_written_once_row_is_read_once_a_while(store: Store) -> None:
+    """lookup_written_once (a dataset's validation facts, asked by every create that names a file): a
+    miss and a hit are each one query, then reused; this instance's own record or forget is seen at once,
+    another instance's once the answer is older than WRITTEN_ONCE_SECONDS; the answers kept are bounded."""
+    queries = 0
+    real_fetchall = store._reader.fetchall
+
+    async def counted(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        nonlocal queries
+        queries += sql.startswith("SELECT")  # (on PostgreSQL the same pool also runs a record's upsert)
+        return await real_fetchall(sql, params)
+
+    store._reader.fetchall = counted  # type: ignore[method-assign]
+    assert await store.lookup_written_once("dataset", "file-a") is None
+    assert await store.lookup_written_once("dataset", "file-a") is None
+    assert queries == 1
+    await store.record("dataset", "file-a", "openai", None, "key-a", None, {"report": {"examples": 12}})
+    found = await store.lookup_written_once("dataset", "file-a")
+    assert found is not None and found.key_id == "key-a" and found.snapshot == {"report": {"examples": 12}}
+    assert await store.lookup_written_once("dataset", "file-a") is found
+    assert queries == 2
+    await store.forget("dataset", "file-a")
+    assert await store.lookup_written_once("dataset", "file-a") is None
+    assert queries == 3
+
+    other = await Store.open(store.url, store.box)  # another instance on the same database
+    try:
+        await other.record("dataset", "file-a", "openai", None, "key-b", None, {"report": {"examples": 3}})
+        assert await store.lookup_written_once("dataset", "file-a") is None  # this instance's answer, kept
+        store._written_once[("dataset", "file-a")] = (0.0, None)  # as if WRITTEN_ONCE_SECONDS had passed
+        found = await store.lookup_written_once("dataset", "file-a")
+        assert found is not None and found.key_id == "key-b"
+    finally:
+        await other.close()
+
+    store.WRITTEN_ONCE_CACHED = 10  # type: ignore[misc]
+    for n in range(25):
+        await store.lookup_written_once("dataset", f"file-{n}")
+    assert len(store._written_once) == 10 and ("dataset", "file-24") in store._written_once
+
+
 async def test_postgres_pings_only_connections_left_idle(store: Store) -> None:
     """SQLAlchemy's engine (keys, connections, idempotency …): no round trip on every checkout
     (pool_pre_ping is off); a connection idle for a while in the pool is pinged before use, and a dead one

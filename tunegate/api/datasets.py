@@ -43,7 +43,7 @@ async def file_facts(ctx: RequestContext, file_id: str) -> FileFacts | None:
             if ctx.key is not None and row["key_id"] not in (None, ctx.key.id):
                 return None  # not the caller's: the create answers 404 for it, not a count
             return FileFacts.from_report(row.get("report"), row.get("bytes"))
-    found = await ctx.store.lookup(DATASET_KIND, file_id)
+    found = await ctx.store.lookup_written_once(DATASET_KIND, file_id)  # (recorded before the id is answered)
     if found is None or not isinstance(found.snapshot, dict) or found.provider != ctx.provider_name:
         return None
     if ctx.key is not None and found.key_id not in (None, ctx.key.id):

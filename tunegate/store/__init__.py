@@ -184,6 +184,7 @@ class Store:
         # Where each known object lives and who owns it never changes after its first record, so it is
         # cached for good (bounded); the last status seen saves rewriting unchanged snapshots.
         self._placements: dict[tuple[str, str], StoredObject] = {}
+        self._written_once: dict[tuple[str, str], tuple[float, StoredObject | None]] = {}  # lookup_written_once
         self._any_keys: tuple[float, bool] | None = None
         self._any_keys_query: asyncio.Task[bool] | None = None  # the one refresh in flight
         self._log_queue: list[dict[str, Any]] = []
@@ -385,6 +386,7 @@ class Store:
         known = self._placements.get((kind, object_id))
         if known is not None and known.status == status and status is not None:
             return
+        self._written_once.pop((kind, object_id), None)
         now = _now()
         params = (kind, object_id, provider, connection, key_id if claim else None, status,
                   driver.json_text(snapshot), now, now, key_id)
@@ -453,6 +455,7 @@ class Store:
         await self.write(write)
         for object_id, _status, _snap in items:
             self._placements.pop((kind, object_id), None)  # re-read on next use: the status changed
+            self._written_once.pop((kind, object_id), None)
 
     async def write(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` (a plain function of a sync transaction, store/driver.py) in a write transaction
@@ -493,6 +496,29 @@ class Store:
         return StoredObject(kind=kind, id=object_id, provider=provider, connection=connection, key_id=key_id,
                             status=status, snapshot=snapshot)
 
+    WRITTEN_ONCE_SECONDS = 60.0  # how long lookup_written_once reuses an answer
+    WRITTEN_ONCE_CACHED = 10_000  # answers kept at most (the oldest make room)
+
+    async def lookup_written_once(self, kind: str, object_id: str) -> StoredObject | None:
+        """``lookup``, its answer (a miss too) reused for ``WRITTEN_ONCE_SECONDS``, for rows that are written
+        once, before any caller can know their id, and only ever deleted afterwards: a dataset's validation
+        report, recorded before its upload is answered with the id (api/datasets.py). So a miss can only be
+        stale for an id named before it existed, and a hit only for a row deleted meanwhile on another
+        instance (this one drops its answer on ``record`` and ``forget``). Every create that names a
+        file asks; most name one the gateway never saw (uploaded at the provider), and that answer is the
+        same every time: a query (a round trip on PostgreSQL, a thread hop on SQLite) per create, saved."""
+        key = (kind, object_id)
+        kept = self._written_once.get(key)
+        now = time.monotonic()
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        found = await self.lookup(kind, object_id)
+        self._written_once.pop(key, None)
+        while len(self._written_once) >= self.WRITTEN_ONCE_CACHED:
+            del self._written_once[next(iter(self._written_once))]
+        self._written_once[key] = (now + self.WRITTEN_ONCE_SECONDS, found)
+        return found
+
     async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
         """id → owning key id, for the ids the registry knows."""
         found = {i: p.key_id for i in ids if (p := self._placements.get((kind, i))) is not None}
@@ -504,6 +530,7 @@ class Store:
 
     async def forget(self, kind: str, object_id: str) -> None:
         self._placements.pop((kind, object_id), None)
+        self._written_once.pop((kind, object_id), None)
         async with self.engine.begin() as conn:
             await conn.execute(objects.delete().where(objects.c.kind == kind, objects.c.id == object_id))
 

@@ -8,6 +8,10 @@ missing object costs 89 instead of 225 µs of CPU, and the create's transaction 
 mark, COMMIT) 231 instead of 498 µs, one at a time (34 vs 157 and 125 vs 278 µs at 64 at once; this
 2-core machine, docs/performance.md).
 
+A record that no store hook writes for (``Store.on_status``'s ``writes_for``: a job made with a caller's
+own key, in a status without an event) is the upsert alone in autocommit (:meth:`RegistryPool.write_one`),
+one round trip instead of ``BEGIN``, the upsert and ``COMMIT``.
+
 What SQLAlchemy's engine did for these statements is kept, on purpose:
 
 - **One transaction per write, durable before the answer**, and it goes on if the caller is cancelled
