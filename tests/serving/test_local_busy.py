@@ -57,7 +57,9 @@ def test_disconnect_mid_stream_frees_the_slot(busy: Gateway, model: str) -> None
     assert stats["cancelled"] == before + 1  # stopped by the client's leaving, not by its end
     sdk = openai.OpenAI(base_url=busy.url + "/v1", api_key="unused", default_headers=LOCAL, max_retries=0)
     answer = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
-    assert answer.usage.completion_tokens == 3  # the next request is served
+    # The next request is served. The tiny model samples, so it may end (EOS) before max_tokens: CI once
+    # saw 2 of 3. Served means an answer within the bound, not exactly three tokens.
+    assert answer.usage is not None and 1 <= answer.usage.completion_tokens <= 3
 
 
 def test_full_queue_is_a_429_with_retry_after(busy: Gateway, model: str) -> None:
