@@ -126,6 +126,8 @@ HookWrites = Callable[[str, str, str | None], bool]
 
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def _now() -> int:
@@ -423,11 +425,8 @@ class Store:
     PLACEMENTS_CACHED = 20_000  # ~6 MiB; the oldest entries make room (they are re-read on use)
 
     def _place(self, found: StoredObject) -> None:
-        key = (found.kind, found.id)
-        self._placements.pop(key, None)
-        while len(self._placements) >= self.PLACEMENTS_CACHED:
-            del self._placements[next(iter(self._placements))]
-        self._placements[key] = dataclasses.replace(found, snapshot=None) if found.snapshot else found
+        _keep(self._placements, (found.kind, found.id),
+              dataclasses.replace(found, snapshot=None) if found.snapshot else found, self.PLACEMENTS_CACHED)
 
     async def placement(self, kind: str, object_id: str) -> StoredObject | None:
         """Provider, connection and owner of a known object (cached; status and snapshot may be old)."""
@@ -513,10 +512,7 @@ class Store:
         if kept is not None and kept[0] > now:
             return kept[1]
         found = await self.lookup(kind, object_id)
-        self._written_once.pop(key, None)
-        while len(self._written_once) >= self.WRITTEN_ONCE_CACHED:
-            del self._written_once[next(iter(self._written_once))]
-        self._written_once[key] = (now + self.WRITTEN_ONCE_SECONDS, found)
+        _keep(self._written_once, key, (now + self.WRITTEN_ONCE_SECONDS, found), self.WRITTEN_ONCE_CACHED)
         return found
 
     async def owners(self, kind: str, ids: list[str]) -> dict[str, str | None]:
@@ -700,6 +696,14 @@ class Store:
             if cut <= lowest:
                 return 0
             return int((await conn.execute(request_log.delete().where(c.id < cut))).rowcount or 0)
+
+
+def _keep(cache: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Put ``value`` in a bounded cache as its newest entry; the oldest make room."""
+    cache.pop(key, None)
+    while len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
 
 
 def _placement_queries(kind: str, ids: list[str]) -> list[tuple[str, tuple[Any, ...]]]:
