@@ -230,6 +230,8 @@ async def test_a_written_once_row_is_read_once_a_while(store: Store) -> None:
     for n in range(25):
         await store.lookup_written_once("dataset", f"file-{n}")
     assert len(store._written_once) == 10 and ("dataset", "file-24") in store._written_once
+    assert await store.lookup_written_once("dataset", "file-" + "x" * 10_000) is None  # asked, not kept
+    assert ("dataset", "file-24") in store._written_once and len(store._written_once) == 10
 
 
 async def test_postgres_pings_only_connections_left_idle(store: Store) -> None:

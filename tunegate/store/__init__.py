@@ -497,6 +497,7 @@ class Store:
 
     WRITTEN_ONCE_SECONDS = 60.0  # how long lookup_written_once reuses an answer
     WRITTEN_ONCE_CACHED = 10_000  # answers kept at most (the oldest make room)
+    WRITTEN_ONCE_ID_CHARS = 512  # longer ids (a request body may hold megabytes) are not kept: ≤ ~5 MiB in all
 
     async def lookup_written_once(self, kind: str, object_id: str) -> StoredObject | None:
         """``lookup``, its answer (a miss too) reused for ``WRITTEN_ONCE_SECONDS``, for rows that are written
@@ -506,6 +507,8 @@ class Store:
         instance (this one drops its answer on ``record`` and ``forget``). Every create that names a
         file asks; most name one the gateway never saw (uploaded at the provider), and that answer is the
         same every time: a query (a round trip on PostgreSQL, a thread hop on SQLite) per create, saved."""
+        if len(object_id) > self.WRITTEN_ONCE_ID_CHARS:  # no provider's id is this long: asked, never kept
+            return await self.lookup(kind, object_id)
         key = (kind, object_id)
         kept = self._written_once.get(key)
         now = time.monotonic()
