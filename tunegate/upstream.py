@@ -96,7 +96,10 @@ class Upstream:
 
     @staticmethod
     def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        # No cookie jar: a session serves every caller, so a cookie one answer set would go out on the
+        # next caller's request to that host.
         session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                        cookie_jar=aiohttp.DummyCookieJar(),
                                         json_serialize=lambda o: orjson.dumps(o).decode())
         # aiohttp silently re-sends a GET/DELETE once when a kept-alive connection closes before
         # the answer; tunegate's own retry policy must be the only one, so attempts are counted

@@ -151,3 +151,26 @@ def test_connection_names_are_not_enumerable(gateway: Gateway) -> None:
             "x-portkey-api-key": key, "x-portkey-provider": "openai", "x-portkey-virtual-key": name})
         answers.append((r.status_code, r.json()["error"]["code"], r.json()["error"]["message"].replace(name, "N")))
     assert answers[0] == answers[1] and answers[0][0] == 403
+
+
+def test_a_providers_cookie_is_never_sent_back(gateway: Gateway) -> None:
+    """The gateway's upstream sessions are shared by every caller, so a cookie one answer sets (a
+    provider's session or load-balancer cookie, or one a caller's own host plants) would be sent on the
+    next caller's request to that host. The sessions keep no cookies."""
+    seen: list[str | None] = []
+    app = web.Application()
+
+    async def jobs(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        resp = web.json_response({"object": "list", "data": [], "has_more": False})
+        resp.set_cookie("session", "caller-one", path="/")
+        return resp
+
+    app.router.add_get("/v1/fine_tuning/jobs", jobs)
+    with ServerThread(app) as server:
+        host = server.url.replace("127.0.0.1", "localhost") + "/v1"  # a name: a jar refuses cookies from an IP
+        for key in ("sk-caller-one", "sk-caller-two", "sk-caller-two"):
+            r = requests.get(gateway.url + "/v1/fine_tuning/jobs", timeout=20, headers={
+                "x-portkey-provider": "openai", "Authorization": f"Bearer {key}", "x-portkey-custom-host": host})
+            assert r.status_code == 200, r.text
+    assert seen == [None, None, None]
