@@ -25,7 +25,7 @@ import orjson
 from tunegate.config import RetryPolicy, Settings, Timeouts
 from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tunegate.files import FileStore
-from tunegate.hosts import check_custom_host
+from tunegate.hosts import check_custom_host, split_client_url
 from tunegate.limits import RateLimiter
 from tunegate.providers import canonical_name, known_names, provider_named
 from tunegate.providers.base import Provider
@@ -39,6 +39,7 @@ _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "service_ac
 _CONTEXT_HEADERS = {"provider", "api-key", "virtual-key", "config", "custom-host", "trace-id",
                     "request-timeout"}
 MAX_TIMEOUT_SECONDS = 3600.0
+MAX_TRIES = 10  # one request's tries at most (x-portkey-config retry.attempts counts the retries)
 
 
 @dataclass
@@ -392,11 +393,9 @@ class ContextResolver:
         connection's: a client may choose another only from the connection's `allowed_client_hosts`."""
         if not value:
             return None
-        if len(value) > 2048:
-            raise InvalidRequest("x-portkey-custom-host is longer than 2048 characters.",
-                                 param="x-portkey-custom-host", code="invalid_custom_host")
+        parts = split_client_url(value)
         if stored_secrets and connection is not None:
-            host = (urlsplit(value).hostname or "").lower()
+            host = (parts.hostname or "").lower()
             listed = connection.options.get("allowed_client_hosts")
             if not isinstance(listed, list) or host not in [str(h).lower() for h in listed]:
                 raise Forbidden(f"Connection '{connection.name}' sends its credentials only to its own host; "
@@ -416,7 +415,7 @@ class ContextResolver:
             except (TypeError, ValueError):
                 pass  # a malformed stored option falls back to the defaults
         raw_timeout = headers.get("x-portkey-request-timeout") or config.get("request_timeout")
-        if raw_timeout:
+        if raw_timeout is not None and raw_timeout != "":  # 0 is a (refused) timeout, not an absent one
             try:
                 if isinstance(raw_timeout, bool):
                     raise TypeError("a boolean is not a timeout")
@@ -433,12 +432,20 @@ class ContextResolver:
             spec = config["retry"]
             try:
                 # Portkey counts retries; tunegate's policy counts tries.
-                attempts = int(spec["attempts"]) + 1 if "attempts" in spec else retry.attempts
+                attempts = retry.attempts
+                if "attempts" in spec:
+                    retries = spec["attempts"]
+                    if (not isinstance(retries, int | float) or isinstance(retries, bool) or retries < 0
+                            or not float(retries).is_integer()):
+                        raise InvalidRequest("x-portkey-config retry.attempts must be a whole number of retries "
+                                             "(0 or more).", param="x-portkey-config")
+                    # More retries than MAX_TRIES allows are cut, not refused: Portkey cuts its own at 5 the same way.
+                    attempts = min(int(retries), MAX_TRIES - 1) + 1
                 codes = spec.get("on_status_codes", retry.on_status_codes)
                 if not isinstance(codes, list) or len(codes) > 64 or not all(
                         isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599 for c in codes):
                     raise ValueError("on_status_codes must be a list of HTTP status codes")
-                retry = RetryPolicy(attempts=max(1, min(attempts, 10)), on_status_codes=list(codes),
+                retry = RetryPolicy(attempts=attempts, on_status_codes=list(codes),
                                     backoff_base=retry.backoff_base, backoff_max=retry.backoff_max)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise InvalidRequest("x-portkey-config retry must be {attempts, on_status_codes}.",

@@ -17,7 +17,7 @@ import ipaddress
 import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
@@ -109,6 +109,7 @@ class GuardedResolver(AbstractResolver):
 # the connect-time check (GuardedResolver, Upstream._session_for for literals) still runs on every new
 # connection. Refusals are not cached (each raises anew, with its own param and wording).
 VERDICT_SECONDS = 10.0
+MAX_URL_CHARS = 2048
 VERDICTS_KEPT = 1024
 _verdicts: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
 
@@ -131,13 +132,35 @@ async def check_custom_host(url: str, allowed: list[str], param: str = "x-portke
     return checked
 
 
-async def _check_custom_host(url: str, allowed: list[str], param: str, what: str) -> str:
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        raise InvalidRequest(f"{what} must be an http(s) URL with a host.", param=param, code="invalid_custom_host")
+def split_client_url(url: str, param: str = "x-portkey-custom-host",
+                     what: str = "x-portkey-custom-host") -> SplitResult:
+    """A client-chosen URL taken apart, or a 400 saying what is wrong with it: an http(s) URL with a
+    host and, if any, a port from 1 to 65535; no credentials, whitespace or control characters (which
+    would otherwise reach a header or the request line). Parsing alone: resolving is the caller's."""
+    def bad(why: str) -> InvalidRequest:
+        return InvalidRequest(f"{what} {why}.", param=param, code="invalid_custom_host")
+
+    if len(url) > MAX_URL_CHARS:
+        raise bad(f"is longer than {MAX_URL_CHARS} characters")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise bad("must not hold whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # an unclosed or bad IPv6 bracket, a port that is not a number 0-65535
+        raise bad(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad("must be an http(s) URL with a host")
+    if port == 0:
+        raise bad("must not name port 0")
     if parts.username or parts.password:
-        raise InvalidRequest(f"{what} must not carry credentials.", param=param, code="invalid_custom_host")
+        raise bad("must not carry credentials")
+    return parts
+
+
+async def _check_custom_host(url: str, allowed: list[str], param: str, what: str) -> str:
+    parts = split_client_url(url, param, what)
+    host = (parts.hostname or "").lower()
     refused = refusal(host, param, what)
     if host in METADATA_NAMES and not _listed(host, None, allowed):
         raise refused
@@ -150,7 +173,7 @@ async def _check_custom_host(url: str, allowed: list[str], param: str, what: str
     else:
         try:
             addresses = await lookup(host, parts.port or 443)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: not a valid name at all (empty or 64+ char label)
             raise InvalidRequest(f"{what} '{host}' does not resolve.", param=param,
                                  code="invalid_custom_host") from exc
     if not all(address_allowed(host, address, allowed) for address in addresses):
