@@ -198,7 +198,10 @@ class ContextResolver:
 
         connection = await self._named_connection(headers.get("x-portkey-virtual-key") or config.get("virtual_key"),
                                                   key)
-        recorded = await self._recorded(ref, key, bool(provider_key))
+        # A provider key counts as the caller's own only where the key may use one: otherwise it is ignored
+        # below (the stored secrets go out), so it must not open an orphan either.
+        own_key = bool(provider_key) and (key is None or key.allow_provider_keys)
+        recorded = await self._recorded(ref, key, own_key)
         provider_name = (headers.get("x-portkey-provider") or (connection.provider if connection else None)
                          or config.get("provider") or (recorded.provider if recorded else None)
                          or default_provider or self.settings.default_provider)
@@ -229,7 +232,6 @@ class ContextResolver:
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
                              policy=self._policy(headers, config, connection), key=key, settings=self.settings,
                              store=self.store, files=self.files)
-        own_key = bool(provider_key) and (key is None or key.allow_provider_keys)
         if connection is not None:
             if key is not None and not key.may_use(connection.name):
                 raise Forbidden(f"This key is not granted the connection '{connection.name}'.",
@@ -253,7 +255,10 @@ class ContextResolver:
             ctx.policy.client_host = (urlsplit(custom_host).hostname or "").lower()
         ctx.base_url_override = (custom_host or ctx.base_url_override
                                  or _configured_base_url(self.settings, provider))
-        ctx.policy.trusted_hosts = self._trusted_hosts(provider, connection)
+        # Once a client chose a host, every URL of the request is held to the address check: an answer from
+        # that host could hand back a URL to one the operator trusts (an internal base URL, an emulator)
+        # on any port.
+        ctx.policy.trusted_hosts = frozenset() if ctx.policy.client_host else self._trusted_hosts(provider, connection)
         return ctx
 
     async def caller(self, headers: Mapping[str, str]) -> ApiKey | None:
@@ -290,7 +295,7 @@ class ContextResolver:
         await self._check_options(ctx, provider, connection)
         ctx.base_url_override = (connection.base_url if connection else None) or _configured_base_url(
             self.settings, provider)
-        ctx.policy.trusted_hosts = self._trusted_hosts(provider, connection)
+        ctx.policy.trusted_hosts = frozenset() if ctx.policy.client_host else self._trusted_hosts(provider, connection)
         return ctx
 
     def _trusted_hosts(self, provider: Provider, connection: Connection | None) -> frozenset[str]:

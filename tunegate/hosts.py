@@ -27,9 +27,26 @@ from tunegate.errors import InvalidRequest
 METADATA_NAMES = {"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"}
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits, which a translator on the
+# path (NAT64, SIIT) or the host itself connects to: RFC 6052's well-known NAT64 prefix, RFC 2765's
+# IPv4-translated and RFC 4291's IPv4-compatible (deprecated) forms. ::ffff:0:0/96 (mapped) is
+# ``ipv4_mapped``, 6to4 ``sixtofour``.
+_EMBEDDING = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+# Never public, whatever Python's table of the day says: RFC 8215's local-use NAT64 prefix (which
+# embeds at a length only its network knows) and the deprecated site-local fec0::/10.
+_NEVER_PUBLIC = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "fec0::/10"))
+
+
 def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return _is_public(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or next(
+            (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) for net in _EMBEDDING if ip in net), None)
+        if embedded is not None:
+            return _is_public(embedded)
+        if ip.teredo is not None:
+            return all(_is_public(end) for end in ip.teredo)  # (server, client)
+        if any(ip in net for net in _NEVER_PUBLIC):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
