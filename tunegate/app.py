@@ -7,14 +7,14 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunegate import logs, metrics, tracing, ui
@@ -209,9 +209,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return NotFound(f"Unknown route: {request.method} {request.url.path}", code="unknown_route").response()
     if exc.status_code == 405:
-        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.").response(
-            dict(exc.headers or {}))
+        allowed = _allowed_methods(request.app.router.routes, {
+            "type": "http", "method": request.method, "path": request.scope["path"],
+            "root_path": request.scope.get("app_root_path", request.scope.get("root_path", ""))})
+        headers = {**(exc.headers or {}), **({"Allow": ", ".join(sorted(allowed))} if allowed else {})}
+        return MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}.").response(headers)
     return APIError(str(exc.detail), status=exc.status_code).response()
+
+
+def _allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> set[str]:
+    """Every method some route answers on this path. The table keeps one Route per operation (each its
+    own name in logs and metrics), so Starlette's 405 names only the first Route matching the path."""
+    allowed: set[str] = set()
+    for route in routes:
+        match, child = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        if isinstance(route, Mount):
+            allowed |= _allowed_methods(route.routes, {**scope, **child})
+        elif isinstance(route, Route) and route.methods:
+            allowed |= route.methods
+    return allowed
 
 
 async def _disconnect(request: Request, exc: Exception) -> Response:

@@ -21,6 +21,9 @@ from tunegate.errors import APIError, InvalidRequest, PayloadTooLarge
 # its own (8 headers of 4 KiB); these hold with the older versions pyproject.toml allows.
 MAX_PART_HEADERS = 16
 MAX_PART_HEADER_BYTES = 16 * 1024  # all of a part's header lines together
+# RFC 2046 §5.1.1: 1 to 70 characters. python-multipart refuses more than 256 itself, but in its
+# constructor, outside the parse's error handling: a longer one would be a 500.
+MAX_BOUNDARY_BYTES = 70
 
 
 @dataclass
@@ -34,7 +37,11 @@ def boundary_of(content_type: str) -> bytes:
     media, params = parse_options_header(content_type)
     if media != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidRequest("Expected a multipart/form-data body with a boundary.", code="invalid_content_type")
-    return params[b"boundary"]
+    boundary = params[b"boundary"]
+    if not 1 <= len(boundary) <= MAX_BOUNDARY_BYTES:
+        raise InvalidRequest(f"The multipart boundary must be 1 to {MAX_BOUNDARY_BYTES} characters long.",
+                             code="invalid_content_type")
+    return boundary
 
 
 class MultipartReader:

@@ -156,17 +156,32 @@ def _tuned(job: JSON) -> JSON | None:
 _RESULT_PURPOSES = {"fine-tune-results"}
 
 
+# The registry's column widths (store/schema.py `objects`): an upstream's listing is not trusted to fit.
+_MAX_OBJECT_ID = 512
+_MAX_STATUS = 32
+
+
+def _listed_status(obj: JSON) -> str | None:
+    """A listed object's status as the registry can keep it: an upstream's object or over-long text
+    would fail the whole page's write (a 500), so it is recorded as unknown instead."""
+    status = obj.get("status")
+    return status if isinstance(status, str) and len(status) <= _MAX_STATUS else None
+
+
 async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
     """Drop the objects another key owns, and record the ones seen for the first time — unowned: the
-    first key to list an object does not become its owner (docs/security.md)."""
-    items = [o for o in listing.get("data", []) if isinstance(o, dict) and isinstance(o.get("id"), str)]
+    first key to list an object does not become its owner (docs/security.md). Items without an id the
+    registry can hold (a string of at most 512 characters) are neither recorded nor shown to a key."""
+    data = listing.get("data")
+    items = [o for o in data if isinstance(o, dict) and isinstance(o.get("id"), str)
+             and 0 < len(o["id"]) <= _MAX_OBJECT_ID] if isinstance(data, list) else []
     if ctx.store is None or not items:
         return listing
     owners = await ctx.store.owners(kind, [o["id"] for o in items])
     if ctx.key is not None:
         listing = {**listing, "data": [o for o in items if owners.get(o["id"]) in (None, ctx.key.id)
                                        and not (o["id"] not in owners and unclaimed_result(o))]}
-    unseen = [(o["id"], o.get("status"), o) for o in items if o["id"] not in owners and not unclaimed_result(o)]
+    unseen = [(o["id"], _listed_status(o), o) for o in items if o["id"] not in owners and not unclaimed_result(o)]
     await ctx.store.record_many(kind, unseen, ctx.provider_name, ctx.connection, None)
     if kind == "job":
         await remember_models(ctx, listing["data"])
@@ -176,4 +191,5 @@ async def visible(ctx: RequestContext, kind: str, listing: JSON) -> JSON:
 
 def unclaimed_result(obj: JSON) -> bool:
     """A result file the registry has not yet tied to its job (and so to an owner)."""
-    return obj.get("purpose") in _RESULT_PURPOSES
+    purpose = obj.get("purpose")  # an upstream's list or object here is unhashable: no set lookup
+    return isinstance(purpose, str) and purpose in _RESULT_PURPOSES

@@ -28,6 +28,11 @@ from tunegate.webhooks.settings import WatchSettings
 _PASSTHROUGH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:._-]{0,255}")
 
 
+# Model names and file ids are echoed in error messages, recorded and sent upstream: bounded before
+# any of that (the registry's id column holds 512).
+MAX_ID_LENGTH = 512
+
+
 def validate_create(ctx: RequestContext, body: JSON) -> None:
     """The checks every provider shares; limits are the provider's own."""
     for name in ("model", "training_file"):
@@ -39,6 +44,11 @@ def validate_create(ctx: RequestContext, body: JSON) -> None:
     for name in ("validation_file",):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise InvalidRequest(f"'{name}' must be a string.", param=name, code="invalid_type")
+    for name in ("model", "training_file", "validation_file"):
+        if isinstance(body.get(name), str) and len(body[name]) > MAX_ID_LENGTH:
+            # Named by length, not quoted: the value itself could be megabytes.
+            raise InvalidRequest(f"'{name}' must be at most {MAX_ID_LENGTH} characters (got {len(body[name])}).",
+                                 param=name, code="invalid_value")
     suffix = body.get("suffix")
     if suffix is not None:
         limit = ctx.provider.suffix_max_length

@@ -9,10 +9,13 @@ from starlette.responses import Response
 from tunegate.api.common import context, json_body, remember, respond
 from tunegate.api.files import read_form_file
 from tunegate.errors import InvalidRequest, missing_param
-from tunegate.providers.base import IncomingFile
+from tunegate.providers.base import FILE_PURPOSES, IncomingFile
 
 MAX_UPLOAD_BYTES = 8 * 1024**3
 MAX_PART_BYTES = 64 * 1024**2
+# Bounds of the create's strings: they travel to the provider and into its error messages.
+MAX_FILENAME = 512
+MAX_MIME_TYPE = 255
 
 
 def _upload_ref(request: Request) -> tuple[str, str]:
@@ -25,6 +28,14 @@ async def create_upload(request: Request) -> Response:
     for name in ("filename", "purpose", "bytes", "mime_type"):
         if body.get(name) is None:
             raise missing_param(name)
+    for name, limit in (("filename", MAX_FILENAME), ("mime_type", MAX_MIME_TYPE)):
+        value = body[name]
+        if not isinstance(value, str) or not 1 <= len(value) <= limit:
+            raise InvalidRequest(f"'{name}' must be a string of 1 to {limit} characters.", param=name,
+                                 code="invalid_value")
+    if body["purpose"] not in FILE_PURPOSES:
+        raise InvalidRequest(f"'purpose' must be one of {', '.join(FILE_PURPOSES)}.", param="purpose",
+                             code="invalid_value")
     size = body["bytes"]
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_UPLOAD_BYTES:
         raise InvalidRequest(f"'bytes' must be an integer from 0 to {MAX_UPLOAD_BYTES}.", param="bytes")

@@ -53,6 +53,11 @@ class Page:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. metadata filters, purpose, order
 
 
+# OpenAI's file purposes (openai SDK, ``types/file_purpose.py``): what a client may upload with. Result
+# files (``fine-tune-results``) are written by providers and the gateway, never uploaded.
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+
+
 @dataclass
 class IncomingFile:
     """A file arriving from the client, as a stream of byte chunks (never held whole)."""
@@ -331,13 +336,36 @@ def clean_retry_after(value: str) -> str | None:
     return email.utils.format_datetime(when if when.tzinfo else when.replace(tzinfo=UTC), usegmt=True)
 
 
+ERROR_TEXT_CHARS = 200
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+
+
+def short_error_text(body: bytes, content_type: str = "") -> str:
+    """What of a non-JSON error body may reach the client: one short printable line. An HTML or XML page
+    (a proxy's or a framework's error page, often with a stack trace and the server's internals) gives
+    its <title> at most; plain text its first non-empty line. The caller still redacts it."""
+    head = body[:16 * 1024]
+    if "html" in content_type.lower() or "xml" in content_type.lower() or head.lstrip().startswith(b"<"):
+        title = _TITLE.search(head)
+        head = re.sub(rb"<[^>]*>", b" ", title.group(1)) if title else b""
+    for line in head.decode("utf-8", "replace").splitlines():
+        line = " ".join("".join(c if c.isprintable() else " " for c in line).split())
+        if line:
+            if len(line) > ERROR_TEXT_CHARS:
+                # Cut at a space, or drop the line: a secret split by the cut would escape the redaction.
+                cut = line[:ERROR_TEXT_CHARS]
+                line = cut.rsplit(" ", 1)[0] + " …" if " " in cut else ""
+            return line
+    return ""
+
+
 def generic_error_message(response: UpstreamResponse) -> tuple[str, str | None, str | None]:
     """Find the human message in the error bodies providers commonly send."""
     fallback = f"The provider answered with HTTP {response.status}."
     try:
         data = response.json()
     except ValueError:
-        text = response.body[:300].decode("utf-8", "replace").strip()
+        text = short_error_text(response.body, response.headers.get("Content-Type", ""))
         return (f"{fallback} {text}" if text else fallback), None, None
     if isinstance(data, Mapping):
         err = data.get("error", data)

@@ -68,9 +68,10 @@ def _day(text: str | None, end: bool = False) -> int | None:
         return None
     try:
         day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-    except ValueError:
+        # The day after 9999-12-31 is past datetime's range (OverflowError): ignored like a malformed date.
+        return int((day + dt.timedelta(days=1 if end else 0)).timestamp())
+    except (ValueError, OverflowError):
         return None
-    return int((day + dt.timedelta(days=1 if end else 0)).timestamp())
 
 
 def _visible(query: sa.Select[Any], viewer: Viewer) -> sa.Select[Any]:

@@ -124,13 +124,14 @@ class Deliverer:
         status, error, latency = await self.send(*target, attempt.id, attempt.body)
         await self.record(attempt, status, error, latency)
 
-    async def send_once(self, endpoint_id: str, webhook_id: str, body: bytes) -> int | None:
-        """One signed POST outside the outbox (``/v1/webhooks/{id}/test``): the receiver's status, if any."""
+    async def send_once(self, endpoint_id: str, webhook_id: str, body: bytes) -> tuple[int | None, str | None]:
+        """One signed POST outside the outbox (``/v1/webhooks/{id}/test``): the receiver's status, if any,
+        and why the attempt failed (None for a 2xx)."""
         target = await self.endpoints.secret(endpoint_id)
         if target is None:
-            return None
-        status, _error, _latency = await self.send(*target, webhook_id, body)
-        return status
+            return None, "endpoint_deleted"
+        status, error, _latency = await self.send(*target, webhook_id, body)
+        return status, error
 
     async def send(self, url: str, secret: str, webhook_id: str, body: bytes) -> tuple[int | None, str | None, float]:
         """(receiver's status, why it failed or None, milliseconds) of one attempt, signed now."""
@@ -145,6 +146,11 @@ class Deliverer:
                 error = "redirect (not followed)" if 300 <= status < 400 else f"HTTP {status}"
         except APIError as exc:  # unreachable, timed out, refused address, answer too large
             error = (exc.code or "upstream_error")[:200]
+        except Exception as exc:
+            # A stored URL the HTTP client cannot even build a request for (one saved before URLs were
+            # checked, e.g. port 99999): a failed attempt like any other, not a failed delivery round or
+            # a 500 on /test. The exception's type only: its message may quote the URL and its userinfo.
+            error = f"request_failed ({type(exc).__name__})"[:200]
         return status, error, (time.perf_counter() - started) * 1000
 
     async def record(self, attempt: Attempt, status: int | None, error: str | None, latency_ms: float) -> None:

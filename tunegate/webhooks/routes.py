@@ -118,10 +118,12 @@ async def test_webhook(request: Request) -> Response:
 
     event_id = "evt_test_" + secrets.token_hex(12)
     sample = payload(event_id, event_type, int(time.time()), {"id": "ftjob-test"})
-    status = await request.app.state.webhooks.deliverer.send_once(endpoint.id, "wh_test_" + secrets.token_hex(12),
-                                                                  sample)
+    status, error = await request.app.state.webhooks.deliverer.send_once(
+        endpoint.id, "wh_test_" + secrets.token_hex(12), sample)
+    # A success only when the receiver answered 2xx (the sender's rule for a delivery); otherwise the
+    # sender's short reason (a code or "HTTP 500", never the secret or the receiver's answer) says why.
     return respond({"object": "webhook_endpoint.test", "webhook_endpoint_id": endpoint.id, "event_type": event_type,
-                    "status_code": status, "success": True})
+                    "status_code": status, "success": error is None, "error": error})
 
 
 def routes() -> list[Route]:

@@ -7,17 +7,39 @@ copy there (converted by that provider's own upload) once per content hash and r
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from tunegate import models
-from tunegate.errors import NotFound
+from tunegate.errors import InvalidRequest, NotFound
 from tunegate.files import new_file_id
 from tunegate.localjobs.limits import stored_bytes, within_quota
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
+from tunegate.providers.base import FILE_PURPOSES, JSON, Download, IncomingFile, Page, Provider
 
 if TYPE_CHECKING:
     from tunegate.context import RequestContext
+
+# OpenAI's bounds for ``expires_after[seconds]`` (openai SDK, types/file_create_params.py): 1 hour to 30 days.
+MIN_EXPIRY_SECONDS = 3600
+MAX_EXPIRY_SECONDS = 2592000
+_DIGITS = re.compile(r"[0-9]{1,8}")  # ASCII only: str.isdigit() takes "³", which int() refuses
+
+
+def expires_in(fields: dict[str, str]) -> int | None:
+    """Seconds from ``expires_after[anchor]`` / ``expires_after[seconds]``, as OpenAI checks them; None
+    when neither is sent (the file does not expire)."""
+    anchor, seconds = fields.get("expires_after[anchor]"), fields.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return None
+    if anchor != "created_at":
+        raise InvalidRequest("'expires_after[anchor]' must be 'created_at'.", param="expires_after[anchor]",
+                             code="invalid_value")
+    if seconds is None or not _DIGITS.fullmatch(seconds) \
+            or not MIN_EXPIRY_SECONDS <= int(seconds) <= MAX_EXPIRY_SECONDS:
+        raise InvalidRequest(f"'expires_after[seconds]' must be an integer from {MIN_EXPIRY_SECONDS} to "
+                             f"{MAX_EXPIRY_SECONDS}.", param="expires_after[seconds]", code="invalid_value")
+    return int(seconds)
 
 
 def file_object(row: dict[str, Any]) -> JSON:
@@ -31,16 +53,21 @@ class ManagedFiles(Provider):
     keeps_files = True
 
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
+        # Checked before a byte is stored. A purpose of invalid UTF-8 arrives with U+FFFD in it, so it
+        # fails here too.
+        if upload.purpose not in FILE_PURPOSES:
+            raise InvalidRequest(f"'purpose' must be one of {', '.join(FILE_PURPOSES)}.", param="purpose",
+                                 code="invalid_value")
+        expires = expires_in(upload.fields)
         store, files = ctx.require_store()
         file_id = new_file_id()
         limit = ctx.settings.managed_files_max_bytes_per_key if ctx.settings else None
         used = await stored_bytes(store.engine, ctx.key_id) if limit is not None else 0
         stored = await files.write(file_id, within_quota(upload.chunks, used, limit))  # 429 past the key's quota
         now = int(time.time())
-        seconds = upload.fields.get("expires_after[seconds]")
         row = dict(id=file_id, key_id=ctx.key_id, filename=upload.filename, purpose=upload.purpose,
                    bytes=stored.bytes, sha256=stored.sha256, location=stored.location, report=None,
-                   created_at=now, expires_at=now + int(seconds) if seconds and seconds.isdigit() else None)
+                   created_at=now, expires_at=now + expires if expires is not None else None)
         await store.add_managed_file(row)
         return file_object(row)
 
