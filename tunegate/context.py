@@ -42,6 +42,18 @@ MAX_TIMEOUT_SECONDS = 3600.0
 MAX_TRIES = 10  # one request's tries at most (x-portkey-config retry.attempts counts the retries)
 
 
+def reachable(recorded: StoredObject, key: ApiKey | None, own_provider_key: bool) -> bool:
+    """The ownership rule (docs/security.md), for an object the registry knows: a key reaches its own
+    objects and unowned ones of a connection (which it must then be granted); unowned ones of no
+    connection (made on an open gateway) only with a provider key of its own. An open gateway (no key)
+    reaches everything."""
+    if key is None:
+        return True
+    if recorded.key_id is not None:
+        return recorded.key_id == key.id
+    return recorded.connection is not None or own_provider_key
+
+
 @dataclass
 class RequestContext:
     trace_id: str
@@ -51,6 +63,7 @@ class RequestContext:
     key: ApiKey | None = None
     connection: str | None = None
     credentials: dict[str, str] = field(default_factory=dict)
+    own_key: bool = False  # the credentials are the caller's own provider key, not a stored connection's
     options: dict[str, Any] = field(default_factory=dict)  # provider options: headers + connection
     base_url_override: str | None = None
     settings: Settings | None = None
@@ -71,6 +84,17 @@ class RequestContext:
     @property
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
+
+    async def check_named(self, kind: str, object_id: str, param: str) -> None:
+        """An object a request's body names (a job's ``training_file``) under the ownership rule a path's
+        id is: another key's object, or one of a connection this key is not granted, is a 404. (A body
+        may name objects in forms a path never does, an S3 URI on Bedrock: no spelling check here.)"""
+        recorded = await self.store.placement(kind, object_id) if self.store is not None else None
+        if recorded is None:
+            return
+        granted = self.key is None or recorded.connection is None or self.key.may_use(recorded.connection)
+        if not granted or not reachable(recorded, self.key, self.own_key):
+            raise NotFound(f"No such {kind}: '{object_id[:200]}'.", param=param, code=f"{kind}_not_found")
 
     def require_store(self) -> tuple[Store, FileStore]:
         """The database and the managed file store (providers that keep files in tunegate use both)."""
@@ -243,6 +267,7 @@ class ContextResolver:
         if own_key:
             assert provider_key is not None
             ctx.credentials[provider.credential_field] = provider_key
+            ctx.own_key = True
         elif key is not None and connection is None:
             raise Forbidden(f"This key has no connection for provider '{provider_name}'.",
                             param="x-portkey-virtual-key" if headers.get("x-portkey-virtual-key")
@@ -370,12 +395,9 @@ class ContextResolver:
         if len(ref[1]) > 512:
             raise NotFound(f"No such {ref[0]}.")
         recorded = await self.store.placement(*ref)
-        if recorded is not None and key is not None:
-            foreign = recorded.key_id not in (None, key.id)
-            orphan = recorded.key_id is None and recorded.connection is None and not own_provider_key
-            if foreign or orphan:
-                # Answer as if it did not exist, so ids cannot be probed.
-                raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
+        if recorded is not None and not reachable(recorded, key, own_provider_key):
+            # Answer as if it did not exist, so ids cannot be probed.
+            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
         return recorded
 
     async def _granted_connection(self, key: ApiKey, provider_name: str) -> Connection | None:

@@ -73,7 +73,22 @@ async def json_body(request: Request, *, optional: bool = False) -> JSON:
         raise InvalidRequest(f"The body is not valid JSON: {exc.msg}.", code="invalid_json") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The JSON body must be an object.", code="invalid_json")
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.", code="invalid_json")
     return body
+
+
+# orjson reads 1,024 levels but writes only 254 (a TypeError, a 500 on the way upstream); no API
+# field nests more than a few.
+MAX_JSON_DEPTH = 64
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """How deep ``value`` nests, counted only as far as one past MAX_JSON_DEPTH."""
+    if level > MAX_JSON_DEPTH or not isinstance(value, dict | list):
+        return level - 1 if not isinstance(value, dict | list) else level
+    children = value.values() if isinstance(value, dict) else value
+    return max((_depth(child, level + 1) for child in children), default=level)
 
 
 MAX_PAGE_LIMIT = 10_000  # the largest page any provider serves (OpenAI's file list)
@@ -109,7 +124,7 @@ async def remember(ctx: RequestContext, kind: str, obj: JSON, *, created: bool =
     elsewhere). A job's result files belong to the job's owner, so another key cannot download them."""
     if ctx.store and isinstance(obj.get("id"), str):
         await ctx.store.record(kind, obj["id"], ctx.provider_name, ctx.connection, ctx.key_id,
-                               obj.get("status"), obj, claim=created)
+                               _listed_status(obj), obj, claim=created)
         if kind == "job":
             await remember_models(ctx, [obj])
         results = [f for f in obj.get("result_files") or [] if isinstance(f, str)] if kind == "job" else []

@@ -26,6 +26,7 @@ from tunegate.webhooks.settings import WatchSettings
 
 # Checkpoint names (`ft:gpt-4o-mini-2024-07-18:org:suffix:ckpt-step-10`) and permission ids.
 _PASSTHROUGH_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:._-]{0,255}")
+_CHECKPOINT_STEP = re.compile(r":ckpt-step-[0-9]+$")
 
 
 # Model names and file ids are echoed in error messages, recorded and sent upstream: bounded before
@@ -80,6 +81,7 @@ async def create_job(request: Request) -> Response:
     await check_job_files(ctx, body)  # the provider's dataset rules, before any copy is pushed
     for field in ("training_file", "validation_file"):
         if isinstance(body.get(field), str):
+            await ctx.check_named("file", body[field], field)  # another key's file trains nobody else's job
             body[field] = await managed_file_on_provider(ctx, body[field], field)
     idem_key = request.headers.get("idempotency-key")
     if not idem_key or ctx.store is None:
@@ -268,6 +270,10 @@ async def passthrough(request: Request) -> Response:
         if not _PASSTHROUGH_SEGMENT.fullmatch(value):
             # A decoded '%2F', '%3F' or '..' would cut or climb the upstream path: name nothing instead.
             raise NotFound(f"No such {name.replace('_', ' ')}: '{value[:200]}'.", param=name)
+    if checkpoint := request.path_params.get("checkpoint"):
+        # A checkpoint is a step of a tuned model ('ft:…:abc123:ckpt-step-10'): whoever may not reach
+        # the model may neither read nor change who else may use its checkpoints.
+        await ctx.check_named("model", _CHECKPOINT_STEP.sub("", checkpoint), "checkpoint")
     path = request.url.path.removeprefix("/v1")
     body = await json_body(request, optional=True) if request.method == "POST" else None
     result = await ctx.provider.passthrough(ctx, request.method, path, request.query_params.multi_items(), body)
