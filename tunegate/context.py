@@ -85,16 +85,18 @@ class RequestContext:
     def key_id(self) -> str | None:
         return self.key.id if self.key else None
 
-    async def check_named(self, kind: str, object_id: str, param: str) -> None:
-        """An object a request's body names (a job's ``training_file``) under the ownership rule a path's
-        id is: another key's object, or one of a connection this key is not granted, is a 404. (A body
+    async def check_named(self, kind: str, object_id: str, param: str | None = None, *,
+                          shown: str | None = None) -> None:
+        """An object a request's body names (a job's ``training_file``), or whose canonical name an adapter
+        learns only on the way (a bare Fireworks model id, a Vertex name by project id), under the
+        ownership rule a path's id is (``shown``: the spelling the caller used): another key's object, or one of a connection this key is not granted, is a 404. (A body
         may name objects in forms a path never does, an S3 URI on Bedrock: no spelling check here.)"""
         recorded = await self.store.placement(kind, object_id) if self.store is not None else None
         if recorded is None:
             return
         granted = self.key is None or recorded.connection is None or self.key.may_use(recorded.connection)
         if not granted or not reachable(recorded, self.key, self.own_key):
-            raise NotFound(f"No such {kind}: '{object_id[:200]}'.", param=param, code=f"{kind}_not_found")
+            raise NotFound(f"No such {kind}: '{(shown or object_id)[:200]}'.", param=param, code=f"{kind}_not_found")
 
     def require_store(self) -> tuple[Store, FileStore]:
         """The database and the managed file store (providers that keep files in tunegate use both)."""

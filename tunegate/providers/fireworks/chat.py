@@ -75,6 +75,17 @@ class FireworksChat(CompatChat):
         raise NotFound(f"'{model}' is not a Fireworks model name (accounts/{{account}}/models/{{model}}).",
                        param="model", code="model_not_found")
 
+    async def owned_resource(self, ctx: RequestContext, model: str) -> tuple[str, str]:
+        """``resource``, with the ownership rule held on the canonical name. The gateway checked the
+        spelling the client sent; the registry knows tuned models by their full name (a job's
+        ``fine_tuned_model``), so a bare id, which names ``accounts/{account}/models/{id}`` upstream, is
+        checked again under that name before anything is sent (docs/security.md, rule 3)."""
+        account, model_id = self.resource(ctx, model)
+        name = f"accounts/{account}/models/{model_id}"
+        if name != model:
+            await ctx.check_named("model", name, shown=model)
+        return account, model_id
+
     def model_url(self, ctx: RequestContext, model: str) -> str:
         account, model_id = self.resource(ctx, model)
         return f"{self.base_url(ctx)}/accounts/{account}/models/{model_id}"
@@ -92,12 +103,14 @@ class FireworksChat(CompatChat):
         return native
 
     async def chat(self, ctx: RequestContext, body: JSON) -> JSON:
+        await self.owned_resource(ctx, str(body["model"]))
         try:
             return await super().chat(ctx, body)
         except UpstreamError as exc:
             raise await self._not_deployed(ctx, body, exc) from None
 
     async def chat_stream(self, ctx: RequestContext, body: JSON) -> AsyncIterator[JSON]:
+        await self.owned_resource(ctx, str(body["model"]))
         try:
             return await super().chat_stream(ctx, body)
         except UpstreamError as exc:
@@ -158,16 +171,18 @@ class FireworksChat(CompatChat):
         return shapes.model_list(items)
 
     async def retrieve_model(self, ctx: RequestContext, model: str) -> JSON:
+        await self.owned_resource(ctx, model)
         return self.to_model(ctx, await self._control(ctx, "GET", self.model_url(ctx, model)))
 
     async def delete_model(self, ctx: RequestContext, model: str) -> JSON:
+        await self.owned_resource(ctx, model)
         await self._control(ctx, "DELETE", self.model_url(ctx, model))
         return {"id": model, "object": "model", "deleted": True}
 
     async def deploy_model(self, ctx: RequestContext, model: str, body: JSON) -> JSON:
         """Load a tuned model (LoRA addon) onto a running deployment of its base model: the SDK's
         ``lora.load`` (``POST /v1/accounts/{a}/deployedModels`` {model, deployment, default})."""
-        account, model_id = self.resource(ctx, model)
+        account, model_id = await self.owned_resource(ctx, model)
         target = (body or {}).get("deployment")
         found = DEPLOYMENT.fullmatch(target) if isinstance(target, str) else None
         if found is None:

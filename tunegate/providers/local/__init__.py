@@ -9,6 +9,7 @@ every operation works from every instance sharing the database. See MAPPING.md.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,6 +36,7 @@ OPENAI_HPARAMS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 TERMINAL = ("succeeded", "failed", "cancelled")
 CANCEL_WAIT_S = 15.0
 PAUSE_WAIT_S = 60.0
+CURSOR_NUMBER = re.compile(r"[0-9]{1,18}")  # the number at the end of an event or checkpoint id
 
 
 def api_status(row: Row) -> str:
@@ -78,7 +80,9 @@ def _cursor(after: str | None, prefix: str) -> int | None:
     if after is None:
         return None
     tail = after.rsplit("-", 1)[-1]
-    if not after.startswith(prefix) or not tail.isdigit():
+    # ASCII digits only (str.isdigit also passes '²', which int() refuses), and no more than SQLite's
+    # 64-bit integers hold: anything else is a 400, never a 500.
+    if not after.startswith(prefix) or not CURSOR_NUMBER.fullmatch(tail):
         raise InvalidRequest(f"'after' must be an id from this list (got '{after}').", param="after",
                              code="invalid_cursor")
     return int(tail)

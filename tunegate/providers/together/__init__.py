@@ -14,7 +14,7 @@ from tunegate.providers.rules import DatasetRules
 from tunegate.providers.together import files as tfiles
 from tunegate.providers.together import jobs as tjobs
 from tunegate.providers.together.chat import TogetherChat
-from tunegate.providers.together.paging import after_index, envelope
+from tunegate.providers.together.paging import after_index, cursor_number, envelope
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -110,11 +110,10 @@ class Together(TogetherChat, Provider):
         if start is None:
             # The id carries the event's position: go on with the older ones.
             prefix = tjobs.event_id(job_id, 0)[:-1]
-            number = page.after[len(prefix):] if page.after and page.after.startswith(prefix) else ""
-            if not number.isdigit():
+            number = cursor_number(page.after[len(prefix):]) if page.after and page.after.startswith(prefix) else None
+            if number is None:
                 raise InvalidRequest(f"'after' is not an event of job '{job_id}'.", param="after")
-            start = next((i for i, e in enumerate(events) if int(e["id"][len(prefix):]) < int(number)),
-                         len(events))
+            start = next((i for i, e in enumerate(events) if int(e["id"][len(prefix):]) < number), len(events))
         return envelope(events, start, page.limit)
 
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
@@ -123,10 +122,11 @@ class Together(TogetherChat, Provider):
         start = after_index([c["id"] for c in checkpoints], page.after)
         if start is None:
             prefix = f"ftckpt-{job_id}-"
-            step = page.after[len(prefix):].split("-", 1)[0] if page.after and page.after.startswith(prefix) else ""
-            if not step.isdigit():
+            step = (cursor_number(page.after[len(prefix):].split("-", 1)[0])
+                    if page.after and page.after.startswith(prefix) else None)
+            if step is None:
                 raise InvalidRequest(f"'after' is not a checkpoint of job '{job_id}'.", param="after")
-            start = next((i for i, c in enumerate(checkpoints) if c["step_number"] < int(step)), len(checkpoints))
+            start = next((i for i, c in enumerate(checkpoints) if c["step_number"] < step), len(checkpoints))
         return envelope(checkpoints, start, page.limit, with_ids=True)
 
     # ---- files ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ gateway instance (no cursor state is kept anywhere).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -14,6 +15,15 @@ from tunegate import models
 from tunegate.providers.base import JSON
 
 T = TypeVar("T")
+
+# The number an event or checkpoint id carries, as tunegate writes it: ASCII digits only (str.isdigit also
+# passes '²', which int() refuses, and '٣', which int() reads as 3), at most 18 of them.
+CURSOR_NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def cursor_number(text: str) -> int | None:
+    """The number in a cursor's tail, or None when it is not one tunegate could have written."""
+    return int(text) if CURSOR_NUMBER.fullmatch(text) else None
 
 
 def after_index(ids: Sequence[str], after: str | None) -> int | None:

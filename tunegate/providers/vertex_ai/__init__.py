@@ -160,11 +160,26 @@ class VertexAI(VertexChat):
         url = f"{self.api_root(ctx, jobs.job_location(name))}/{name}"
         return await self.call(ctx, "GET", url, idempotent=True)  # type: ignore[no-any-return]
 
+    async def _read(self, ctx: RequestContext, job_id: str) -> JSON:
+        """GET the job, with the ownership rule held on the name Vertex answers with. A job name may carry
+        the project id or the project number; Vertex takes either and answers with the number, the spelling
+        the registry records. A job asked for by another spelling is checked again under the name it came
+        back as, so another key's job stays a 404 (docs/security.md, rule 3)."""
+        raw = await self._get(ctx, jobs.job_name(job_id))
+        returned = jobs.job_id(str(raw.get("name") or ""))
+        if returned != job_id:
+            await ctx.check_named("job", returned, shown=job_id)
+        return raw
+
     async def retrieve_job(self, ctx: RequestContext, job_id: str) -> JSON:
-        return jobs.to_job(await self._get(ctx, jobs.job_name(job_id)))
+        return jobs.to_job(await self._read(ctx, job_id))
 
     async def cancel_job(self, ctx: RequestContext, job_id: str) -> JSON:
         name = jobs.job_name(job_id)
+        if ctx.key is not None and ctx.store is not None and await ctx.store.placement("job", job_id) is None:
+            # A name the registry does not know may be another spelling of a recorded job: read it first,
+            # and cancel only what passes the ownership check under the name Vertex answers with.
+            await self._read(ctx, job_id)
         # tuningJobs.cancel answers google.protobuf.Empty and cancels asynchronously: read the job back (and again,
         # briefly, while it is still CANCELLING) to answer with it, as OpenAI does.
         await self.call(ctx, "POST", f"{self.api_root(ctx, jobs.job_location(name))}/{name}:cancel", json={},
@@ -218,12 +233,12 @@ class VertexAI(VertexChat):
 
     async def list_checkpoints(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         """``tunedModel.checkpoints`` (present when the job kept intermediate checkpoints), paged locally."""
-        items = jobs.checkpoints(await self._get(ctx, jobs.job_name(job_id)))
+        items = jobs.checkpoints(await self._read(ctx, job_id))
         return page_in_memory(items, page, "checkpoint", with_ids=True)
 
     async def list_events(self, ctx: RequestContext, job_id: str, page: Page) -> JSON:
         """Derived from the job itself (Vertex keeps no event log for tuning jobs): see ``jobs.events``."""
-        return page_in_memory(jobs.events(await self._get(ctx, jobs.job_name(job_id))), page, "event")
+        return page_in_memory(jobs.events(await self._read(ctx, job_id)), page, "event")
 
     # ---- files ---------------------------------------------------------------------------------
 
