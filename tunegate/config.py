@@ -105,8 +105,11 @@ class Settings(BaseSettings):
     # Connections (tunegate serve): a request's line and headers must arrive within header_timeout
     # seconds of its first byte (or of the connection opening), else a 408 and the connection closes;
     # an idle kept-alive connection closes after keep_alive_timeout; beyond max_connections open at
-    # once (per worker), requests are answered 503.
+    # once (per worker), requests are answered 503. While a request's body is incomplete, more than
+    # body_idle_timeout seconds without a byte of it (the gateway not having paused reading) is a 408
+    # (or a bare close once a response has been sent) and the connection closes.
     header_timeout: float = Field(default=15.0, gt=0)
+    body_idle_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: float = Field(default=5.0, gt=0)
     max_connections: int = Field(default=1000, ge=1)
     rate_limit_per_min: int | None = None  # default for keys without their own limit (None: unlimited)
