@@ -218,6 +218,15 @@ def start_portkey(tmp: Path, entry: Path) -> tuple[Service, int]:
     return svc, port
 
 
+def start_floor(tmp: Path) -> tuple[Service, int]:
+    """bench/floor.py: a bare pass-through proxy on uvicorn + aiohttp, the least this design costs."""
+    port = free_port()
+    svc = Service("floor", [sys.executable, str(BENCH / "floor.py"), "--port", str(port)], dict(os.environ),
+                  tmp / "floor.log")
+    svc.wait_http(port, "/healthz", 20)
+    return svc, port
+
+
 SOURCE: Path | None = None  # a tree to import tunegate from instead of the working tree (--head / --source)
 
 
@@ -639,7 +648,8 @@ def main() -> int:
     ap.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
                     help="the gateway's database: SQLite in its data dir (default), or a throw-away PostgreSQL "
                          "cluster started here (Debian's postgresql package)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,upload,data,startup,workers,portkey")
+    ap.add_argument("--skip", default="",
+                    help="comma list of parts to skip: latency,upload,data,startup,workers,portkey,floor")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = args.seconds or (1.0 if args.quick else 5.0)
@@ -723,8 +733,15 @@ def main() -> int:
                 pk, pk_port = start_portkey(tmp, entry)
                 services.append(pk)
                 print(f"portkey gateway (@portkey-ai/gateway 1.15.2, node {node_version()}) on :{pk_port}, pid {pk.pid}")
+        fl, fl_port = None, 0
+        if "floor" not in skip:
+            fl, fl_port = start_floor(tmp)
+            services.append(fl)
+            print(f"floor (bench/floor.py: uvicorn + aiohttp pass-through) on :{fl_port}, pid {fl.pid}")
         # (name, port, processes whose CPU is measured, the lag probe's path): interleaved in this order
         targets_ = [("gateway", gw_port, watch, "/healthz")]
+        if fl is not None:
+            targets_.append(("floor", fl_port, {"floor": fl.pids(), "upstream": up_pids}, "/healthz"))
         if pk is not None:
             targets_.append(("portkey", pk_port, {"portkey": pk.pids(), "upstream": up_pids}, "/"))
         targets_.append(("direct", up_port, {"upstream": up_pids}, "/healthz"))
@@ -736,6 +753,8 @@ def main() -> int:
                 run_wrk(f"http://127.0.0.1:{gw2_port}{path}", script, 64, 1, {})
             if pk is not None:
                 run_wrk(f"http://127.0.0.1:{pk_port}{peer_path(name, path)}", script, 64, 1, {})
+            if fl is not None:
+                run_wrk(f"http://127.0.0.1:{fl_port}{path}", script, 64, 1, {})
 
         runs: dict[str, list[dict[str, Any]]] = {}
         if "latency" not in skip:
@@ -775,6 +794,11 @@ def main() -> int:
                     k = median_of(runs[f"{name}|c{conns}|portkey"])
                     row.update(portkey=k, vs_portkey=round(g["rps"] / k["rps"], 3),
                                portkey_vs_direct=round(k["rps"] / d["rps"], 4))
+                if f"{name}|c{conns}|floor" in runs:
+                    f = median_of(runs[f"{name}|c{conns}|floor"])
+                    row.update(floor=f, vs_floor=round(g["rps"] / f["rps"], 3))
+                    if "portkey" in row:
+                        row["floor_vs_portkey"] = round(f["rps"] / row["portkey"]["rps"], 3)
                 rows[name][f"c{conns}"] = row
         results["latency"] = rows
         if "list_jobs|c64|gateway_w2" in runs:
@@ -836,6 +860,10 @@ def main() -> int:
                     k = run_upload(pk_port, up_file, custom_host, pk.pid)
                     ups.setdefault("portkey", []).append(k)
                     line += f"  portkey {k['mb_s']:>7.1f} MB/s (status {k['status']}, peak RSS {k['rss_peak_mb']} MB)"
+                if fl is not None:  # the floor streams the body through, as the gateway does without validation
+                    f = run_upload(fl_port, up_file, custom_host, fl.pid)
+                    ups.setdefault("floor", []).append(f)
+                    line += f"  floor {f['mb_s']:>7.1f} MB/s (status {f['status']}, cpu {f['gateway_cpu_s']} s)"
                 print(line, flush=True)
                 if g["status"] != 200:
                     print(f"    gateway answered {g['status']}: {g['body'][:300]}")
@@ -858,6 +886,11 @@ def main() -> int:
                     portkey_mb_s=statistics.median(u["mb_s"] for u in ups["portkey"]),
                     portkey_rss_peak_mb=max(u["rss_peak_mb"] for u in ups["portkey"]),
                     portkey_status=[u["status"] for u in ups["portkey"]])
+            if ups.get("floor"):
+                results["upload"].update(
+                    floor_mb_s=statistics.median(u["mb_s"] for u in ups["floor"]),
+                    floor_cpu_s=statistics.median(u["gateway_cpu_s"] for u in ups["floor"]),
+                    floor_status=[u["status"] for u in ups["floor"]])
         gw.stop()
         services.remove(gw)
 
@@ -885,8 +918,14 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 16's targets, each with the measured value and a verdict."""
     out: list[dict[str, Any]] = []
 
-    def add(target: str, value: float | None, goal: float, higher_is_better: bool) -> None:
-        out.append({"target": target, "value": value, "verdict": verdict(value, goal, higher_is_better)})
+    def add(target: str, value: float | None, goal: float, higher_is_better: bool,
+            floor: float | None = None) -> None:
+        """``floor``: the same figure for bench/floor.py, the most this design can reach (a target the
+        floor misses too is out of reach without changing the design)."""
+        entry = {"target": target, "value": value, "verdict": verdict(value, goal, higher_is_better)}
+        if floor is not None:
+            entry.update(floor=floor, floor_verdict=verdict(floor, goal, higher_is_better))
+        out.append(entry)
 
     lat = res.get("latency", {})
     for name, cpu_goal in (("list_jobs", TARGETS["cpu_ms_list"]), ("create_job", TARGETS["cpu_ms_create"])):
@@ -894,11 +933,12 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             row = lat.get(name, {}).get(c)
             if row is None:
                 continue
+            floor = row.get("floor")
             if "vs_portkey" in row:
                 add(f"{name} {c}: >= x{TARGETS['vs_portkey']:g} the Portkey gateway's req/s", row["vs_portkey"],
-                    TARGETS["vs_portkey"], True)
+                    TARGETS["vs_portkey"], True, row.get("floor_vs_portkey"))
             add(f"{name} {c}: gateway CPU per request <= {cpu_goal} ms", row["gateway"]["gateway_cpu_ms_per_req"],
-                cpu_goal, False)
+                cpu_goal, False, floor["floor_cpu_ms_per_req"] if floor else None)
             if c == "c64":
                 add(f"{name} c64: p99 <= {TARGETS['p99_over_p50_c64']:g} x p50", row["p99_over_p50"],
                     TARGETS["p99_over_p50_c64"], False)
@@ -912,7 +952,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"upload {mib} MiB, validation on >= {TARGETS['upload_mb_s']} MB/s", u["gateway_mb_s"],
             TARGETS["upload_mb_s"], True)
         add(f"upload {mib} MiB, validation off >= {TARGETS['upload_novalidate_mb_s']} MB/s",
-            u["gateway_no_validation_mb_s"], TARGETS["upload_novalidate_mb_s"], True)
+            u["gateway_no_validation_mb_s"], TARGETS["upload_novalidate_mb_s"], True, u.get("floor_mb_s"))
         add(f"upload: gateway RSS growth <= {TARGETS['upload_rss_growth_mb']} MB", u["gateway_rss_growth_mb"],
             TARGETS["upload_rss_growth_mb"], False)
         if not ok:
@@ -939,6 +979,15 @@ def print_table(res: dict[str, Any]) -> None:
                   f"{g['p99_ms']:>8.2f}{_fmt(k.get('p99_ms'), '.2f'):>8}{g['gateway_cpu_ms_per_req']:>8.3f}"
                   f"{_fmt(k.get('portkey_cpu_ms_per_req'), '.3f'):>8}{_fmt(g.get('probe_p99_ms'), '.2f'):>8}"
                   f"{_fmt(k.get('probe_p99_ms'), '.2f'):>8}{g['errors'] + d['errors'] + k.get('errors', 0):>5}")
+    floor_rows = [(f"{n} {c}", r) for n, per_c in res.get("latency", {}).items() for c, r in per_c.items()
+                  if "floor" in r and n != "healthz"]
+    if floor_rows:
+        print("\nfloor (bench/floor.py, a bare uvicorn + aiohttp pass-through; what this design costs at least):")
+        print(f"{'row':<18}{'floor':>10}{'fl/pk':>7}{'tg/fl':>7}{'fl cpu':>8}{'tg cpu':>8}{'fl p99':>8}")
+        for label, r in floor_rows:
+            f = r["floor"]
+            print(f"{label:<18}{f['rps']:>10.0f}{_fmt(r.get('floor_vs_portkey'), '.2f'):>7}{r['vs_floor']:>7.2f}"
+                  f"{f['floor_cpu_ms_per_req']:>8.3f}{r['gateway']['gateway_cpu_ms_per_req']:>8.3f}{f['p99_ms']:>8.2f}")
     if "workers" in res:
         w = res["workers"]
         print(f"list_jobs c64, 1 vs 2 workers: {w['w1_rps']:.0f} -> {w['w2_rps']:.0f} req/s (x{w['speedup']:.2f}); "
@@ -951,7 +1000,9 @@ def print_table(res: dict[str, Any]) -> None:
                  f"{u['portkey_status']}), " if "portkey_mb_s" in u else "")
               + f"direct {u['direct_mb_s']:.1f} MB/s; tunegate peak RSS {u['gateway_rss_peak_mb']:.0f} MB "
               f"(growth {u['gateway_rss_growth_mb']:.1f} MB), CPU {u['gateway_cpu_s_per_upload']:.2f} s "
-              f"(= {u['gateway_mb_per_cpu_s']:.0f} MB per CPU-second), status {u['gateway_status']}")
+              f"(= {u['gateway_mb_per_cpu_s']:.0f} MB per CPU-second), status {u['gateway_status']}"
+              + (f"; floor {u['floor_mb_s']:.1f} MB/s (CPU {u['floor_cpu_s']:.2f} s, status {u['floor_status']})"
+                 if "floor_mb_s" in u else ""))
     if "data" in res:
         v = res["data"]["validator"]
         print(f"validator: {v['mb_s']:.1f} MB/s ({v['bytes'] / 2**20:.0f} MiB)")
@@ -968,7 +1019,8 @@ def print_table(res: dict[str, Any]) -> None:
     print()
     print("targets:")
     for t in res["targets"]:
-        print(f"  [{t['verdict']:^8}] {t['target']}: {t['value']}")
+        print(f"  [{t['verdict']:^8}] {t['target']}: {t['value']}"
+              + (f"  (floor: {t['floor']}, {t['floor_verdict']})" if "floor" in t else ""))
 
 
 if __name__ == "__main__":
