@@ -25,7 +25,7 @@ import orjson
 from tunegate.config import RetryPolicy, Settings, Timeouts
 from tunegate.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from tunegate.files import FileStore
-from tunegate.hosts import check_custom_host, split_client_url
+from tunegate.hosts import check_custom_host, split_client_url, url_listed
 from tunegate.limits import RateLimiter
 from tunegate.providers import canonical_name, known_names, provider_named
 from tunegate.providers.base import Provider
@@ -424,9 +424,8 @@ class ContextResolver:
             return None
         parts = split_client_url(value)
         if stored_secrets and connection is not None:
-            host = (parts.hostname or "").lower()
             listed = connection.options.get("allowed_client_hosts")
-            if not isinstance(listed, list) or host not in [str(h).lower() for h in listed]:
+            if not isinstance(listed, list) or not url_listed(parts, listed):
                 raise Forbidden(f"Connection '{connection.name}' sends its credentials only to its own host; "
                                 "x-portkey-custom-host may not replace it (the operator can list hosts in the "
                                 "connection's allowed_client_hosts).", param="x-portkey-custom-host",

@@ -8,14 +8,21 @@ name that resolves to 169.254.169.254 is refused too. It runs twice: once when t
 actually connects to (``GuardedResolver``), so a name whose DNS answer changes in between (DNS
 rebinding) cannot lead the gateway into a private network. The first check's verdict is kept for a few
 seconds (``VERDICT_SECONDS``); the connect-time one is never skipped.
+
+An entry of the operator's list names a host, an address or a range (any port, either scheme, as
+Portkey reads it), or narrows one to a port (``llm.internal:8443``) or to a scheme and port
+(``https://llm.internal:8443``): ``parse_entry``. Both checks honour the narrowing: the request-time one
+on the URL, the connect-time one on the port aiohttp connects to and the scheme of its session.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -50,17 +57,117 @@ def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-def _listed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, allowed: list[str]) -> bool:
-    for entry in allowed:
-        if entry.lower() == host:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_ENTRY_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of an allowed-hosts list, taken apart. ``name`` (a host name) or ``network`` (an address
+    or CIDR range) says which hosts; ``port`` and ``scheme``, when set, narrow it to that port and scheme."""
+
+    name: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    port: int | None = None
+    scheme: str | None = None
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) <= 65535:
+        raise ValueError(text)
+    return int(text)
+
+
+def _host(text: str) -> tuple[str | None, ipaddress.IPv4Network | ipaddress.IPv6Network | None]:
+    """(name, None) or (None, the address as a one-address network); ValueError for neither."""
+    literal = ip_literal(text)
+    if literal is not None:
+        return None, ipaddress.ip_network(literal)
+    if not text or not text.isascii() or any(ch in text for ch in "/\\@?#[]:%"):
+        raise ValueError(text)
+    return text, None
+
+
+def parse_entry(entry: str) -> Entry | None:
+    """An entry of ``allowed_custom_hosts`` (or of ``webhooks.allowed_hosts``), or None when it is none of
+    the forms below (such an entry allows nothing, as before these forms were read):
+
+    - ``llm.internal``, ``10.1.2.3``, ``::1``, ``10.0.0.0/8``: that host or range, any port, either scheme;
+    - ``llm.internal:8443``, ``10.1.2.3:8443``, ``[fd00::5]:8443``: that host, that port only, either scheme;
+    - ``https://llm.internal:8443``, ``http://10.1.2.3``: that scheme, host and port only; a URL without a
+      port means its scheme's own (443, 80), as a browser reads it. A path other than ``/``, a query or
+      credentials make the entry invalid, as does a range in a URL or beside a port.
+    """
+    text = str(entry).strip().lower()
+    if not text or len(text) > MAX_ENTRY_CHARS or any(ch.isspace() or ord(ch) < 32 for ch in text):
+        return None
+    try:
+        if "://" in text:
+            parts = urlsplit(text)
+            port = parts.port
+            if (parts.scheme not in DEFAULT_PORTS or not parts.hostname or port == 0 or parts.username is not None
+                    or parts.password is not None or parts.path not in ("", "/") or parts.query
+                    or parts.fragment):
+                return None
+            name, network = _host(parts.hostname)
+            return Entry(name, network, port or DEFAULT_PORTS[parts.scheme], parts.scheme)
+        try:  # an address, or a CIDR range: any port
+            return Entry(None, ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            pass
+        if text.startswith("["):  # [v6] or [v6]:port
+            host, sep, rest = text.partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                return None
+            name, network = _host(host + "]")
+            return Entry(name, network, _port(rest[1:]) if rest else None)
+        host, sep, port_text = text.partition(":")
+        if ":" in port_text:
+            return None  # neither an IPv6 address (read above) nor host:port
+        name, network = _host(host)
+        return Entry(name, network, _port(port_text) if sep else None)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def entries(allowed: tuple[str, ...]) -> tuple[Entry, ...]:
+    """The usable entries of a list (parsed once per list: the check runs on every connect)."""
+    return tuple(e for e in map(parse_entry, allowed) if e is not None)
+
+
+def invalid_entries(allowed: list[str]) -> list[str]:
+    """The entries of a list that allow nothing because they are none of ``parse_entry``'s forms."""
+    return [entry for entry in allowed if parse_entry(entry) is None]
+
+
+def _listed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None, allowed: list[str],
+            port: int | None = None, scheme: str | None = None) -> bool:
+    """Whether the list names this host (by name, or ``ip`` by address or range) for this port and scheme.
+    An entry with a port matches only a connection whose port is known and the same, one with a scheme
+    only a connection whose scheme is known and the same: a caller that cannot tell passes None, and
+    such entries then allow nothing there."""
+    host = host.lower()
+    for entry in entries(tuple(allowed)):
+        if entry.port is not None and entry.port != port:
+            continue
+        if entry.scheme is not None and entry.scheme != scheme:
+            continue
+        if entry.name is not None:
+            if entry.name == host:
+                return True
+        elif ip is not None and entry.network is not None and ip in entry.network:
             return True
-        if ip is not None:
-            try:
-                if ip in ipaddress.ip_network(entry, strict=False):
-                    return True
-            except ValueError:
-                continue
     return False
+
+
+def url_listed(parts: SplitResult, allowed: list[str]) -> bool:
+    """Whether a list names a URL's host (its name, or the address it spells) for its port and scheme,
+    without resolving anything: a connection's ``allowed_client_hosts``."""
+    host = (parts.hostname or "").lower()
+    scheme = parts.scheme.lower()
+    return _listed(host, ip_literal(host), [str(entry) for entry in allowed], parts.port or DEFAULT_PORTS.get(scheme),
+                   scheme)
 
 
 def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -71,8 +178,11 @@ def ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-def address_allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str]) -> bool:
-    return _is_public(ip) or _listed(host, ip, allowed)
+def address_allowed(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: list[str],
+                    port: int | None = None, scheme: str | None = None) -> bool:
+    """Whether a connection to ``ip`` (which ``host`` resolved to, or spells) on ``port`` with ``scheme`` may
+    be opened: a public address always; any other only when the list names it for that port and scheme."""
+    return _is_public(ip) or _listed(host, ip, allowed, port, scheme)
 
 
 async def lookup(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
@@ -98,10 +208,16 @@ class HostNotAllowed(OSError):
 
 class GuardedResolver(AbstractResolver):
     """aiohttp's resolver for the session that serves client-chosen hosts: every address it hands to the
-    connector passes the same rule as ``check_custom_host``, or the connection is never opened."""
+    connector passes the same rule as ``check_custom_host``, or the connection is never opened.
 
-    def __init__(self, allowed: list[str]) -> None:
+    aiohttp hands a resolver the host and port, not the scheme: a session whose resolver is to honour
+    entries that name a scheme (``https://llm.internal:8443``) serves that scheme only, and says so in
+    ``scheme`` (``Upstream`` keeps one guarded session per scheme). With ``scheme`` None such entries
+    allow nothing."""
+
+    def __init__(self, allowed: list[str], scheme: str | None = None) -> None:
         self._allowed = allowed
+        self._scheme = scheme
         self._inner: AbstractResolver | None = None
 
     async def resolve(self, host: str, port: int = 0, family: Any = socket.AF_INET) -> list[ResolveResult]:
@@ -110,7 +226,7 @@ class GuardedResolver(AbstractResolver):
         results = await self._inner.resolve(host, port, family)
         for result in results:
             ip = ipaddress.ip_address(str(result["host"]).split("%")[0])
-            if not address_allowed(host.lower(), ip, self._allowed):
+            if not address_allowed(host.lower(), ip, self._allowed, port or None, self._scheme):
                 raise HostNotAllowed(host)
         return results
 
@@ -178,8 +294,10 @@ def split_client_url(url: str, param: str = "x-portkey-custom-host",
 async def _check_custom_host(url: str, allowed: list[str], param: str, what: str) -> str:
     parts = split_client_url(url, param, what)
     host = (parts.hostname or "").lower()
+    scheme = parts.scheme.lower()
+    port = parts.port or DEFAULT_PORTS[scheme]
     refused = refusal(host, param, what)
-    if host in METADATA_NAMES and not _listed(host, None, allowed):
+    if host in METADATA_NAMES and not _listed(host, None, allowed, port, scheme):
         raise refused
     try:
         literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
@@ -189,10 +307,10 @@ async def _check_custom_host(url: str, allowed: list[str], param: str, what: str
         addresses = [literal]
     else:
         try:
-            addresses = await lookup(host, parts.port or 443)
+            addresses = await lookup(host, port)
         except (OSError, UnicodeError) as exc:  # UnicodeError: not a valid name at all (empty or 64+ char label)
             raise InvalidRequest(f"{what} '{host}' does not resolve.", param=param,
                                  code="invalid_custom_host") from exc
-    if not all(address_allowed(host, address, allowed) for address in addresses):
+    if not all(address_allowed(host, address, allowed, port, scheme) for address in addresses):
         raise refused
     return url.rstrip("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,7 +22,15 @@ import yarl
 
 from tunegate.config import RetryPolicy, Timeouts
 from tunegate.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
-from tunegate.hosts import GuardedResolver, HostNotAllowed, address_allowed, ip_literal, refusal
+from tunegate.hosts import (
+    DEFAULT_PORTS,
+    GuardedResolver,
+    HostNotAllowed,
+    address_allowed,
+    invalid_entries,
+    ip_literal,
+    refusal,
+)
 
 R = TypeVar("R")
 USER_AGENT = "tunegate/0.1"
@@ -87,12 +96,20 @@ class Upstream:
 
     def __init__(self, allowed_client_hosts: list[str] | None = None) -> None:
         self._allowed = ["localhost", "127.0.0.1", "::1"] if allowed_client_hosts is None else allowed_client_hosts
+        unusable = invalid_entries(self._allowed)
+        if unusable:  # an operator's typo would otherwise refuse the host it meant, silently
+            logging.getLogger("tunegate").warning(
+                "allowed hosts entries that allow nothing (not a host, host:port, address, CIDR range or "
+                "http(s)://host[:port]): %s", ", ".join(repr(e[:100]) for e in unusable[:20]))
         self._session: aiohttp.ClientSession | None = None
-        self._client_session: aiohttp.ClientSession | None = None
-        # Whether an address literal passes the guard's rule: a pure function of the host and this
-        # Upstream's fixed list, asked on every request to a client-chosen literal (ipaddress parsing of
-        # the list each time, ~5 µs), so kept (bounded).
-        self._literals: dict[str, bool] = {}
+        # The guarded pool, one session per scheme: aiohttp tells a resolver the host and port but not
+        # the scheme, so a list entry that names one (``https://llm.internal:8443``) is honoured by
+        # giving each scheme's session a resolver that knows it.
+        self._client_sessions: dict[str, aiohttp.ClientSession] = {}
+        # Whether an address literal passes the guard's rule on a port and scheme: a pure function of
+        # those and this Upstream's fixed list, asked on every request to a client-chosen literal, so
+        # kept (bounded).
+        self._literals: dict[tuple[str, int | None, str], bool] = {}
 
     @staticmethod
     def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
@@ -115,32 +132,40 @@ class Upstream:
                 aiohttp.TCPConnector(limit=512, ttl_dns_cache=300, enable_cleanup_closed=True))
         return self._session
 
-    @property
-    def client_session(self) -> aiohttp.ClientSession:
-        if self._client_session is None or self._client_session.closed:
-            self._client_session = self._new_session(aiohttp.TCPConnector(
-                limit=512, ttl_dns_cache=10, enable_cleanup_closed=True, resolver=GuardedResolver(self._allowed)))
-        return self._client_session
+    def client_session(self, scheme: str = "https") -> aiohttp.ClientSession:
+        """The guarded session for URLs of ``scheme`` (and only those: its resolver judges every
+        connection as one of that scheme). Any scheme but http(s) shares one whose resolver knows none
+        (an upstream's answer can name any: they must not each get a session)."""
+        scheme = scheme.lower() if scheme.lower() in DEFAULT_PORTS else ""
+        session = self._client_sessions.get(scheme)
+        if session is None or session.closed:
+            session = self._client_sessions[scheme] = self._new_session(aiohttp.TCPConnector(
+                limit=512, ttl_dns_cache=10, enable_cleanup_closed=True,
+                resolver=GuardedResolver(self._allowed, scheme or None)))
+        return session
 
     def _session_for(self, url: str | yarl.URL, policy: CallPolicy) -> aiohttp.ClientSession:
-        host = ((url if isinstance(url, yarl.URL) else yarl.URL(url)).host or "").lower().rstrip(".")
+        parsed = url if isinstance(url, yarl.URL) else yarl.URL(url)
+        host = (parsed.host or "").lower().rstrip(".")
         if host in policy.trusted_hosts:
             return self.session
+        scheme = parsed.scheme.lower()
         # aiohttp never asks the resolver about an address literal (http://169.254.169.254/), so the
         # guard's rule is applied to literals here, before the connection is opened.
-        allowed = self._literals.get(host)
+        key = (host, parsed.port, scheme)  # yarl's port: the scheme's own when the URL names none
+        allowed = self._literals.get(key)
         if allowed is None:
             literal = ip_literal(host)
-            allowed = literal is None or address_allowed(host, literal, self._allowed)
+            allowed = literal is None or address_allowed(host, literal, self._allowed, parsed.port, scheme)
             if len(self._literals) >= 1024:
                 self._literals.clear()
-            self._literals[host] = allowed
+            self._literals[key] = allowed
         if not allowed:
             raise _refused(host, policy)
-        return self.client_session
+        return self.client_session(scheme)
 
     async def close(self) -> None:
-        for session in (self._session, self._client_session):
+        for session in (self._session, *self._client_sessions.values()):
             if session is not None:
                 await session.close()
 

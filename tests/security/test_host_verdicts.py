@@ -84,8 +84,8 @@ async def test_address_literals_are_judged_once_per_upstream_and_refused_every_t
             with pytest.raises(InvalidRequest) as refused:
                 upstream._session_for("http://10.0.0.8:8080/v1/files", policy)
             assert refused.value.code == "custom_host_not_allowed"
-        assert upstream._session_for("http://127.0.0.1:9/v1", policy) is upstream.client_session
-        assert upstream._literals == {"10.0.0.8": False, "127.0.0.1": True}
+        assert upstream._session_for("http://127.0.0.1:9/v1", policy) is upstream.client_session("http")
+        assert upstream._literals == {("10.0.0.8", 8080, "http"): False, ("127.0.0.1", 9, "http"): True}
         with pytest.raises(InvalidRequest):  # another Upstream has its own list: nothing carried over
             Upstream([])._session_for("http://127.0.0.1:9/v1", CallPolicy(
                 timeouts=Timeouts(), retry=RetryPolicy(attempts=1), client_host="127.0.0.1"))

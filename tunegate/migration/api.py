@@ -66,8 +66,9 @@ def download(client: Client, file_id: str, target: Path, progress: Callable[[int
     partial = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     written = 0
+    partial.unlink(missing_ok=True)  # a leftover, or a link planted there: "xb" never opens through one
     try:
-        with client.open("GET", f"/v1/files/{q(file_id)}/content") as resp, partial.open("wb") as sink:
+        with client.open("GET", f"/v1/files/{q(file_id)}/content") as resp, partial.open("xb") as sink:
             while chunk := resp.read(CHUNK):
                 sink.write(chunk)
                 digest.update(chunk)

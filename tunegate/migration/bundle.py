@@ -1,6 +1,11 @@
 """The bundle on disk: ``manifest.json`` (what was exported), ``files/<id>/<name>`` (the bytes) and
 ``replays.json`` (what each replay created). Every JSON file is written whole to a temporary name and
-renamed, so a reader never sees half of one."""
+renamed, so a reader never sees half of one.
+
+A bundle may come from someone else: every path it names (a manifest entry's ``path``, and the bundle's
+own JSON files) must stay inside the bundle directory (``member``): no absolute path, no ``..``, no
+symbolic link leading out. Otherwise a replay would read (and upload) any file of the machine it runs on,
+and an export into a prepared directory would write through a link to anywhere."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 FORMAT = "tunegate-migration-bundle"
@@ -16,6 +21,7 @@ VERSION = 1
 MANIFEST = "manifest.json"
 REPLAYS = "replays.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_PATH_CHARS = 1024
 
 
 class BundleError(ValueError):
@@ -56,16 +62,56 @@ def file_path(root: Path, file_id: str, filename: str | None) -> Path:
     return root / "files" / safe_name(file_id, "file") / safe_name(filename, "content")
 
 
+def member(root: Path, relative: object, what: str) -> Path:
+    """``root / relative`` when that is a path inside the bundle, else a BundleError naming ``what``: a
+    relative path (``/``-separated, as export writes it) without ``..``, that does not lead out of ``root``
+    through a symbolic link (links within the bundle are fine)."""
+    def outside(why: str) -> BundleError:
+        shown = relative[:200] if isinstance(relative, str) else type(relative).__name__
+        return BundleError(f"{what} is {shown!r}, {why}; refusing a bundle that names paths outside itself")
+
+    if not isinstance(relative, str) or not relative or len(relative) > MAX_PATH_CHARS or "\x00" in relative:
+        raise outside(f"not a relative path of 1-{MAX_PATH_CHARS} characters")
+    pure = PurePosixPath(relative)
+    if pure.is_absolute():
+        raise outside("an absolute path")
+    if ".." in pure.parts:
+        raise outside("a path that climbs out with '..'")
+    try:
+        base = root.resolve()
+        inside = (base / pure).resolve().is_relative_to(base)
+    except (OSError, RuntimeError) as exc:  # a link loop
+        raise outside(f"a path that cannot be followed ({exc})") from None
+    if not inside:
+        raise outside("a symbolic link that leads outside the bundle")
+    return root / pure
+
+
+def _checked(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest, after its shape and every path it names are checked."""
+    jobs = manifest.get("jobs")
+    if jobs is not None and not (isinstance(jobs, list) and all(isinstance(j, dict) for j in jobs)):
+        raise BundleError(f"{root / MANIFEST}: 'jobs' must be a list of job objects")
+    files = manifest.get("files")
+    if files is not None and not (isinstance(files, dict) and all(isinstance(e, dict) for e in files.values())):
+        raise BundleError(f"{root / MANIFEST}: 'files' must be an object of file entries")
+    for file_id, entry in (files or {}).items():
+        if entry.get("path") is not None:
+            member(root, entry["path"], f"{root / MANIFEST}: the path of file {str(file_id)[:200]!r}")
+    member(root, REPLAYS, "the replay record")
+    return manifest
+
+
 def load_manifest(root: Path) -> dict[str, Any]:
-    manifest = read_json(root / MANIFEST)
+    manifest = read_json(member(root, MANIFEST, "the manifest"))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{root} is not a migration bundle (no {MANIFEST} of format {FORMAT!r}); "
                           "create one with 'tunegate migrate export'")
     if manifest.get("version") != VERSION:
         raise BundleError(f"{root / MANIFEST} has version {manifest.get('version')}; this tunegate reads {VERSION}")
-    return manifest
+    return _checked(root, manifest)
 
 
 def load_replays(root: Path) -> dict[str, Any]:
-    data = read_json(root / REPLAYS)
+    data = read_json(member(root, REPLAYS, "the replay record"))
     return data if isinstance(data, dict) else {"format": "tunegate-migration-replays", "version": 1, "targets": {}}

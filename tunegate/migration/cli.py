@@ -146,7 +146,7 @@ def export_command(
             task = data.add_task("bytes", total=None)
             manifest, fetched = export(client, source, directory, progress=bars,
                                        chunk_progress=lambda n: data.advance(task, n))
-    except GatewayError as exc:
+    except (GatewayError, BundleError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot write the bundle: {exc.strerror or exc}")
@@ -209,6 +209,8 @@ def replay_command(
 
         try:
             outcomes = Replayer(client, bundle, manifest, bar).run(plans)
+        except BundleError as exc:
+            _fail(str(exc))
         except OSError as exc:
             _fail(f"cannot read or write the bundle: {exc.strerror or exc}")
     if as_json:

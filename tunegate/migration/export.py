@@ -17,7 +17,7 @@ from typing import Any
 from tunegate.client.http import Client, GatewayError
 
 from .api import download, every_job, file_info, sha256_of
-from .bundle import FORMAT, MANIFEST, VERSION, file_path, read_json, write_json
+from .bundle import FORMAT, MANIFEST, VERSION, BundleError, file_path, member, read_json, write_json
 from .inventory import job_files
 
 Progress = Callable[[str, int, int | None], None]
@@ -32,7 +32,10 @@ def _intact(root: Path, entry: dict[str, Any] | None) -> bool:
     """Whether a file the manifest lists is on disk with the recorded sha256."""
     if not entry or not entry.get("sha256") or not entry.get("path"):
         return False
-    path = root / entry["path"]
+    try:  # a path an earlier manifest names outside the bundle is never read: the file is fetched anew
+        path = member(root, entry["path"], "its path")
+    except BundleError:
+        return False
     return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256_of(path) == entry["sha256"]
 
 
@@ -84,6 +87,9 @@ def _export_file(client: Client, root: Path, file_id: str, used_by: list[dict[st
     if info.get("status") == "missing":
         return {**entry, "error": info.get("error") or "the provider no longer has this file"}, "failed"
     target = file_path(root, file_id, info.get("filename"))
+    # A directory being completed may hold links: files/ or files/<id> leading elsewhere is refused
+    # before a byte is written through it (the .part file is created anew, never opened through a link).
+    member(root, str(target.relative_to(root)), f"the directory for {file_id}")
     target.parent.mkdir(parents=True, exist_ok=True)
     expected = info.get("bytes") if isinstance(info.get("bytes"), int) else None
     try:

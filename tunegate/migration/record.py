@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from tunegate.client.http import Client, GatewayError
 
-from .bundle import BundleError, load_manifest, safe_name
+from .bundle import BundleError, load_manifest, member, safe_name
 
 JSON = dict[str, Any]
 PARAMS = ("temperature", "top_p", "max_tokens", "seed")  # what `record` sets; part of each key
@@ -145,15 +145,28 @@ def bundle_prompts(bundle: Path, model: str) -> tuple[Path, str, str]:
     for job in jobs:
         for role in ("validation_file", "training_file"):
             entry = files.get(job.get(role) or "")
-            if isinstance(entry, dict) and entry.get("path") and (bundle / entry["path"]).is_file():
-                return bundle / entry["path"], role.split("_")[0], str(job.get("id"))
+            if isinstance(entry, dict) and entry.get("path"):
+                try:  # never a file outside the bundle (load_manifest refuses such a bundle whole)
+                    path = member(bundle, entry["path"], f"the path of file {job.get(role)!r}")
+                except BundleError as exc:
+                    raise RecordError(str(exc)) from None
+                if path.is_file():
+                    return path, role.split("_")[0], str(job.get("id"))
     raise RecordError(f"the bundle has neither the validation nor the training file of the job that produced "
                       f"{model} on disk; re-run 'tunegate migrate export' or pass --prompts FILE")
 
 
 def default_output(bundle: Path | None, model: str) -> Path:
     name = safe_name(model, "model") + ".jsonl"
-    return (bundle / "recorded" / name) if bundle is not None else Path("recorded-" + name)
+    if bundle is None:
+        return Path("recorded-" + name)
+    out = bundle / "recorded" / name
+    try:  # appended to: never through a link that leads out of the bundle
+        for path in (out, meta_path(out)):
+            member(bundle, str(path.relative_to(bundle)), "the recording's path")
+    except BundleError as exc:
+        raise RecordError(str(exc)) from None
+    return out
 
 
 def meta_path(out: Path) -> Path:

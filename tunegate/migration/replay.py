@@ -22,7 +22,7 @@ from tunegate.client.http import Client, GatewayError
 from tunegate.data.converters import ConversionError, convert_lines
 from tunegate.data.validator import validate_path
 
-from .bundle import REPLAYS, load_replays, write_json
+from .bundle import REPLAYS, BundleError, load_replays, member, write_json
 from .hyperparameters import TARGETS, Mapped, map_job
 from .tables import prices
 
@@ -107,9 +107,17 @@ def _files(root: Path, manifest: dict[str, Any], job: dict[str, Any], mapped: Ma
         if not file_id:
             continue
         entry = entries.get(file_id) or {}
-        path = root / entry["path"] if entry.get("path") and (root / entry["path"]).is_file() else None
+        path, refused = None, None
+        if entry.get("path"):
+            try:  # never a file outside the bundle (load_manifest refuses such a bundle whole)
+                path = member(root, entry["path"], "its path")
+            except BundleError as exc:
+                refused = str(exc)
+            path = path if path is not None and path.is_file() else None
         fp = FilePlan(str(file_id), role, path, entry.get("sha256"), mapped.method)
-        if path is None:
+        if refused is not None:
+            fp.problems.append(refused)
+        elif path is None:
             fp.problems.append(f"not in the bundle ({entry.get('error') or 'never exported'}): run export again")
         else:
             _measure(fp, mapped)

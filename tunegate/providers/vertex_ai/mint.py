@@ -51,7 +51,8 @@ def _pin_connections(allowed: list[str]) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         for info in infos:
             ip = str(info[4][0]).split("%")[0]
-            if not address_allowed(host.lower(), ipaddress.ip_address(ip), allowed):
+            # urllib3 does not say the scheme here: entries naming one allow nothing (fail closed).
+            if not address_allowed(host.lower(), ipaddress.ip_address(ip), allowed, port):
                 raise _Refused(host)
         return original((str(infos[0][4][0]), port), *args, **kwargs)
 
