@@ -264,15 +264,33 @@ class VertexAI(VertexChat):
     async def list_files(self, ctx: RequestContext, page: Page) -> JSON:
         return await self.storage.list(ctx, self.bucket(ctx), self.prefix(ctx), page)
 
+    async def _object(self, ctx: RequestContext, file_id: str) -> tuple[str, str]:
+        """(bucket, object name) of a file id, held to what the request may reach. A file id wraps any
+        ``gs://bucket/object``, so it could name anything the credential can read. With a stored connection's
+        credential a key reaches by id only the objects in the request's own bucket and prefix (what
+        ``GET /v1/files`` lists: the connection's unowned objects) and the objects the registry records as the
+        key's own (the gateway already held a recorded id to the ownership rule); anything else is the same
+        404 as a missing file, and nothing is sent (docs/security.md, rule 4). A caller's own credential, or an
+        open gateway, reaches what Cloud Storage lets it."""
+        bucket, name = object_from_id(file_id)
+        if ctx.key is None or ctx.own_key or ctx.connection is None:
+            return bucket, name
+        if bucket == ctx.option("vertex_storage_bucket_name") and name.startswith(self.prefix(ctx)):
+            return bucket, name
+        recorded = await ctx.store.placement("file", file_id) if ctx.store is not None else None
+        if recorded is None or recorded.key_id != ctx.key.id:
+            raise NotFound(f"No such file: '{file_id}'.")
+        return bucket, name
+
     async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        return to_file(await self.storage.get(ctx, *object_from_id(file_id)))
+        return to_file(await self.storage.get(ctx, *await self._object(ctx, file_id)))
 
     async def delete_file(self, ctx: RequestContext, file_id: str) -> JSON:
-        await self.storage.delete(ctx, *object_from_id(file_id))
+        await self.storage.delete(ctx, *await self._object(ctx, file_id))
         return models.deleted(file_id)
 
     async def file_content(self, ctx: RequestContext, file_id: str) -> Download:
-        bucket, name = object_from_id(file_id)
+        bucket, name = await self._object(ctx, file_id)
         try:
             return await self.download(ctx, object_url(bucket, name), headers=await self.auth(ctx),
                                        params=[("alt", "media")])

@@ -44,6 +44,11 @@ WHY = {"logprobs": "tunegate does not translate Vertex log probabilities.",
 _LOCATION = r"(?P<location>[a-z][a-z0-9-]{0,39})"
 _PROJECT = r"projects/[a-z0-9][a-z0-9.:-]{0,62}"
 ENDPOINT = re.compile(_PROJECT + "/locations/" + _LOCATION + r"/endpoints/[A-Za-z0-9_-]{1,128}")
+# (API root, endpoint name as sent) -> the name Vertex answers with (project number). A project's id never
+# names another project, so the pair never changes: kept (bounded) so that a chat by an unrecorded name costs
+# one endpoints.get per name, host and process, not one per chat. The ownership check itself runs every time.
+_CANONICAL: dict[tuple[str, str], str] = {}
+_CANONICAL_KEPT = 4096
 PUBLISHER_MODEL = re.compile(_PROJECT + "/locations/" + _LOCATION + r"/publishers/[a-z0-9-]{1,63}/models/[A-Za-z0-9._@-]{1,128}")
 TUNED_MODEL = re.compile(_PROJECT + "/locations/" + _LOCATION + r"/models/[A-Za-z0-9_-]{1,128}(@[A-Za-z0-9_-]+)?")
 _SHORT = re.compile(r"(?:publishers/(?P<pub>[a-z0-9-]{1,63})/models/|(?P<pub2>[a-z0-9-]{1,63})/)?(?P<model>[A-Za-z0-9._@-]{1,128})")
@@ -395,15 +400,46 @@ class VertexChat(Provider):
         region = self.region(ctx)
         return f"projects/{self.project(ctx)}/locations/{region}/publishers/{publisher}/models/{short['model']}", region
 
+    async def owned_resource(self, ctx: RequestContext, model: str) -> tuple[str, str]:
+        """``resource``, with the ownership rule held on the endpoint's canonical name. An endpoint's name may
+        carry the project id or the project number; Vertex serves either and names it by the number, the
+        spelling the registry records (a job's ``fine_tuned_model``). The gateway checked the spelling the
+        client sent; an endpoint name the registry does not know is read first (endpoints.get) and checked
+        again under the name Vertex answers with, so another key's tuned model is the same 404 under any
+        spelling (docs/security.md, rule 3). An open gateway reaches everything: nothing to check there."""
+        name, location = self.resource(ctx, model)
+        if (ENDPOINT.fullmatch(name) and ctx.key is not None and ctx.store is not None
+                and await ctx.store.placement("model", name) is None):
+            canonical = _CANONICAL.get((self.api_root(ctx, location), name))
+            if canonical is None:
+                await self._canonical_endpoint(ctx, name, location)
+            elif canonical != name:
+                await ctx.check_named("model", canonical, shown=name)
+        return name, location
+
+    async def _canonical_endpoint(self, ctx: RequestContext, name: str, location: str) -> JSON:
+        """endpoints.get, and the ownership check on the name Vertex answers with when it is another spelling."""
+        root = self.api_root(ctx, location)
+        raw = await self.call(ctx, "GET", f"{root}/{name}", idempotent=True)
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not ENDPOINT.fullmatch(raw["name"]):
+            raise UpstreamError("Vertex AI answered endpoints.get without an endpoint name.", status=502,
+                                code="upstream_invalid_response")
+        if len(_CANONICAL) >= _CANONICAL_KEPT:
+            _CANONICAL.clear()
+        _CANONICAL[(root, name)] = raw["name"]
+        if raw["name"] != name:
+            await ctx.check_named("model", raw["name"], shown=name)
+        return raw
+
     async def chat(self, ctx: RequestContext, body: JSON) -> JSON:
         native = generate_body(body)
-        name, location = self.resource(ctx, str(body["model"]))
+        name, location = await self.owned_resource(ctx, str(body["model"]))
         url = f"{self.api_root(ctx, location)}/{name}:generateContent"
         return to_completion(await self.call(ctx, "POST", url, json=native, idempotent=True), body)
 
     async def chat_stream(self, ctx: RequestContext, body: JSON) -> AsyncIterator[JSON]:
         native = generate_body(body)
-        name, location = self.resource(ctx, str(body["model"]))
+        name, location = await self.owned_resource(ctx, str(body["model"]))
         url = f"{self.api_root(ctx, location)}/{name}:streamGenerateContent"
         resp = await self.open_stream(ctx, "POST", url, headers=await self.auth(ctx), params=[("alt", "sse")],
                                       json=native)
@@ -436,8 +472,7 @@ class VertexChat(Provider):
         if not (m := ENDPOINT.fullmatch(model)):
             raise NotSupported("Vertex AI models are described here by endpoint "
                                "(projects/{p}/locations/{l}/endpoints/{e}, a tuning job's fine_tuned_model).")
-        raw = await self.call(ctx, "GET", f"{self.api_root(ctx, m['location'])}/{model}", idempotent=True)
-        return endpoint_model(raw)
+        return endpoint_model(await self._canonical_endpoint(ctx, model, m["location"]))
 
     async def list_models(self, ctx: RequestContext) -> JSON:
         """endpoints.list in the request's project and region (every page, up to LIST_PAGES)."""
