@@ -191,6 +191,37 @@ async def test_placement_cache_is_bounded(store: Store) -> None:
     assert found is not None and found.key_id == "key-a" and found.provider == "openai"
 
 
+async def test_placements_read_what_is_not_cached_in_one_query(store: Store) -> None:
+    """placements (a create's model and files): the cached pairs from the cache, the rest in one query,
+    the same answers as placement one by one, by kind as well as id."""
+    await store.record("model", "ft:alice", "openai", "team", "key-a", None)
+    await store.record("file", "file-1", "openai", None, "key-b", "processed")
+    await store.record("file", "ft:alice", "openai", None, "key-c", "processed")  # same id, another kind
+    store._placements.clear()
+    await store.placement("file", "file-1")  # cached from here on
+    queries = 0
+    real_fetchall = store._reader.fetchall
+
+    async def counted(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        nonlocal queries
+        queries += sql.startswith("SELECT")
+        return await real_fetchall(sql, params)
+
+    store._reader.fetchall = counted  # type: ignore[method-assign]
+    wanted = [("model", "ft:alice"), ("file", "file-1"), ("file", "file-nobody"), ("model", "ft:alice"),
+              ("file", "ft:alice")]
+    found = await store.placements(wanted)
+    assert queries == 1
+    assert set(found) == {("model", "ft:alice"), ("file", "file-1"), ("file", "ft:alice")}
+    assert found[("model", "ft:alice")].key_id == "key-a" and found[("model", "ft:alice")].connection == "team"
+    assert found[("file", "file-1")].key_id == "key-b"
+    assert found[("file", "ft:alice")].key_id == "key-c"
+    assert await store.placements([("model", "ft:alice"), ("file", "file-1")]) == {
+        k: v for k, v in found.items() if k in {("model", "ft:alice"), ("file", "file-1")}}
+    assert queries == 1  # all cached now
+    assert await store.placements([]) == {}
+
+
 async def test_a_written_once_row_is_read_once_a_while(store: Store) -> None:
     """lookup_written_once (a dataset's validation facts, asked by every create that names a file): a
     miss and a hit are each one query, then reused; this instance's own record or forget is seen at once,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,6 +92,19 @@ class RequestContext:
         ownership rule a path's id is (``shown``: the spelling the caller used): another key's object, or one of a connection this key is not granted, is a 404. (A body
         may name objects in forms a path never does, an S3 URI on Bedrock: no spelling check here.)"""
         recorded = await self.store.placement(kind, object_id) if self.store is not None else None
+        self._check_reach(recorded, kind, object_id, param, shown)
+
+    async def check_named_all(self, named: Sequence[tuple[str, str, str | None]]) -> None:
+        """``check_named`` of several (kind, id, param) at once, with one registry read for those not
+        cached; the first one out of reach is the 404."""
+        if self.store is None or not named:
+            return
+        found = await self.store.placements([(kind, object_id) for kind, object_id, _param in named])
+        for kind, object_id, param in named:
+            self._check_reach(found.get((kind, object_id)), kind, object_id, param, None)
+
+    def _check_reach(self, recorded: StoredObject | None, kind: str, object_id: str, param: str | None,
+                     shown: str | None) -> None:
         if recorded is None:
             return
         granted = self.key is None or recorded.connection is None or self.key.may_use(recorded.connection)

@@ -1,5 +1,5 @@
 """Objects a request names outside its path are held to the ownership rule too (docs/security.md):
-a job's training_file, and the checkpoint whose permissions a caller reads or changes. And a body
+a job's training_file and base model, and the checkpoint whose permissions a caller reads or changes. And a body
 that nests deeper than the gateway writes, or an upstream answer whose status the registry cannot
 keep, is a clear answer, not a 500."""
 
@@ -64,6 +64,16 @@ def test_a_job_cannot_train_on_another_keys_file(team: tuple[Gateway, dict[str, 
     assert ("POST", "/v1/fine_tuning/jobs") not in calls
     r = _call(gw, keys["alice"], "POST", "/v1/fine_tuning/jobs",
               {"model": "gpt-4o-mini-2024-07-18", "training_file": ALICE_FILE})
+    assert r.status_code == 200, r.text
+
+
+def test_a_job_cannot_train_on_from_another_keys_tuned_model(team: tuple[Gateway, dict[str, str], list]) -> None:
+    """A create's base `model` is held to the rule too, on any provider (the adapters check other spellings)."""
+    gw, keys, calls = team
+    r = _call(gw, keys["bob"], "POST", "/v1/fine_tuning/jobs", {"model": ALICE_MODEL, "training_file": "file-bobs"})
+    assert r.status_code == 404 and r.json()["error"]["param"] == "model", r.text
+    assert ("POST", "/v1/fine_tuning/jobs") not in calls
+    r = _call(gw, keys["alice"], "POST", "/v1/fine_tuning/jobs", {"model": ALICE_MODEL, "training_file": ALICE_FILE})
     assert r.status_code == 200, r.text
 
 

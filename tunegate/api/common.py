@@ -53,7 +53,7 @@ async def json_body(request: Request, *, optional: bool = False) -> JSON:
     """The request's JSON object. Invalid JSON or a non-object body is a 400, never a 500."""
     limit = services(request).settings.max_json_body_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:  # '²'.isdigit() too
         raise PayloadTooLarge(f"The JSON body is larger than {limit} bytes.")
     chunks = []
     size = 0

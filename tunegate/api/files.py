@@ -142,7 +142,7 @@ async def read_form_file(request: Request, file_field: str, max_bytes: int, need
     form is read. The caller closes the returned form."""
     content_type = request.headers.get("content-type", "")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
         raise PayloadTooLarge(f"The upload is larger than this gateway's limit of {max_bytes} bytes.", param=file_field)
     reader = MultipartReader(bounded(request.stream(), max_bytes + FORM_OVERHEAD, file_field), content_type,
                              max_bytes)
@@ -202,7 +202,8 @@ async def upload_file(request: Request) -> Response:
 
 def _declared_length(request: Request) -> int | None:
     declared = request.headers.get("content-length")
-    return int(declared) if declared and declared.isdigit() else None
+    # ASCII digits only: str.isdigit passes '²' (int() refuses it) and '١٢' (int() reads 12).
+    return int(declared) if declared and declared.isascii() and declared.isdigit() else None
 
 
 async def _upload(ctx: RequestContext, form: FormFile, max_bytes: int,

@@ -78,10 +78,13 @@ async def create_job(request: Request) -> Response:
     ctx = await context(request)
     body = await json_body(request)
     validate_create(ctx, body)
+    # Another key's tuned model is nobody else's base model, another key's file trains nobody else's job
+    # (the provider checks the other spellings it knows), before its dataset facts are read.
+    await ctx.check_named_all([("model", body["model"], "model")] + [
+        ("file", body[field], field) for field in ("training_file", "validation_file") if isinstance(body.get(field), str)])
     await check_job_files(ctx, body)  # the provider's dataset rules, before any copy is pushed
     for field in ("training_file", "validation_file"):
         if isinstance(body.get(field), str):
-            await ctx.check_named("file", body[field], field)  # another key's file trains nobody else's job
             body[field] = await managed_file_on_provider(ctx, body[field], field)
     idem_key = request.headers.get("idempotency-key")
     if not idem_key or ctx.store is None:

@@ -327,7 +327,7 @@ def clean_retry_after(value: str) -> str | None:
     """A Retry-After the client may see: seconds, or an HTTP date re-written from its parsed value, so
     nothing an upstream put there (a secret, a header injection) travels on as it was."""
     value = value.strip()
-    if value.isdigit() and len(value) <= 9:
+    if value.isascii() and value.isdigit() and len(value) <= 9:  # '²'.isdigit() is True too
         return value
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -336,6 +336,20 @@ def clean_retry_after(value: str) -> str | None:
     return email.utils.format_datetime(when if when.tzinfo else when.replace(tzinfo=UTC), usegmt=True)
 
 
+def whole_number(value: Any) -> int | None:
+    """A count an upstream sent (tokens, examples, bytes): a non-negative JSON integer, or a string of at
+    most 18 ASCII digits; None for anything else. ``str.isdigit`` is no test for this: it passes '²',
+    which ``int()`` refuses (a 500), and '١' (ARABIC-INDIC DIGIT ONE), which ``int()`` reads as 1."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and _ASCII_DIGITS.fullmatch(value):
+        return int(value)
+    return None
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]{1,18}")
 ERROR_TEXT_CHARS = 200
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 

@@ -23,7 +23,15 @@ import orjson
 from tunegate import models
 from tunegate.errors import APIError, InvalidRequest, NotFound, UpstreamError
 from tunegate.providers import ids, paging
-from tunegate.providers.base import JSON, Download, IncomingFile, Page, page_in_memory
+from tunegate.providers.base import (
+    JSON,
+    Download,
+    IncomingFile,
+    Page,
+    page_in_memory,
+    short_error_text,
+    whole_number,
+)
 from tunegate.providers.bedrock import aws, jobs, s3
 from tunegate.providers.bedrock.chat import BedrockChat
 from tunegate.providers.rules import NO_RULES, DatasetRules
@@ -101,7 +109,8 @@ class Bedrock(BedrockChat):
         body = response.body.lstrip()
         if body.startswith(b"<"):
             xml_code, message = s3.xml_error(body)  # only S3 answers in XML here: name it as S3's
-            return s3.named_message(response.status, xml_code, message), None, xml_code or code
+            if xml_code or message:
+                return s3.named_message(response.status, xml_code, message), None, xml_code or code
         try:
             data = response.json()
         except ValueError:
@@ -113,7 +122,8 @@ class Bedrock(BedrockChat):
                 return str(message), None, code
         if response.status == 404 and not body:  # HEAD answers carry no body
             return "Not found.", None, code or "NotFound"
-        text = body[:300].decode("utf-8", "replace")
+        # An HTML page (a proxy's, with a stack trace) gives its <title> only, plain text its first line.
+        text = short_error_text(body, response.headers.get("Content-Type", ""))
         return f"Bedrock answered with HTTP {response.status}. {text}".strip(), None, code
 
     async def _bedrock(self, ctx: RequestContext, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
@@ -226,7 +236,8 @@ class Bedrock(BedrockChat):
         if not jobs.ROLE_ARN.fullmatch(str(role_arn)):
             raise InvalidRequest(f"'{role_arn}' is not an IAM role ARN.", param="x-portkey-aws-bedrock-role-arn",
                                  code="invalid_provider_option")
-        model = str(body["model"])
+        # A custom model (another key's, by ARN or by name) is checked under its canonical ARN, which is sent.
+        model = await self.owned_custom_model(ctx, str(body["model"]))
         fam = jobs.family(model)
         base_rate = self._base_rate(ctx)
         hyper = jobs.hyper_parameters(body, fam, base_rate)
@@ -331,14 +342,40 @@ class Bedrock(BedrockChat):
         bucket, prefix = s3.bucket_for(ctx)
         return s3.S3(self, ctx, await self.credentials(ctx), bucket), f"{prefix}/files/"
 
-    async def _locate(self, ctx: RequestContext, file_id: str) -> tuple[s3.S3, str]:
+    @staticmethod
+    def _uri(file_id: str) -> tuple[str, str]:
+        """(bucket, key) a file id wraps (``s3://bucket/key``); anything else is no file."""
         uri = ids.decode("file", file_id, "file")
         try:
-            bucket_name, key = s3.parse_uri(uri)
+            return s3.parse_uri(uri)
         except ValueError:
             raise NotFound(f"No such file: '{file_id}'.") from None
+
+    async def _locate(self, ctx: RequestContext, file_id: str) -> tuple[s3.S3, str]:
+        """The S3 object a file id names, held to what the request may reach. A file id wraps any
+        ``s3://bucket/key``, so it could name anything the credential (a connection's keys, or the role they
+        assume) can read or delete. With a stored connection's credential a key reaches by id only the objects
+        ``GET /v1/files`` lists for this request (the request's bucket, under its prefix's ``files/``, named as
+        an upload names them) and the objects the registry records as the key's own; anything else is the same
+        404 as a missing file, before any call (AssumeRole included) is made (docs/security.md, rule 4). A
+        caller's own credential, or an open gateway, reaches what S3 lets it."""
+        bucket_name, key = self._uri(file_id)
+        if ctx.key is not None and not ctx.own_key and ctx.connection is not None \
+                and not self._listed(ctx, bucket_name, key):
+            recorded = await ctx.store.placement("file", file_id) if ctx.store is not None else None
+            if recorded is None or recorded.key_id != ctx.key.id:
+                raise NotFound(f"No such file: '{file_id}'.")
         bucket = s3.Bucket(bucket_name, aws.region(ctx, "aws_s3_region"), aws.endpoint_from_env("s3"))
         return s3.S3(self, ctx, await self.credentials(ctx), bucket), key
+
+    @staticmethod
+    def _listed(ctx: RequestContext, bucket_name: str, key: str) -> bool:
+        """Whether this request's ``GET /v1/files`` would list the object: in its bucket (none when the request
+        names no bucket), under ``{prefix}/files/``, a key of the form uploads make (``_upload_key``)."""
+        if ctx.option("aws_s3_bucket") is None:
+            return False
+        bucket, prefix = s3.bucket_for(ctx)
+        return bucket_name == bucket.name and _upload_key(key, f"{prefix}/files/")
 
     @staticmethod
     def _file(bucket: str, key: str, size: int, fallback_time: Any = None) -> JSON | None:
@@ -369,7 +406,7 @@ class Bedrock(BedrockChat):
         return fam.data_format if fam else jobs.DEFAULT_DATA_FORMAT
 
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
-        if not s3.SEGMENT.fullmatch(upload.purpose):
+        if not s3.SEGMENT.fullmatch(upload.purpose) or upload.purpose in (".", ".."):
             raise InvalidRequest(f"'{upload.purpose}' is not a purpose tunegate can store in S3.", param="purpose")
         store, prefix = await self._store(ctx)
         data_format = self._data_format(ctx, upload.purpose)
@@ -393,8 +430,8 @@ class Bedrock(BedrockChat):
         store, prefix = await self._store(ctx)
         start_after = None
         if page.after:
-            other, start_after = await self._locate(ctx, page.after)
-            if other.bucket.name != store.bucket.name:
+            other, start_after = self._uri(page.after)  # a position only: nothing of it is read
+            if other != store.bucket.name:
                 raise InvalidRequest("'after' names a file in another bucket.", param="after")
         want = page.limit + 1
         found: list[JSON] = []
@@ -402,7 +439,9 @@ class Bedrock(BedrockChat):
         for _ in range(10000):
             objects, token = await store.list(prefix, min(1000, max(want, 1)), start_after, token)
             for obj in objects:
-                item = self._file(store.bucket.name, obj.get("Key", ""), int(obj.get("Size") or 0),
+                if not _upload_key(str(obj.get("Key", "")), prefix):
+                    continue  # not a key an upload makes: reached by no id either (see _locate)
+                item = self._file(store.bucket.name, obj.get("Key", ""), whole_number(obj.get("Size")) or 0,
                                   obj.get("LastModified"))
                 if item is not None and (not purpose or item["purpose"] == purpose):
                     found.append(item)
@@ -413,7 +452,7 @@ class Bedrock(BedrockChat):
     async def retrieve_file(self, ctx: RequestContext, file_id: str) -> JSON:
         store, key = await self._locate(ctx, file_id)
         head = await store.head(key, "file", file_id)
-        obj = self._file(store.bucket.name, key, int(head.headers.get("Content-Length") or 0),
+        obj = self._file(store.bucket.name, key, whole_number(head.headers.get("Content-Length")) or 0,
                          head.headers.get("Last-Modified"))
         if obj is None:
             raise NotFound(f"No such file: '{file_id}'.")
@@ -434,6 +473,16 @@ class Bedrock(BedrockChat):
             if exc.status == 404 and exc.code != "NoSuchBucket":  # a missing bucket stays S3's error
                 raise NotFound(f"No such file: '{file_id}'.") from None
             raise
+
+
+def _upload_key(key: str, files: str) -> bool:
+    """Whether ``key`` is one an upload makes under ``files`` (``{prefix}/files/``): ``{stamp}{8 hex}/{purpose}/
+    {name}`` right below it, no ``.`` or ``..`` segment (an endpoint or proxy that resolves dot segments would
+    read another key, or another bucket)."""
+    if not key.startswith(files):
+        return False
+    tail = key[len(files):]
+    return bool(_FILE_KEY.fullmatch(tail)) and not {".", ".."} & set(tail.split("/"))
 
 
 def _iso_seconds(unix: int) -> str:

@@ -15,7 +15,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
@@ -23,7 +23,7 @@ import orjson
 
 from tunegate.aws import REGION
 from tunegate.errors import InvalidRequest, NotFound, UpstreamError
-from tunegate.providers.base import JSON, Provider
+from tunegate.providers.base import JSON, Provider, whole_number
 from tunegate.providers.bedrock import aws, eventstream, jobs
 from tunegate.serving import shapes
 from tunegate.serving.request import refuse_unhandled, unsupported_param
@@ -281,7 +281,7 @@ def to_completion(raw: JSON, body: JSON) -> JSON:
 def _usage(raw: Any) -> JSON | None:
     if not isinstance(raw, dict):
         return None
-    return shapes.usage(int(raw.get("inputTokens") or 0), int(raw.get("outputTokens") or 0))
+    return shapes.usage(whole_number(raw.get("inputTokens")) or 0, whole_number(raw.get("outputTokens")) or 0)
 
 
 # ---- ConverseStream frames → chat.completion.chunk ----------------------------------------------
@@ -328,7 +328,7 @@ class StreamTranslator:
         use = (event.get("start") or {}).get("toolUse")
         if not isinstance(use, dict):
             return None
-        index = self.tool_index.setdefault(int(event.get("contentBlockIndex") or 0), len(self.tool_index))
+        index = self.tool_index.setdefault(whole_number(event.get("contentBlockIndex")) or 0, len(self.tool_index))
         return self.chunk({"tool_calls": [{"index": index, "id": str(use.get("toolUseId", "")), "type": "function",
                                            "function": {"name": str(use.get("name", "")), "arguments": ""}}]})
 
@@ -337,7 +337,7 @@ class StreamTranslator:
         if isinstance(delta.get("text"), str):
             return self.chunk({"content": delta["text"]})
         use = delta.get("toolUse")
-        block = int(event.get("contentBlockIndex") or 0)
+        block = whole_number(event.get("contentBlockIndex")) or 0
         if isinstance(use, dict) and block in self.tool_index:
             return self.chunk({"tool_calls": [{"index": self.tool_index[block],
                                                "function": {"arguments": str(use.get("input", ""))}}]})
@@ -364,8 +364,9 @@ class BedrockChat(Provider):
 
     def __init__(self) -> None:
         super().__init__()
-        # (caller identity, custom model ARN) → (Active deployment ARN, found at)
-        self._deployed: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # (caller identity, custom model ARN) → (Active deployment ARN, the model's ARN as Bedrock gives it,
+        # found at)
+        self._deployed: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
 
     async def credentials(self, ctx: RequestContext) -> aws.AwsAuth:
         raise NotImplementedError  # Bedrock's own (RoleSessions)
@@ -402,22 +403,81 @@ class BedrockChat(Provider):
                                   body=data, idempotent=method == "GET" if idempotent is None else idempotent)
         return self.check(ctx, response)
 
+    # ---- which custom model a request names (docs/security.md, rule 3) ----
+
+    @staticmethod
+    def _custom_arn(model: str, param: str | None, *, named_by_body: bool = False) -> bool:
+        """Whether ``model`` is a custom model ARN. One in any other shape (``ARN:AWS:…``, a trailing
+        slash, more segments) would reach Bedrock under a spelling nobody checked: a 404 (a 400 where a
+        create's body names it)."""
+        if _CUSTOM.fullmatch(model):
+            return True
+        lowered = model.lower()
+        if lowered.startswith("arn:") and ":custom-model/" in lowered:
+            message = f"'{model[:200]}' is not a Bedrock custom model ARN."
+            if named_by_body:
+                raise InvalidRequest(message, param=param, code="invalid_value")
+            raise NotFound(message, param=param, code="model_not_found")
+        return False
+
+    @staticmethod
+    async def _check_spellings(ctx: RequestContext, spellings: Iterable[Any], model: str, param: str | None) -> None:
+        """The ownership rule on each name of one custom model: the client's, its lowercase form (an
+        upstream lenient about case is assumed), and the ARN Bedrock itself answers with."""
+        for spelling in dict.fromkeys(s for s in spellings if isinstance(s, str) and s):
+            await ctx.check_named("model", spelling, param, shown=model)
+
+    async def _known(self, ctx: RequestContext, model: str) -> bool:
+        """The registry holds this very spelling: an ARN recorded from Bedrock's own answer (a job's
+        ``fine_tuned_model``), so its canonical form, and already held to the ownership rule."""
+        return ctx.store is not None and await ctx.store.placement("model", model) is not None
+
+    async def owned_custom_model(self, ctx: RequestContext, model: str, param: str | None = "model") -> str:
+        """A model a request names, canonical: a custom model (by ARN, or by the short name a job's
+        ``baseModelIdentifier`` also takes) becomes the ARN GetCustomModel answers with, and the ownership
+        rule holds on every spelling of it; a foundation model id or ARN is given back as it came."""
+        if (not self._custom_arn(model, param, named_by_body=param is not None)
+                and not jobs.CUSTOM_MODEL_NAME.fullmatch(model)):
+            return model  # a foundation model (ids and names of those always hold a '.')
+        await self._check_spellings(ctx, (model, model.lower()), model, param)
+        if await self._known(ctx, model):
+            return model
+        region = self._region_of(ctx, model)
+        try:
+            raw = await self._control(ctx, region, "GET", "/custom-models/" + quote(model, safe=""))
+        except UpstreamError as exc:
+            if exc.status in (400, 404):
+                return model  # no custom model of that name: Bedrock decides what it is
+            raise
+        canonical = (raw or {}).get("modelArn")
+        if not isinstance(canonical, str) or not _CUSTOM.fullmatch(canonical):
+            return model
+        await self._check_spellings(ctx, (canonical,), model, param)
+        return canonical
+
     # ---- which model id Converse is called with ----
 
     async def _model_id(self, ctx: RequestContext, model: str) -> tuple[str, str]:
-        """(modelId for Converse, region). A custom model ARN is called through its Active deployment."""
+        """(modelId for Converse, region). A custom model ARN is called through its Active deployment, once
+        the ownership rule holds on its spellings: the client's, lowercase, and the ``modelArn`` Bedrock's
+        deployments name (cached with the deployment, and checked on every hit)."""
         region = self._region_of(ctx, model)
-        if not _CUSTOM.fullmatch(model):
+        if not self._custom_arn(model, "model"):
             return model, region  # a deployment, provisioned throughput, foundation model or inference profile
+        await self._check_spellings(ctx, (model, model.lower()), model, "model")
         key = hashlib.sha256(f"{await self._identity(ctx)}|{model}".encode()).hexdigest()
         hit = self._deployed.get(key)
-        if hit is not None and time.monotonic() - hit[1] < DEPLOYMENT_TTL:
+        if hit is not None and time.monotonic() - hit[2] < DEPLOYMENT_TTL:
+            await self._check_spellings(ctx, (hit[1],), model, "model")
             return hit[0], region
         summaries = await self._deployments(ctx, region, model)
+        await self._check_spellings(ctx, (s.get("modelArn") for s in summaries), model, "model")
         active = next((s for s in summaries if s.get("status") == "Active"), None)
         if active is None:
             raise _not_deployed(model, summaries)
-        self._deployed[key] = (str(active["customModelDeploymentArn"]), time.monotonic())
+        canonical = active.get("modelArn")
+        self._deployed[key] = (str(active["customModelDeploymentArn"]),
+                               canonical if isinstance(canonical, str) else None, time.monotonic())
         while len(self._deployed) > DEPLOYMENT_CACHE:
             self._deployed.popitem(last=False)
         return str(active["customModelDeploymentArn"]), region
@@ -433,7 +493,7 @@ class BedrockChat(Provider):
         return [s for s in (raw or {}).get("modelDeploymentSummaries") or [] if isinstance(s, dict)]
 
     def _forget_deployment(self, model: str) -> None:
-        for key in [k for k, (arn, _) in self._deployed.items() if arn == model]:
+        for key in [k for k, (arn, _model, _at) in self._deployed.items() if arn == model]:
             del self._deployed[key]
 
     # ---- chat ----
@@ -514,7 +574,10 @@ class BedrockChat(Provider):
             return deployment_model(raw)
         if not _CUSTOM.fullmatch(model):
             raise NotFound(f"'{model}' is not a Bedrock custom model or deployment ARN tunegate can describe.")
+        await self._check_spellings(ctx, (model, model.lower()), model, None)
         raw = await self._control(ctx, region, "GET", "/custom-models/" + quote(model, safe=""))
+        # Another spelling of another key's model reads it: its owner is known only by the ARN Bedrock gives.
+        await self._check_spellings(ctx, ((raw or {}).get("modelArn"),), model, None)
         return custom_model(raw, await self._deployments(ctx, region, model))
 
     async def delete_model(self, ctx: RequestContext, model: str) -> JSON:
@@ -522,6 +585,7 @@ class BedrockChat(Provider):
         if ":custom-model-deployment/" in model and _INVOCABLE.fullmatch(model):
             path = "/model-customization/custom-model-deployments/" + quote(model, safe="")
         elif _CUSTOM.fullmatch(model):
+            await self.owned_custom_model(ctx, model, None)
             path = "/custom-models/" + quote(model, safe="")
         else:
             raise NotFound(f"'{model}' is not a Bedrock custom model or deployment ARN.")
@@ -534,6 +598,7 @@ class BedrockChat(Provider):
         if not _CUSTOM.fullmatch(model):
             raise InvalidRequest("Only a Bedrock custom model ARN (a job's fine_tuned_model) can be deployed.",
                                  param="model", code="invalid_value")
+        await self.owned_custom_model(ctx, model, None)  # deployed under the client's name, checked on each
         unknown = sorted(set(body) - {"name", "description"})
         if unknown:
             raise unsupported_param(NAME, unknown[0], "A deployment takes 'name' and 'description'.")

@@ -175,15 +175,19 @@ def job_tags(metadata: dict[str, str] | None) -> list[JSON]:
 
 
 def timestamp(value: Any) -> int | None:
-    """Bedrock's ISO 8601 timestamps (or epoch seconds) → unix seconds; naive times are UTC."""
-    if value is None or value == "":
+    """Bedrock's ISO 8601 timestamps (or epoch seconds) → unix seconds; naive times are UTC. A value that
+    is neither (a job made elsewhere may carry anything) is None, never a 500."""
+    if value is None or value == "" or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return int(value)
-    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp())
+    try:
+        if isinstance(value, int | float):
+            return int(value)
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return int(parsed.timestamp())
+    except (ValueError, OverflowError):
+        return None
 
 
 def _echoed_int(value: Any) -> int | None:
@@ -195,6 +199,8 @@ def _echoed_int(value: Any) -> int | None:
 def _echoed_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
+    if isinstance(value, str) and not value.isascii():
+        return None  # float() reads '٢' (ARABIC-INDIC DIGIT TWO) as 2: not a number Bedrock wrote
     try:
         number = float(value)
     except ValueError:

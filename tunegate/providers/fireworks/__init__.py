@@ -20,7 +20,7 @@ from tunegate.providers.base import JSON, Download, IncomingFile, Page, Provider
 from tunegate.providers.fireworks import wire
 from tunegate.providers.fireworks.chat import FireworksChat
 from tunegate.providers.fireworks.datasets import Spool, to_file, upload_name
-from tunegate.providers.fireworks.jobs import create_body, to_job
+from tunegate.providers.fireworks.jobs import PUBLIC_MODELS, create_body, to_job
 from tunegate.providers.rules import DatasetRules
 from tunegate.upstream import UpstreamResponse
 
@@ -99,8 +99,21 @@ class Fireworks(FireworksChat, Provider):
     def _job(self, ctx: RequestContext, raw: JSON) -> JSON:
         return to_job(raw, self.account_id(ctx))
 
+    async def _check_named_in_body(self, ctx: RequestContext, body: JSON, account_id: str) -> None:
+        """A create's base model and datasets, by id or by full resource name, under the ownership rule on
+        every spelling the registry may know them by (a tuned model of another key is no base model here,
+        nor is its dataset by ``accounts/{account}/datasets/{id}``). A name of any other shape is a 400."""
+        named = (("model", "model", "models", PUBLIC_MODELS), ("training_file", "file", DATASETS, account_id),
+                 ("validation_file", "file", DATASETS, account_id))
+        for param, kind, collection, default_account in named:
+            value = body.get(param)
+            if isinstance(value, str) and value:
+                account, object_id = wire.split_name(value, default_account, collection, param)
+                await self.check_spellings(ctx, kind, collection, account, object_id, param, shown=value)
+
     async def create_job(self, ctx: RequestContext, body: JSON) -> JSON:
         account_id = self.account_id(ctx)
+        await self._check_named_in_body(ctx, body, account_id)
         hint = body.get("suffix") or str(body["model"]).rsplit("/", 1)[-1]
         job_id = wire.new_id(hint)
         wandb_key = ctx.credentials.get("wandb_api_key") or ctx.option("wandb_api_key")

@@ -75,16 +75,23 @@ class FireworksChat(CompatChat):
         raise NotFound(f"'{model}' is not a Fireworks model name (accounts/{{account}}/models/{{model}}).",
                        param="model", code="model_not_found")
 
-    async def owned_resource(self, ctx: RequestContext, model: str) -> tuple[str, str]:
+    async def owned_resource(self, ctx: RequestContext, model: str, param: str | None = None) -> tuple[str, str]:
         """``resource``, with the ownership rule held on the canonical name. The gateway checked the
         spelling the client sent; the registry knows tuned models by their full name (a job's
         ``fine_tuned_model``), so a bare id, which names ``accounts/{account}/models/{id}`` upstream, is
-        checked again under that name before anything is sent (docs/security.md, rule 3)."""
+        checked again under that name, and so is its lowercase spelling (``accounts/TEAM/models/ALICE-FT``),
+        before anything is sent (docs/security.md, rule 3)."""
         account, model_id = self.resource(ctx, model)
-        name = f"accounts/{account}/models/{model_id}"
-        if name != model:
-            await ctx.check_named("model", name, shown=model)
+        await self.check_spellings(ctx, "model", "models", account, model_id, param, shown=model)
         return account, model_id
+
+    async def check_spellings(self, ctx: RequestContext, kind: str, collection: str, account: str, object_id: str,
+                              param: str | None, *, shown: str) -> None:
+        """The ownership rule on every id the registry may know this object by (``wire.registry_ids``):
+        another key's object is a 404 under any of them (``shown``: the client's spelling)."""
+        own = ctx.option("fireworks_account_id")  # a full name needs no account of the request's own
+        for spelling in wire.registry_ids(account, collection, object_id, str(own) if own is not None else None):
+            await ctx.check_named(kind, spelling, param, shown=shown)
 
     def model_url(self, ctx: RequestContext, model: str) -> str:
         account, model_id = self.resource(ctx, model)
@@ -103,14 +110,14 @@ class FireworksChat(CompatChat):
         return native
 
     async def chat(self, ctx: RequestContext, body: JSON) -> JSON:
-        await self.owned_resource(ctx, str(body["model"]))
+        await self.owned_resource(ctx, str(body["model"]), "model")
         try:
             return await super().chat(ctx, body)
         except UpstreamError as exc:
             raise await self._not_deployed(ctx, body, exc) from None
 
     async def chat_stream(self, ctx: RequestContext, body: JSON) -> AsyncIterator[JSON]:
-        await self.owned_resource(ctx, str(body["model"]))
+        await self.owned_resource(ctx, str(body["model"]), "model")
         try:
             return await super().chat_stream(ctx, body)
         except UpstreamError as exc:

@@ -6,7 +6,7 @@ import os
 from collections.abc import AsyncIterator
 
 from tunegate import models, spool
-from tunegate.providers.base import JSON
+from tunegate.providers.base import JSON, whole_number
 from tunegate.providers.fireworks.wire import short_id, unix
 
 # Dataset state → OpenAI file status (a non-OK `status` wins: the file is in error).
@@ -20,8 +20,8 @@ def to_file(raw: JSON, account_id: str, *, size: int | None = None) -> JSON:
     failed = bool(st.get("code")) and st.get("code") != "OK"
     status = "error" if failed else FILE_STATUS.get(raw.get("state") or "STATE_UNSPECIFIED", "uploaded")
     extra: JSON = {"provider_status": raw.get("state") or "STATE_UNSPECIFIED"}
-    if raw.get("exampleCount") not in (None, ""):
-        extra["example_count"] = int(raw["exampleCount"])
+    if (examples := whole_number(raw.get("exampleCount"))) is not None:  # an int64, sent as a string
+        extra["example_count"] = examples
     return models.file(id=dataset_id, bytes=size or 0, created_at=unix(raw.get("createTime")) or 0,
                        filename=raw.get("displayName") or dataset_id, purpose="fine-tune", status=status,
                        status_details=st.get("message") if failed else None, **extra)

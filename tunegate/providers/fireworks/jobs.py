@@ -6,8 +6,11 @@ from typing import Any
 
 from tunegate import models
 from tunegate.errors import InvalidRequest
-from tunegate.providers.base import JSON
+from tunegate.providers.base import JSON, whole_number
 from tunegate.providers.fireworks.wire import resource_name, short_id, unix
+
+# A bare base model id is one of Fireworks's own public models.
+PUBLIC_MODELS = "fireworks"
 
 # OpenAI's learning_rate_multiplier is relative; Fireworks takes an absolute rate. The multiplier is
 # applied to Fireworks's documented default LoRA rate (firectl examples: --learning-rate 0.0001).
@@ -136,10 +139,9 @@ def create_body(body: JSON, account_id: str, job_id: str, *, wandb_api_key: str 
     if unknown:
         raise InvalidRequest(f"Fireworks does not take '{unknown[0]}'.", param=unknown[0],
                              code="unsupported_parameter")
-    model = body["model"]
     native: JSON = {
         "dataset": resource_name(body["training_file"], account_id, "datasets", "training_file"),
-        "baseModel": model if model.startswith("accounts/") else f"accounts/fireworks/models/{model}",
+        "baseModel": resource_name(body["model"], PUBLIC_MODELS, "models", "model"),
     }
     if body.get("validation_file"):
         native["evaluationDataset"] = resource_name(body["validation_file"], account_id, "datasets",
@@ -222,7 +224,7 @@ def to_job(raw: JSON, account_id: str) -> JSON:
         validation_file=short_id(raw.get("evaluationDataset"), account_id, "datasets"),
         fine_tuned_model=fine_tuned,
         hyperparameters=hp,
-        trained_tokens=int(trained) if isinstance(trained, int | str) and str(trained).isdigit() else None,
+        trained_tokens=whole_number(trained),
         error=error,
         organization_id=account_id,
         integrations=_integrations_out(raw),

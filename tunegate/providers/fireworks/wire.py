@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tunegate.errors import InvalidRequest, NotFound
+from tunegate.providers.base import short_error_text
 from tunegate.upstream import UpstreamResponse
 
 # Fireworks resource ids (the last segment of `accounts/{a}/datasets/{id}`): lowercase letters, digits
@@ -18,6 +19,8 @@ NEW_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 # What tunegate accepts as a public id in a URL path before putting it into an upstream path: no
 # '/', ':' or '%', so a public id can never reach another resource or a custom verb.
 PUBLIC_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
+# A full resource name a body may give instead of an id: exactly `accounts/{account}/{collection}/{id}`.
+RESOURCE_NAME = re.compile(r"accounts/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})/([A-Za-z]+)/([A-Za-z0-9][A-Za-z0-9_.-]{0,127})")
 
 # google.rpc.Code numbers, as gRPC-gateway error bodies carry them.
 GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
@@ -53,14 +56,36 @@ def short_id(name: str | None, account_id: str, collection: str) -> str | None:
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
+def split_name(value: str, account_id: str, collection: str, param: str) -> tuple[str, str]:
+    """(account, id) of what a body names: a bare id (in ``account_id``) or the full resource name
+    ``accounts/{account}/{collection}/{id}``. Any other shape (another collection, a trailing slash,
+    more segments, ``Accounts/…``) is a 400: it would reach Fireworks under a spelling nobody checked."""
+    if "/" not in value and PUBLIC_ID_RE.match(value):
+        return account_id, value
+    found = RESOURCE_NAME.fullmatch(value)
+    if found is None or found.group(2) != collection:
+        kind = {"models": "model", "datasets": "dataset"}.get(collection, collection)
+        raise InvalidRequest(f"'{value[:200]}' is not a Fireworks {kind} id or name (accounts/{{account}}/"
+                             f"{collection}/{{id}}).", param=param, code="invalid_value")
+    return found.group(1), found.group(3)
+
+
 def resource_name(value: str, account_id: str, collection: str, param: str) -> str:
     """A client's id (or full resource name) → the full resource name Fireworks expects."""
-    if value.startswith("accounts/"):
-        return value
-    if not PUBLIC_ID_RE.match(value):
-        raise InvalidRequest(f"'{value}' is not a Fireworks {collection[:-1]} id.", param=param,
-                             code="invalid_value")
-    return f"accounts/{account_id}/{collection}/{value}"
+    account, object_id = split_name(value, account_id, collection, param)
+    return f"accounts/{account}/{collection}/{object_id}"
+
+
+def registry_ids(account: str, collection: str, object_id: str, own_account: str | None) -> list[str]:
+    """Every id the registry may know one Fireworks object by, so the ownership rule can be held on each:
+    a model by its resource name (a job's ``fine_tuned_model``); a dataset or job of the request's own
+    account by its bare id (``short_id``: what a create or a listing recorded), one elsewhere by its name.
+    Each also lowercased: Fireworks ids are lowercase, and an upstream lenient about case is assumed."""
+    name = f"accounts/{account}/{collection}/{object_id}"
+    found = [name]
+    if collection != "models" and own_account is not None and account.lower() == own_account.lower():
+        found.append(object_id)
+    return list(dict.fromkeys([*found, *(spelling.lower() for spelling in found)]))
 
 
 def new_id(hint: str, *, prefix: str = "ft") -> str:
@@ -122,7 +147,8 @@ def error_message(response: UpstreamResponse) -> tuple[str, str | None, str | No
     try:
         data = response.json()
     except ValueError:
-        text = response.body[:300].decode("utf-8", "replace").strip()
+        # An HTML error page gives its <title> only, plain text its first line (never a stack trace).
+        text = short_error_text(response.body, response.headers.get("Content-Type", ""))
         return (f"{fallback} {text}" if text else fallback), err_type, None
     if not isinstance(data, Mapping):
         return fallback, err_type, None
