@@ -38,7 +38,8 @@ def test_threads_drawing_at_once_never_share_an_id() -> None:
 
 
 def test_a_forked_child_does_not_hand_out_its_parents_ids() -> None:
-    new_trace_id()  # the pool now holds ids the parent will hand out next
+    context._trace_ids.clear()  # (else the draw below may take the pool's last id, leaving it empty)
+    new_trace_id()  # a fresh draw: the pool now holds ids the parent will hand out next
     assert context._trace_ids
     read, write = os.pipe()
     pid = os.fork()

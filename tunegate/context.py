@@ -12,6 +12,7 @@ tunegate keys configured the gateway is open and provider keys pass through.
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 import re
@@ -145,27 +146,50 @@ def _merge_options(provider: Provider, connection: Connection | None, requested:
                    stored_secrets: bool) -> dict[str, Any]:
     """The provider options of a request. A connection's own options win: a header may not change what
     the operator set (project, organisation, role, bucket, endpoint …) unless the connection lists the
-    option in `client_options`. With the connection's secrets in use, a header may not pick the host
-    either (`Provider.host_options`), or the secret would follow it."""
+    option in `client_options`. With the connection's secrets in use, a value it keeps as a secret (a role
+    ARN) is its own too; the options that pick the identity its credential becomes
+    (`Provider.credential_options`) are locked even where it sets none; and a header may not pick the host
+    either (`Provider.host_options`), or the secret would follow it. Options fixed together with one the
+    connection sets (`Provider.locked_with`: a bucket's prefix) are locked to the value they take under it."""
     if connection is None:
         return dict(requested)
     stored = dict(connection.options)
     allowed = stored.get("client_options")
     allowed = {str(o) for o in allowed} if isinstance(allowed, list) else set()
+    secrets = {k: str(v) for k, v in connection.secrets.items() if v not in (None, "")} if stored_secrets else {}
+    sets = {k for k, v in stored.items() if v not in (None, "")} | set(secrets)
+    fixed_with = {name for anchor, names in provider.locked_with.items() if anchor in sets and anchor not in allowed
+                  for name in names}
+    own = {**secrets, **{k: v for k, v in stored.items() if k in sets}}  # the connection's values
     for name, value in requested.items():
-        header = "x-portkey-" + name.replace("_", "-")
-        if name in allowed or (name in stored and str(stored[name]) == value):
+        if name in allowed:
             continue
-        if name in stored and stored[name] not in (None, ""):
-            raise Forbidden(f"{header} is set by the connection '{connection.name}' and may not be changed "
-                            "by a request (the operator can list it in the connection's client_options).",
-                            param=header, code="option_locked")
+        header = "x-portkey-" + name.replace("_", "-")
+        identity = stored_secrets and name in provider.credential_options
+        if identity and name not in sets:
+            raise _locked(header, connection.name, identity)
+        if name in sets:
+            if not hmac.compare_digest(str(own[name]).encode(), value.encode()):
+                raise _locked(header, connection.name, identity)
+            continue
+        if name in fixed_with and provider.effective_option(name, {**own, name: value}) != \
+                provider.effective_option(name, own):
+            raise _locked(header, connection.name, identity)
         if stored_secrets and name in provider.host_options:
             raise Forbidden(f"{header} would send the connection '{connection.name}''s credentials to a host "
                             "the request chose; the connection does not allow that.", param=header,
                             code="custom_host_not_allowed")
-    return {**stored, **{k: v for k, v in requested.items() if k in allowed or k not in stored
-                         or stored[k] in (None, "")}}
+    # A value the connection keeps as a secret stays in the credentials only (never in the options).
+    return {**stored, **{k: v for k, v in requested.items() if k in allowed or k not in sets}}
+
+
+def _locked(header: str, connection: str, identity: bool) -> Forbidden:
+    if identity:  # one answer whether the connection sets it (an option, a secret) or not: a caller learns neither
+        return Forbidden(f"{header} is fixed by the connection '{connection}' (the identity its credentials act "
+                         "as) and may not be chosen by a request (the operator can list it in the connection's "
+                         "client_options).", param=header, code="option_locked")
+    return Forbidden(f"{header} is set by the connection '{connection}' and may not be changed by a request (the "
+                     "operator can list it in the connection's client_options).", param=header, code="option_locked")
 
 
 def _configured_base_url(settings: Settings, provider: Provider) -> str | None:

@@ -96,13 +96,23 @@ class Provider:
     # The provider's dataset limits, checked when a job is created (tunegate.providers.rules); the
     # source of each number is in the provider's MAPPING.md.
     dataset_rules: ClassVar[DatasetRules] = NO_RULES
-    # Options whose value decides which host the calls go to (a URL, a resource name). With a stored
-    # connection's credentials a client may not set them (the secret would follow the host), unless the
-    # connection lists them in its `client_options`.
     # The spelling of the ids this provider hands out (jobs, files, uploads). Providers whose ids are
     # lower case (UUIDs, slugs, hex) say so, since their services may not tell `ABC` from `abc`.
     id_grammar: ClassVar[str] = SAFE_ID.pattern
+    # Options whose value decides which host the calls go to (a URL, a resource name). With a stored
+    # connection's credentials a client may not set them (the secret would follow the host), unless the
+    # connection lists them in its `client_options`.
     host_options: ClassVar[tuple[str, ...]] = ()
+    # Options that decide which identity a stored credential becomes (an AWS role to assume, its external
+    # id). With a stored connection's credentials they are locked whether or not the connection sets them: a
+    # header must name the connection's own value (an option or a secret of that name), unless the
+    # connection lists the option in `client_options` (docs/security.md, rule 2).
+    credential_options: ClassVar[tuple[str, ...]] = ()
+    # Options a connection fixes together: {option: options fixed with it}. When the connection sets the
+    # first (and does not list it in `client_options`), each of the others is locked too, to the value the
+    # connection's options give it (`effective_option`: its own, one carried inside the first, or the
+    # default) — a bucket's prefix, say, so that a header cannot reach the rest of a locked bucket.
+    locked_with: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Options that are whole URLs a client may choose: checked like x-portkey-custom-host.
     url_options: ClassVar[tuple[str, ...]] = ()
     # Grammar of options that become part of a URL or host (a region, a project, an account): a value
@@ -118,6 +128,13 @@ class Provider:
         if kind == "model":
             return MODEL_NAME.fullmatch(raw) is not None
         return re.fullmatch(self.id_grammar, raw) is not None
+
+    def effective_option(self, name: str, options: Mapping[str, Any]) -> str | None:
+        """The value option ``name`` takes, as the adapter uses it, when these are the request's options: how
+        a header is told to name the connection's own value of an option fixed by ``locked_with``. Providers
+        whose option has a default, or can be carried inside another one, override this."""
+        value = options.get(name)
+        return None if value in (None, "") else str(value)
 
     def operator_hosts(self) -> set[str]:
         """Hosts this provider connects to that the operator chose, not a client: its built-in default,

@@ -13,7 +13,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urlsplit
@@ -61,6 +61,17 @@ class Bedrock(BedrockChat):
         ("amazon.nova-2-lite", DatasetRules(min_training_examples=200, max_training_examples=20_000, max_epochs=5)),
         ("amazon.nova-", DatasetRules(min_training_examples=8, max_training_examples=20_000, max_epochs=5)),
     )
+
+    # docs/security.md rule 2 and MAPPING.md ("Options a connection fixes"): with a connection's stored keys,
+    # the role they assume (and its external id) is the connection's, set or not; a connection's bucket
+    # fixes the prefix too (the one inside `bucket/prefix`, else the default).
+    credential_options = ("aws_role_arn", "aws_external_id")
+    locked_with: ClassVar[dict[str, tuple[str, ...]]] = {"aws_s3_bucket": ("aws_s3_prefix",)}
+
+    def effective_option(self, name: str, options: Mapping[str, Any]) -> str | None:
+        if name == "aws_s3_prefix":
+            return s3.split_bucket(options.get("aws_s3_bucket"), options.get("aws_s3_prefix"))[1]
+        return super().effective_option(name, options)
 
     def dataset_rules_for(self, model: str) -> DatasetRules:
         return next((rules for prefix, rules in self.model_dataset_rules if model.startswith(prefix)), NO_RULES)

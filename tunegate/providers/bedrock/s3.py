@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tunegate.context import RequestContext
     from tunegate.providers.base import Provider
 
-__all__ = ["MIN_PART", "PART_SIZE", "S3", "SEGMENT", "Bucket", "bucket_for", "parse_uri", "xml_error"]
+__all__ = ["MIN_PART", "PART_SIZE", "S3", "SEGMENT", "Bucket", "bucket_for", "parse_uri", "split_bucket", "xml_error"]
 
 SSE_OPTION = "amz_server_side_encryption"
 KMS_KEY_OPTION = "amz_server_side_encryption_aws_kms_key_id"
@@ -26,6 +26,7 @@ SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse")
 KMS_KEY = re.compile(r"[A-Za-z0-9:/_.+=@-]{1,2048}")
 # A key segment Bedrock's S3Uri pattern accepts.
 SEGMENT = re.compile(r"[-!_*'().a-zA-Z0-9]+")
+DEFAULT_PREFIX = "tunegate"  # the key prefix when neither the bucket option nor aws_s3_prefix names one
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -106,16 +107,22 @@ def named_message(status: int, code: str | None, message: str | None) -> str:
     return f"Amazon S3 answered HTTP {status} with no details."
 
 
+def split_bucket(bucket: object, prefix: object) -> tuple[str, str]:
+    """(bucket name, key prefix) from the options ``aws_s3_bucket`` (``bucket`` or ``bucket/prefix``, maybe
+    as ``s3://…``) and ``aws_s3_prefix``: the prefix option wins over one inside the bucket option, else the
+    default ``tunegate``; unchecked. One reading for the adapter and for the lock that fixes the prefix
+    with a connection's bucket (``Bedrock.effective_option``)."""
+    name, _, inside = str(bucket or "").strip().removeprefix("s3://").partition("/")
+    return name, str(prefix or inside or DEFAULT_PREFIX).strip("/")
+
+
 def bucket_for(ctx: RequestContext) -> tuple[Bucket, str]:
     """(bucket, key prefix) from ``x-portkey-aws-s3-bucket`` (``bucket`` or ``bucket/prefix``) and
     ``x-portkey-aws-s3-prefix``, or the connection's options."""
-    raw = str(ctx.require_option("aws_s3_bucket")).strip()
-    raw = raw.removeprefix("s3://")
-    name, _, prefix = raw.partition("/")
+    name, prefix = split_bucket(ctx.require_option("aws_s3_bucket"), ctx.option("aws_s3_prefix"))
     if not aws.BUCKET.fullmatch(name):
         raise InvalidRequest(f"'{name}' is not an S3 bucket name.", param="x-portkey-aws-s3-bucket",
                              code="invalid_provider_option")
-    prefix = str(ctx.option("aws_s3_prefix") or prefix or "tunegate").strip("/")
     if not all(SEGMENT.fullmatch(part) for part in prefix.split("/")):
         raise InvalidRequest("The S3 prefix may hold only letters, digits and -_.!*'() between slashes "
                              "(Bedrock's S3Uri pattern).", param="x-portkey-aws-s3-prefix", code="invalid_provider_option")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -19,7 +19,6 @@ from tunegate.providers.vertex_ai import gcs, jobs
 from tunegate.providers.vertex_ai.auth import TokenSource, service_account_info
 from tunegate.providers.vertex_ai.chat import VertexChat
 from tunegate.providers.vertex_ai.gcs import (
-    DEFAULT_PREFIX,
     Storage,
     new_object_name,
     object_from_id,
@@ -54,6 +53,14 @@ class VertexAI(VertexChat):
     # carry `example.com:`).
     option_patterns = {"vertex_region": r"[a-z][a-z0-9-]{0,39}",
                        "vertex_project_id": r"[a-z0-9][a-z0-9.:-]{0,62}"}
+
+    # A connection's bucket fixes the prefix too (its own, else the default): docs/security.md rule 2.
+    locked_with: ClassVar[dict[str, tuple[str, ...]]] = {"vertex_storage_bucket_name": ("vertex_storage_prefix",)}
+
+    def effective_option(self, name: str, options: Mapping[str, Any]) -> str | None:
+        if name == "vertex_storage_prefix":
+            return gcs.storage_prefix(options.get(name))
+        return super().effective_option(name, options)
 
     def canonical_id(self, kind: str, raw: str) -> bool:
         try:
@@ -246,8 +253,7 @@ class VertexAI(VertexChat):
         return str(ctx.require_option("vertex_storage_bucket_name"))
 
     def prefix(self, ctx: RequestContext) -> str:
-        prefix = str(ctx.option("vertex_storage_prefix", DEFAULT_PREFIX))
-        return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        return gcs.storage_prefix(ctx.option("vertex_storage_prefix"))
 
     async def upload_file(self, ctx: RequestContext, upload: IncomingFile) -> JSON:
         bucket = self.bucket(ctx)

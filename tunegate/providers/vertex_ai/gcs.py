@@ -37,6 +37,14 @@ _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")  # Cloud Storage buc
 _RANGE = re.compile(r"bytes=0-(\d+)")
 
 
+def storage_prefix(value: object) -> str:
+    """The object-name prefix of ``vertex_storage_prefix`` as files are kept and listed under it: the default
+    when unset, always ending in ``/``. One reading for the adapter and for the lock that fixes the prefix with
+    a connection's bucket (``VertexAI.effective_option``)."""
+    prefix = DEFAULT_PREFIX if value in (None, "") else str(value)
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
 def root() -> str:
     host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
     if not host:
