@@ -952,7 +952,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"upload {mib} MiB, validation on >= {TARGETS['upload_mb_s']} MB/s", u["gateway_mb_s"],
             TARGETS["upload_mb_s"], True)
         add(f"upload {mib} MiB, validation off >= {TARGETS['upload_novalidate_mb_s']} MB/s",
-            u["gateway_no_validation_mb_s"], TARGETS["upload_novalidate_mb_s"], True, u.get("floor_mb_s"))
+            u["gateway_no_validation_mb_s"], TARGETS["upload_novalidate_mb_s"], True)
+        # (No floor beside the upload targets: the floor streams a body through ASGI's receive() and
+        # aiohttp's chunked writer as they come, which the gateway's own spool outruns; it bounds nothing.)
         add(f"upload: gateway RSS growth <= {TARGETS['upload_rss_growth_mb']} MB", u["gateway_rss_growth_mb"],
             TARGETS["upload_rss_growth_mb"], False)
         if not ok:
