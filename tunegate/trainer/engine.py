@@ -117,6 +117,22 @@ def _quantization_config(options: RuntimeOptions, device: str, dtype: Any) -> di
     return {"quantization_config": cfg, "device_map": {"": torch.device(device).index or 0}}
 
 
+def hub_snapshot(model_id: str) -> str:
+    """A Hub id's snapshot directory in the local cache (never downloaded). transformers looks a name up
+    as a directory of the working directory first, so ``models/secret`` would load ``./models/secret``,
+    a folder no model root allows, instead of the cached repository the gateway checked: a name that is
+    also a relative path is read from the cache's own (absolute) directory. Other names go as given."""
+    if not os.path.exists(model_id):
+        return model_id
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(model_id, local_files_only=True))
+    except Exception as e:  # not in the cache (or a name the hub refuses): the same error as a missing id
+        raise TrainingError("model_not_found", f"could not load model {model_id!r} as a model id (looked up in "
+                            "the local Hugging Face cache only; offline)", "model") from e
+
+
 def load_model_and_tokenizer(model_ref: str, device: str, options: RuntimeOptions | None = None):
     """Load tokenizer + causal LM from a local directory or the local HF cache (never the network)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -126,7 +142,7 @@ def load_model_and_tokenizer(model_ref: str, device: str, options: RuntimeOption
     hf_logging.set_verbosity_error()
     # Only an absolute path is a directory; anything else is a Hub id ("gpt2" is no folder of the cwd).
     local = os.path.isabs(os.path.expanduser(model_ref)) and os.path.isdir(os.path.expanduser(model_ref))
-    ref = os.path.expanduser(model_ref) if local else model_ref
+    ref = os.path.expanduser(model_ref) if local else hub_snapshot(model_ref)
     opts = options or RuntimeOptions()
     dtype = compute_dtype(device, opts.precision)
     quant = _quantization_config(opts, device, dtype)

@@ -34,6 +34,9 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "max_seq_length": None,  # None -> min(model's max positions, 2048)
 }
 
+MAX_TARGET_MODULES = 64
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
 _LIMITS = {
     "n_epochs": (1, 50),
     "batch_size": (1, 256),
@@ -110,13 +113,16 @@ def _is_auto(v: Any) -> bool:
 
 
 def _number(name: str, value: Any, integer: bool) -> float | int:
-    if isinstance(value, bool):
-        raise TrainingError("invalid_hyperparameters", f"{name} must be a number or 'auto'", f"hyperparameters.{name}")
+    # A JSON number only, as OpenAI takes it: no booleans, and no strings ("1000", " 12 ", "1_0" all pass
+    # float()), which would also slip past the operator's ceilings (``localjobs.limits.check_ceilings``).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TrainingError("invalid_hyperparameters", f"{name} must be a number or 'auto', got {str(value)[:40]!r}",
+                            f"hyperparameters.{name}")
     try:
         num = float(value)
-    except (TypeError, ValueError):
+    except (OverflowError, ValueError):  # an int past a double's range
         raise TrainingError(
-            "invalid_hyperparameters", f"{name} must be a number or 'auto', got {value!r}", f"hyperparameters.{name}"
+            "invalid_hyperparameters", f"{name} is out of range {_LIMITS[name]}", f"hyperparameters.{name}"
         ) from None
     if integer:
         if not num.is_integer():
@@ -191,15 +197,25 @@ def resolve_hyperparameters(spec_hparams: dict[str, Any] | None, n_examples: int
         if _is_auto(v):
             out[key] = default
         elif key == "lora_target_modules":
-            if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
-                raise TrainingError(
-                    "invalid_hyperparameters", "lora_target_modules must be a string or list of strings",
-                    "hyperparameters.lora_target_modules",
-                )
-            out[key] = v
+            out[key] = _target_modules(v)
         else:
             out[key] = _number(key, v, key in ("lora_r", "lora_alpha", "max_seq_length"))
     return out
+
+
+def _target_modules(value: Any) -> str | list[str]:
+    """``"all-linear"``, one module name, or a list of up to MAX_TARGET_MODULES names. peft reads a string
+    as a regular expression (``re.fullmatch`` over every module name), so a pattern such as ``(a+)+$``
+    would pin the training process: only plain names are taken (no regex syntax but ``.``)."""
+    names = [value] if isinstance(value, str) else value
+    if not (isinstance(names, list) and 1 <= len(names) <= MAX_TARGET_MODULES
+            and all(isinstance(x, str) and _MODULE_NAME.fullmatch(x) for x in names)):
+        raise TrainingError(
+            "invalid_hyperparameters", f"lora_target_modules must be 'all-linear', a module name or a list of up to "
+            f"{MAX_TARGET_MODULES} module names (letters, digits, '_', '-', '.'; at most 128 characters each)",
+            "hyperparameters.lora_target_modules",
+        )
+    return value if isinstance(value, str) else list(names)
 
 
 _SANITISE = re.compile(r"[^A-Za-z0-9._-]+")
