@@ -104,3 +104,26 @@ def test_a_retrieved_status_the_registry_cannot_keep_is_relayed(team: tuple[Gate
     gw, keys, _ = team
     r = _call(gw, keys["bob"], "GET", "/v1/fine_tuning/jobs/ftjob-elsewhere")
     assert r.status_code == 200 and r.json()["status"] == {"odd": 1}, r.text
+
+
+@pytest.mark.parametrize("field", ["model", "training_file", "validation_file"])
+@pytest.mark.parametrize("bad", ["file-a\x00b", "file-a\nb", "file-\u2028x"])
+def test_a_name_with_a_control_character_is_a_400(team: tuple[Gateway, dict[str, str], list], field: str,
+                                                 bad: str) -> None:
+    """No id or model name holds one, and PostgreSQL refuses a NUL in any text it is sent (a 500 there)."""
+    gw, keys, calls = team
+    body = {"model": "gpt-4o-mini-2024-07-18", "training_file": "file-ok", field: bad}
+    r = _call(gw, keys["bob"], "POST", "/v1/fine_tuning/jobs", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and r.json()["error"]["code"] == "invalid_value"
+    assert ("POST", "/v1/fine_tuning/jobs") not in calls
+
+
+@pytest.mark.parametrize("query", ["after=ftjob-a%00b", "after=%0A", "metadata[team]=a%00", "metadata[a%01]=x"])
+def test_a_listing_cursor_or_filter_with_a_control_character_is_a_400(
+        team: tuple[Gateway, dict[str, str], list], query: str) -> None:
+    gw, keys, calls = team
+    r = _call(gw, keys["bob"], "GET", "/v1/fine_tuning/jobs?" + query)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert calls == []

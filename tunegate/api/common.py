@@ -110,9 +110,17 @@ def page(request: Request, default_limit: int, *extra: str) -> Page:
     after = query.get("after") or None
     if after is not None and len(after) > 512:
         raise InvalidRequest("'after' is longer than any id.", param="after", code="invalid_cursor")
+    if after is not None and not after.isprintable():
+        # No id holds a control character, and PostgreSQL refuses a NUL in any text it is sent (a 500).
+        raise InvalidRequest("'after' is not an id (it holds a control character).", param="after",
+                             code="invalid_cursor")
     found: dict[str, Any] = {name: query[name] for name in extra if query.get(name)}
     metadata = {k[len("metadata["):-1]: v for k, v in query.multi_items()
                 if k.startswith("metadata[") and k.endswith("]")}
+    for name, value in [*found.items(), *(("metadata[" + k + "]", f"{k}{v}") for k, v in metadata.items())]:
+        if isinstance(value, str) and not value.isprintable():
+            raise InvalidRequest(f"'{name[:80]}' holds a control character.", param=name[:80],
+                                 code="invalid_value")
     if metadata:
         found["metadata"] = metadata
     return Page(limit=limit, after=after, extra=found)

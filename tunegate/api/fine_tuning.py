@@ -46,6 +46,9 @@ def validate_create(ctx: RequestContext, body: JSON) -> None:
         if body.get(name) is not None and not isinstance(body[name], str):
             raise InvalidRequest(f"'{name}' must be a string.", param=name, code="invalid_type")
     for name in ("model", "training_file", "validation_file"):
+        if isinstance(body.get(name), str) and not body[name].isprintable():
+            # No model or file name holds one, and PostgreSQL refuses a NUL in any text (a 500 there).
+            raise InvalidRequest(f"'{name}' holds a control character.", param=name, code="invalid_value")
         if isinstance(body.get(name), str) and len(body[name]) > MAX_ID_LENGTH:
             # Named by length, not quoted: the value itself could be megabytes.
             raise InvalidRequest(f"'{name}' must be at most {MAX_ID_LENGTH} characters (got {len(body[name])}).",
