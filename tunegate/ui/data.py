@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tunegate.api.common import Services, remember
+from tunegate.api.common import Services, remember, unclaimed_result
 from tunegate.context import RequestContext, new_trace_id
 from tunegate.errors import APIError
 from tunegate.providers import canonical_name
@@ -75,14 +75,29 @@ def _day(text: str | None, end: bool = False) -> int | None:
 
 
 def _visible(query: sa.Select[Any], viewer: Viewer) -> sa.Select[Any]:
-    if viewer.key is not None:
-        query = query.where(sa.or_(objects.c.key_id.is_(None), objects.c.key_id == viewer.key.id))
-    return query
+    """The API's ownership rule (``context.reachable`` and the grant check, docs/security.md rule 4) as a
+    query: a key sees its own objects (of a connection it is still granted, or of none) and unowned ones
+    of a connection it is granted. Unowned objects of no connection (the open era) need a provider key
+    of the caller's own, which the dashboard never has: they are not shown to a key."""
+    key = viewer.key
+    if key is None:
+        return query
+    connection = objects.c.connection
+    granted: Any = sa.true() if "*" in key.connections else connection.in_([str(c) for c in key.connections])
+    own = sa.and_(objects.c.key_id == key.id, sa.or_(connection.is_(None), granted))
+    unowned = sa.and_(objects.c.key_id.is_(None), connection.is_not(None), granted)
+    return query.where(sa.or_(own, unowned))
+
+
+def _shown(viewer: Viewer, row: dict[str, Any]) -> bool:
+    """A job's result file not yet tied to its job (so to no owner) is shown to no key (rule 4)."""
+    return viewer.key is None or row["key_id"] is not None or not unclaimed_result(row["snapshot"])
 
 
 def _row(r: Any) -> dict[str, Any]:
     snap = r["snapshot"] if isinstance(r["snapshot"], dict) else {}
     return {"id": r["id"], "provider": r["provider"], "connection": r["connection"], "status": r["status"],
+            "key_id": r["key_id"],
             "created_at": snap.get("created_at") or r["created_at"], "updated_at": r["updated_at"],
             "snapshot": snap}
 
@@ -123,7 +138,8 @@ async def registry_object(services: Services, viewer: Viewer, kind: str, object_
     query = _visible(sa.select(objects).where(objects.c.kind == kind, objects.c.id == object_id), viewer)
     async with services.store.engine.connect() as conn:
         row = (await conn.execute(query)).mappings().first()
-    return _row(row) if row is not None else None
+    found = _row(row) if row is not None else None
+    return found if found is not None and _shown(viewer, found) else None
 
 
 async def list_files(services: Services, viewer: Viewer, provider: str | None = None) -> list[dict[str, Any]]:
@@ -132,7 +148,7 @@ async def list_files(services: Services, viewer: Viewer, provider: str | None = 
         query = query.where(objects.c.provider == canonical_name(provider))
     query = query.order_by(objects.c.created_at.desc(), objects.c.id.desc()).limit(MAX_ROWS)
     async with services.store.engine.connect() as conn:
-        rows = [_row(r) for r in (await conn.execute(query)).mappings()]
+        rows = [row for row in (_row(r) for r in (await conn.execute(query)).mappings()) if _shown(viewer, row)]
     for row in rows:
         managed = await services.store.get_managed_file(row["id"]) if row["provider"] == "tunegate" else None
         report = (managed or {}).get("report") or _REPORTS.get(row["id"])

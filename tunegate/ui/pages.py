@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
 
 from tunegate.api.common import Services, services
 from tunegate.errors import APIError
@@ -42,11 +44,13 @@ SESSION_SECONDS = 12 * 3600
 LOGIN_BODY_BYTES = 8192  # the login form: a key and a return path
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                               "frame-ancestors 'none'; form-action 'self'",
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'",
     "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+_RAW_HEADERS = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 
 
 def _when(ts: Any) -> str:
@@ -263,6 +267,12 @@ async def ui_file(request: Request, who: Viewer) -> Response:
         return _render(request, "missing.html", {"viewer": who, "what": "file", "id": file_id}, status=404)
     error = None
     report = await data.stored_report(svc, file_id)
+    if request.query_params.get("validate") and not _same_origin(request):
+        # A GET, but it replaces the report everyone who sees the file is shown (and downloads the file
+        # upstream): a link on another site (SameSite=Lax sends the cookie on it) must not trigger it.
+        return _render(request, "file.html", {
+            "viewer": who, "file": found, "report": report, "open": who.key is None,
+            "error": "This validation was requested from another site and was refused."}, status=403)
     if request.query_params.get("validate"):
         method = request.query_params.get("method") or "supervised"
         try:
@@ -334,7 +344,60 @@ def _webhooks_page() -> Any:
     return ui_webhooks
 
 
+class Secured:
+    """Every answer under ``/ui`` carries the security headers (``SECURITY_HEADERS``): pages, redirects,
+    JSON, static files and errors alike. Starlette answers an unknown path or method (and the app's
+    last-resort 500) outside the route that would have set them, so the whole dashboard router is wrapped:
+    HTTP errors are rendered here by the app's own handlers (same body: ``{"error": {...}}``), and an
+    unexpected exception gets the app's 500 answer here before it goes on to the app's logging."""
+
+    def __init__(self, routes: list[BaseRoute]) -> None:
+        self.router = Router(routes)
+
+    @property
+    def routes(self) -> list[BaseRoute]:  # for url_path_for and the app's 405 ``Allow`` lookup
+        return self.router.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.router(scope, receive, send)
+            return
+        started = False
+        # Static files may be cached. Inside the mount, root_path ends with the dashboard's own prefix.
+        path, root = scope["path"], scope.get("root_path", "")
+        static = (path[len(root):] if root and path.startswith(root) else path).startswith("/static/")
+
+        async def send_secured(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                have = {k.lower() for k, _v in message.get("headers", [])}
+                extra = [(k, v) for k, v in _RAW_HEADERS
+                         if k not in have and not (static and k == b"cache-control")]
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            try:
+                await self.router(scope, receive, send_secured)
+            except HTTPException as exc:  # an unknown path or method: the app's own answer, secured
+                handler = getattr(scope.get("app"), "exception_handlers", {}).get(HTTPException)
+                if started or handler is None:
+                    raise
+                response = await handler(Request(scope, receive), exc)
+                await response(scope, receive, send_secured)
+        except Exception:
+            if not started:
+                await APIError("The gateway hit an internal error; the request was not completed.", status=500,
+                               type="server_error", code="internal_error").response()(scope, receive, send_secured)
+            raise  # the app logs it (type and place only)
+
+
 def routes() -> list[BaseRoute]:
+    return [Mount("", app=Secured(_routes()))]
+
+
+def _routes() -> list[BaseRoute]:
     return [
         Route("/", home, methods=["GET"], name="ui_home"),
         Route("/login", login_form, methods=["GET"], name="ui_login_form"),
