@@ -17,6 +17,7 @@ from tests.gateway import Gateway
 from tests.standins.openai_like import ServerThread
 from tests.ui.conftest import EXAMPLES
 from tests.ui.standin import MetricsStandIn
+from tunegate.ui import data as ui_data
 
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -193,6 +194,9 @@ def test_a_cross_site_link_cannot_rewrite_a_files_validation_report(tmp_path: Pa
         file_id = requests.post(gw.url + "/v1/files", files={"file": ("train.jsonl", EXAMPLES)},
                                 data={"purpose": "fine-tune"}, timeout=30,
                                 headers={"Authorization": f"Bearer {key}", "x-portkey-provider": "openai"}).json()["id"]
+        # Reports made on demand are kept per process by file id, and the stand-in's ids repeat across
+        # tests (the gateway runs in this process): start from none for this one.
+        ui_data._REPORTS.pop(file_id, None)
         s = session(gw, key)
         page = f"{gw.url}/ui/files/{file_id}"
         # A link on another site (a top-level GET: SameSite=Lax sends the cookie) validates as "dpo".
