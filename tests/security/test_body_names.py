@@ -318,3 +318,109 @@ def test_bedrock_another_keys_model_by_another_case_in_a_path_is_a_404(bedrock: 
     r = bedrock.call("bob", method, f"/v1/models/{_upper_tail(bedrock.model)}{suffix}", **kw)
     _error(r, 404)
     assert bedrock.reached_alice() == [] and bedrock.model in bedrock.standin.custom_models
+
+
+# ---- Bedrock: deployments made through a key, and custom models named by their short name ---------------
+
+
+def _deploy(bedrock: Bedrock, who: str, model: str, name: str) -> str:
+    """A deployment made through the gateway (POST /v1/models/{model}/deploy): its ARN."""
+    r = bedrock.call(who, "POST", f"/v1/models/{model}/deploy", json={"name": name})
+    assert r.status_code == 200, r.text
+    return str(next(d["id"] for d in r.json()["deployments"] if d["name"] == name))
+
+
+def _chat(bedrock: Bedrock, who: str, model: str, stream: bool = False) -> requests.Response:
+    return bedrock.call(who, "POST", "/v1/chat/completions", json={"model": model, "messages": MESSAGES,
+                                                                    "stream": stream})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_a_deployment_a_key_made_is_a_404_to_another_key(bedrock: Bedrock, stream: bool) -> None:
+    """The deployment ARN CreateCustomModelDeployment answers with is recorded as the deploying key's: another
+    key cannot chat with it (by its ARN, another case of it, or its name), retrieve it or delete it."""
+    bedrock.standin.deploy_reads = 0  # Active from its first read
+    dep = _deploy(bedrock, "alice", bedrock.model, "alice-new")
+    tail = dep.rsplit("/", 1)[1]
+    before = len(bedrock.standin.requests)
+    for model in (dep, _upper_tail(dep), "alice-new"):
+        _error(_chat(bedrock, "bob", model, stream), 404)
+    for method in ("GET", "DELETE"):
+        _error(bedrock.call("bob", method, f"/v1/models/{dep}"), 404)
+    assert bedrock.converse_calls() == [] and dep in bedrock.standin.deployments
+    assert [f"{r.method} {r.path}" for r in bedrock.standin.requests[before:]
+            if tail in (unquote(r.path) + r.body.decode("utf-8", "replace")).lower()] == []
+    # The control: Alice chats with her deployment, reads it and deletes it.
+    mine = _chat(bedrock, "alice", dep, stream)
+    assert mine.status_code == 200, mine.text
+    assert bedrock.call("alice", "GET", f"/v1/models/{dep}").json()["id"] == dep
+    assert bedrock.call("alice", "DELETE", f"/v1/models/{dep}").json()["deleted"] is True
+    assert dep not in bedrock.standin.deployments
+
+
+def test_bedrock_a_shared_model_is_not_called_through_another_keys_deployment(bedrock: Bedrock) -> None:
+    """A custom model no key owns (made outside the gateway) that Alice deployed: Bob's chat with it does not
+    go through Alice's deployment, and his read of the model does not show it."""
+    bedrock.standin.deploy_reads = 0
+    shared = bedrock.standin.add_custom_model(name="shared")
+    dep = _deploy(bedrock, "alice", shared, "alice-on-shared")
+    r = _chat(bedrock, "bob", shared)
+    assert _error(r, 400, "model")["code"] == "model_not_deployed"
+    assert bedrock.converse_calls() == []
+    seen = bedrock.call("bob", "GET", f"/v1/models/{shared}")
+    assert seen.status_code == 200 and seen.json()["deployments"] == [] and seen.json()["ready"] is False
+    listed = {m["id"]: m for m in bedrock.call("bob", "GET", "/v1/models").json()["data"]}
+    assert listed[shared]["deployments"] == []
+    # The control: Alice's chat with the shared model goes through her deployment.
+    mine = _chat(bedrock, "alice", shared)
+    assert mine.status_code == 200, mine.text
+    assert bedrock.converse_calls() == [f"/model/{quote(dep, safe='')}/converse"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_a_deployment_of_another_keys_model_made_elsewhere_is_a_404(bedrock: Bedrock, stream: bool) -> None:
+    """Alice's model's deployment made outside the gateway (not in the registry) serves Alice's model: by its
+    ARN or its name it is a 404 to Bob in chat, and to read or delete."""
+    for model in (bedrock.deployment, "alice-live"):
+        _error(_chat(bedrock, "bob", model, stream), 404)
+    for method in ("GET", "DELETE"):
+        _error(bedrock.call("bob", method, f"/v1/models/{bedrock.deployment}"), 404)
+    assert bedrock.converse_calls() == [] and bedrock.deployment in bedrock.standin.deployments
+    assert {r.method for r in bedrock.standin.requests} == {"GET"}  # look-ups only
+    for model in (bedrock.deployment, "alice-live"):
+        mine = _chat(bedrock, "alice", model, stream)
+        assert mine.status_code == 200, mine.text
+    assert bedrock.converse_calls() == [f"/model/{quote(bedrock.deployment, safe='')}/"
+                                        + ("converse-stream" if stream else "converse")] * 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_chat_naming_another_keys_custom_model_by_its_short_name_is_a_404(bedrock: Bedrock,
+                                                                                 stream: bool) -> None:
+    """The registry holds Alice's model by its ARN; a chat naming it by its short name is resolved
+    (GetCustomModel) and checked under that ARN before Converse is called."""
+    for model in ("alice-weather", "ALICE-WEATHER"):
+        _error(_chat(bedrock, "bob", model, stream), 404)
+    assert bedrock.converse_calls() == []
+    assert {r.method for r in bedrock.standin.requests} == {"GET"}  # look-ups by name only
+    # The control: Alice chats with her model by its short name, through its deployment.
+    mine = _chat(bedrock, "alice", "alice-weather", stream)
+    assert mine.status_code == 200, mine.text
+    assert bedrock.converse_calls() == [f"/model/{quote(bedrock.deployment, safe='')}/"
+                                        + ("converse-stream" if stream else "converse")]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_provisioned_throughput_of_another_keys_model_is_a_404(bedrock: Bedrock, stream: bool) -> None:
+    """Provisioned throughput bought (outside the gateway) for Alice's model serves Alice's model: by its ARN
+    or its name (GetProvisionedModelThroughput says which model) it is a 404 to Bob, never called."""
+    throughput = bedrock.standin.add_provisioned(bedrock.model, "alice-pt")
+    for model in (throughput, "alice-pt", _upper_tail(throughput)):
+        _error(_chat(bedrock, "bob", model, stream), 404)
+    assert bedrock.converse_calls() == []
+    assert {r.method for r in bedrock.standin.requests} == {"GET"}  # look-ups only
+    for model in (throughput, "alice-pt"):
+        mine = _chat(bedrock, "alice", model, stream)
+        assert mine.status_code == 200, mine.text
+    assert bedrock.converse_calls() == [f"/model/{quote(throughput, safe='')}/"
+                                        + ("converse-stream" if stream else "converse")] * 2

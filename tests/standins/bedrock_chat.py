@@ -23,6 +23,10 @@ Where every shape comes from (boto/botocore 1.44.8, the version installed):
   {customModelDeploymentArn}), GetCustomModelDeployment / DeleteCustomModelDeployment
   (``…/{customModelDeploymentIdentifier}``), ListCustomModelDeployments (modelArnEquals, statusEquals,
   modelDeploymentSummaries). Deployment status Creating → Active (after ``deploy_reads`` reads).
+  GetProvisionedModelThroughput (``GET /provisioned-model-throughput/{provisionedModelId}``, the ARN or the
+  name → GetProvisionedModelThroughputResponse with every required member: modelUnits, desiredModelUnits,
+  provisionedModelName, provisionedModelArn, modelArn, desiredModelArn, foundationModelArn, status,
+  creationTime, lastModifiedTime); a test buys one with ``add_provisioned``, InService at once.
 
 Not in any model, hence assumed: a custom model ARN given to Converse is a ValidationException (the documented
 rule is that custom models are invoked through a deployment or provisioned throughput); the words of every
@@ -86,7 +90,8 @@ class BedrockChatStandIn(BedrockStandIn):
     custom_models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ARN
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ARN
     converse_bodies: list[dict[str, Any]] = field(default_factory=list)
-    provisioned: set[str] = field(default_factory=set)
+    provisioned: set[str] = field(default_factory=set)  # ARNs Converse answers to
+    throughputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ARN (GetProvisionedModelThroughput)
 
     def __post_init__(self) -> None:
         self.runtime_model = _service("bedrock-runtime")
@@ -100,7 +105,7 @@ class BedrockChatStandIn(BedrockStandIn):
     async def route(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.raw_path.partition("?")[0]
         head = raw_path.strip("/").split("/")[0]
-        if head not in ("model", "custom-models", "model-customization"):
+        if head not in ("model", "custom-models", "model-customization", "provisioned-model-throughput"):
             return await self.dispatch(request)  # fine-tuning, as before
         body = await request.read()
         query = dict(parse_qsl(request.raw_path.partition("?")[2]))
@@ -116,6 +121,8 @@ class BedrockChatStandIn(BedrockStandIn):
             return await self.converse(request, parts[1], parts[2], body)
         if head == "custom-models":
             return self.custom_model_op(request.method, parts[1] if len(parts) > 1 else None, query)
+        if head == "provisioned-model-throughput" and len(parts) == 2 and request.method == "GET":
+            return self.throughput_op(parts[1])
         if parts[:2] == ["model-customization", "custom-model-deployments"]:
             return self.deployment_op(request.method, parts[2] if len(parts) > 2 else None, query, body)
         return self.error(404, "UnknownOperationException", "Unknown operation.")
@@ -165,6 +172,26 @@ class BedrockChatStandIn(BedrockStandIn):
             del self.custom_models[model["modelArn"]]
             return web.json_response({})
         return self.error(404, "UnknownOperationException", "Unknown operation.")
+
+    # ---- provisioned throughput (bought outside tunegate; only described here) ----
+
+    def add_provisioned(self, model_arn: str, name: str) -> str:
+        arn = f"arn:aws:bedrock:{REGION}:{ACCOUNT}:provisioned-model/{secrets.token_hex(6)}"
+        model = self.all_custom_models().get(model_arn) or {}
+        now = self.now()
+        self.throughputs[arn] = {"modelUnits": 1, "desiredModelUnits": 1, "provisionedModelName": name,
+                                 "provisionedModelArn": arn, "modelArn": model_arn, "desiredModelArn": model_arn,
+                                 "foundationModelArn": model.get("baseModelArn", model_arn), "status": "InService",
+                                 "creationTime": now, "lastModifiedTime": now}
+        self.provisioned.add(arn)
+        return arn
+
+    def throughput_op(self, ident: str) -> web.Response:
+        found = self.throughputs.get(ident) or next(
+            (t for t in self.throughputs.values() if t["provisionedModelName"] == ident), None)
+        if found is None:
+            return self.error(404, "ResourceNotFoundException", f"Provisioned model {ident} not found.")
+        return web.json_response(found)
 
     # ---- deployments ----
 

@@ -5,7 +5,16 @@ event-stream frames) on the bedrock-runtime endpoint; deployments and custom mod
 Every shape is botocore 1.44.8's model (boto/botocore ``botocore/data/bedrock-runtime/2023-09-30/service-2.json``:
 ConverseRequest, ConverseResponse, ConverseStreamOutput; ``botocore/data/bedrock/2023-04-20/service-2.json``:
 CreateCustomModelDeployment, GetCustomModelDeployment, ListCustomModelDeployments, ListCustomModels,
-GetCustomModel, DeleteCustomModel, DeleteCustomModelDeployment). See MAPPING.md, "Chat and models".
+GetCustomModel, DeleteCustomModel, DeleteCustomModelDeployment, GetProvisionedModelThroughput). See MAPPING.md,
+"Chat and models".
+
+Ownership (docs/security.md): a deployment made here is recorded as the deploying key's ("model", by the ARN
+CreateCustomModelDeployment answers with); a deployment serves its custom model, so one the registry does
+not hold is held to the rule under that model's ARN; another key's deployments are left out of what a key
+reads and of the deployment its chat is routed through. A custom model or deployment named by its short
+name is resolved (GetCustomModel, GetCustomModelDeployment, GetProvisionedModelThroughput), checked under its
+ARNs and called by its ARN; a provisioned throughput the registry does not hold is held to the rule under its
+model's ARN like a deployment.
 """
 
 from __future__ import annotations
@@ -46,6 +55,12 @@ _INVOCABLE = re.compile(r"arn:aws(-[^:]+)?:bedrock:([a-z0-9-]{1,20}):[0-9]{12}:"
                         r"(custom-model-deployment|provisioned-model)/[a-z0-9]{12}")
 _CUSTOM = re.compile(r"arn:aws(-[^:]+)?:bedrock:([a-z0-9-]{1,20}):[0-9]{12}:custom-model/[^\s/]+(/[^\s/]+)?")
 _DEPLOYMENT_NAME = re.compile(r"([0-9a-zA-Z][_-]?){1,63}")  # ModelDeploymentName
+_DEPLOYMENT_ARN = re.compile(r"arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:custom-model-deployment/[a-z0-9]{12}")
+_PROVISIONED_ARN = re.compile(r"arn:aws(-[^:]+)?:bedrock:[a-z0-9-]{1,20}:[0-9]{12}:provisioned-model/[a-z0-9]{12}")
+# Where the control plane describes each invocable thing (GetCustomModelDeployment, GetProvisionedModelThroughput:
+# both take the ARN or the name), and the member of the answer holding its ARN.
+_DESCRIBED = (("/model-customization/custom-model-deployments/", "customModelDeploymentArn", _DEPLOYMENT_ARN),
+              ("/provisioned-model-throughput/", "provisionedModelArn", _PROVISIONED_ARN))
 _IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif",
                   "image/webp": "webp"}  # ImageFormat enum
 # StopReason → OpenAI finish_reason. malformed_* have no OpenAI word: "stop", with Bedrock's own in
@@ -56,7 +71,7 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
 # ConverseStreamOutput's exception members and their httpStatusCode in the model.
 STREAM_EXCEPTIONS = {"internalServerException": 500, "modelStreamErrorException": 424, "validationException": 400,
                      "throttlingException": 429, "serviceUnavailableException": 503}
-DEPLOYMENT_TTL = 60.0  # seconds an Active deployment found for a custom model is reused without asking again
+DEPLOYMENT_TTL = 60.0  # seconds a resolved chat model (its deployment, its ARNs) is reused without asking again
 DEPLOYMENT_CACHE = 1024
 
 
@@ -364,9 +379,10 @@ class BedrockChat(Provider):
 
     def __init__(self) -> None:
         super().__init__()
-        # (caller identity, custom model ARN) → (Active deployment ARN, the model's ARN as Bedrock gives it,
+        # (caller's AWS identity, region, endpoint, model as named) → (the modelId Converse is called with, the
+        # ARNs found on the way, each checked again on every hit, the tunegate key owning that modelId if any,
         # found at)
-        self._deployed: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
+        self._deployed: OrderedDict[str, tuple[str, tuple[str, ...], str | None, float]] = OrderedDict()
 
     async def credentials(self, ctx: RequestContext) -> aws.AwsAuth:
         raise NotImplementedError  # Bedrock's own (RoleSessions)
@@ -421,6 +437,19 @@ class BedrockChat(Provider):
         return False
 
     @staticmethod
+    def _invocable_arn(model: str) -> bool:
+        """Whether ``model`` is a deployment or provisioned-throughput ARN. One in another shape (another case,
+        a trailing slash) matches none of ConversationalModelId's forms and would reach Bedrock under a
+        spelling nobody checked: a 404, never sent."""
+        if _INVOCABLE.fullmatch(model):
+            return True
+        lowered = model.lower()
+        if lowered.startswith("arn:") and (":custom-model-deployment/" in lowered or ":provisioned-model/" in lowered):
+            raise NotFound(f"'{model[:200]}' is not a Bedrock deployment or provisioned model ARN.", param="model",
+                           code="model_not_found")
+        return False
+
+    @staticmethod
     async def _check_spellings(ctx: RequestContext, spellings: Iterable[Any], model: str, param: str | None) -> None:
         """The ownership rule on each name of one custom model: the client's, its lowercase form (an
         upstream lenient about case is assumed), and the ARN Bedrock itself answers with."""
@@ -458,29 +487,128 @@ class BedrockChat(Provider):
     # ---- which model id Converse is called with ----
 
     async def _model_id(self, ctx: RequestContext, model: str) -> tuple[str, str]:
-        """(modelId for Converse, region). A custom model ARN is called through its Active deployment, once
-        the ownership rule holds on its spellings: the client's, lowercase, and the ``modelArn`` Bedrock's
-        deployments name (cached with the deployment, and checked on every hit)."""
+        """(modelId for Converse, region). The route checked the name as sent; here the ownership rule holds on
+        its other spellings and on the ARNs found on the way (MAPPING.md, "Custom models a request names"):
+
+        - a custom model ARN: checked lowercase too, then called through its newest Active deployment that no
+          other key owns, under the ``modelArn`` the deployments name;
+        - a short name (``([0-9a-zA-Z][_-]?){1,63}``: no foundation model id or inference profile, which hold a
+          '.'): checked as sent and lowercase; a custom model's (GetCustomModel) is checked under its ARN and
+          called as above; a deployment's (GetCustomModelDeployment) or a provisioned throughput's
+          (GetProvisionedModelThroughput) under its ARN and its model's, and called by its ARN; a name that is
+          none of these is a 404, never sent (what Converse would make of it nobody checked);
+        - a deployment or provisioned-throughput ARN the registry does not hold (made outside the gateway) that
+          a key asks for: checked under the ARN of the model it serves (GetCustomModelDeployment,
+          GetProvisionedModelThroughput);
+        - anything else (a recorded deployment, a foundation model or inference profile): as sent.
+
+        What a name resolves to is kept for DEPLOYMENT_TTL per AWS identity, region and endpoint; its ARNs are
+        checked again on every hit, and a hit on a deployment another tunegate key owns is looked up again for
+        this one."""
         region = self._region_of(ctx, model)
-        if not self._custom_arn(model, "model"):
-            return model, region  # a deployment, provisioned throughput, foundation model or inference profile
-        await self._check_spellings(ctx, (model, model.lower()), model, "model")
-        key = hashlib.sha256(f"{await self._identity(ctx)}|{model}".encode()).hexdigest()
+        if self._custom_arn(model, "model"):
+            how = "custom"
+        elif self._invocable_arn(model):
+            if not await self._unrecorded(ctx, model):
+                return model, region
+            how = "deployment"
+        elif jobs.CUSTOM_MODEL_NAME.fullmatch(model):
+            how = "name"
+        else:
+            return model, region
+        if how != "deployment":  # (a deployment ARN's pattern is lowercase: the route checked its one spelling)
+            await self._check_spellings(ctx, (model, model.lower()), model, "model")
+        # A name means something per account, region and endpoint: all of them are in the key.
+        where = f"{await self._identity(ctx)}|{region}|{self.control_url(ctx, region)}"
+        key = hashlib.sha256(f"{where}|{model}".encode()).hexdigest()
         hit = self._deployed.get(key)
-        if hit is not None and time.monotonic() - hit[2] < DEPLOYMENT_TTL:
-            await self._check_spellings(ctx, (hit[1],), model, "model")
-            return hit[0], region
+        if hit is not None and time.monotonic() - hit[3] < DEPLOYMENT_TTL:
+            await self._check_spellings(ctx, hit[1], model, "model")
+            if ctx.key is None or hit[2] in (None, ctx.key.id):
+                return hit[0], self._region_of(ctx, hit[0])
+            # another key's deployment, picked for that key's chat with a model both may use: look again
+        if how == "custom":
+            found: tuple[str, tuple[str, ...]] | None = await self._through_deployment(ctx, model, model, region)
+        elif how == "deployment":
+            found = await self._served_model(ctx, model, region)
+        else:
+            found = await self._named(ctx, model, region)
+        if found is None:
+            raise NotFound(f"No Bedrock custom model, deployment or provisioned throughput is named '{model[:200]}'.",
+                           param="model", code="model_not_found")
+        owner = (await ctx.store.owners("model", [found[0]])).get(found[0]) if ctx.store is not None else None
+        self._deployed[key] = (found[0], found[1], owner, time.monotonic())
+        while len(self._deployed) > DEPLOYMENT_CACHE:
+            self._deployed.popitem(last=False)
+        return found[0], self._region_of(ctx, found[0])
+
+    async def _through_deployment(self, ctx: RequestContext, model: str, shown: str,
+                                  region: str) -> tuple[str, tuple[str, ...]]:
+        """A custom model ARN's newest Active deployment this key may use (ListCustomModelDeployments), once the
+        ownership rule holds on the ``modelArn`` its deployments name: (its ARN, the model's ARN to check again;
+        the deployment's own owner is kept with it in the cache: another key's hit looks again)."""
         summaries = await self._deployments(ctx, region, model)
-        await self._check_spellings(ctx, (s.get("modelArn") for s in summaries), model, "model")
+        await self._check_spellings(ctx, (s.get("modelArn") for s in summaries), shown, "model")
+        summaries = await self._visible(ctx, summaries)
         active = next((s for s in summaries if s.get("status") == "Active"), None)
         if active is None:
             raise _not_deployed(model, summaries)
         canonical = active.get("modelArn")
-        self._deployed[key] = (str(active["customModelDeploymentArn"]),
-                               canonical if isinstance(canonical, str) else None, time.monotonic())
-        while len(self._deployed) > DEPLOYMENT_CACHE:
-            self._deployed.popitem(last=False)
-        return str(active["customModelDeploymentArn"]), region
+        return str(active["customModelDeploymentArn"]), (canonical,) if isinstance(canonical, str) else ()
+
+    async def _served_model(self, ctx: RequestContext, arn: str, region: str) -> tuple[str, tuple[str, ...]]:
+        """A deployment or provisioned-throughput ARN the registry does not hold: its description, and the
+        ownership rule on the custom model it serves (another key's model is a 404 under that ARN too)."""
+        path = next(p for p, _member, pattern in _DESCRIBED if pattern.fullmatch(arn))
+        raw = await self._control(ctx, region, "GET", path + quote(arn, safe=""))
+        served = (raw or {}).get("modelArn")
+        spellings = (served,) if isinstance(served, str) else ()
+        await self._check_spellings(ctx, spellings, arn, "model")
+        return arn, spellings
+
+    async def _named(self, ctx: RequestContext, name: str, region: str) -> tuple[str, tuple[str, ...]] | None:
+        """A short name: a custom model's first (GetCustomModel, as a job's ``baseModelIdentifier`` reads it),
+        else a deployment's (GetCustomModelDeployment), else a provisioned throughput's
+        (GetProvisionedModelThroughput), checked under the ARNs Bedrock answers with; None when it names none
+        of them (their 400/404)."""
+        raw = await self._get_if_found(ctx, region, "/custom-models/" + quote(name, safe=""))
+        canonical = (raw or {}).get("modelArn")
+        if isinstance(canonical, str) and _CUSTOM.fullmatch(canonical):
+            await self._check_spellings(ctx, (canonical,), name, "model")
+            return await self._through_deployment(ctx, canonical, name, self._region_of(ctx, canonical))
+        for path, member, pattern in _DESCRIBED:
+            raw = await self._get_if_found(ctx, region, path + quote(name, safe=""))
+            arn = (raw or {}).get(member)
+            if isinstance(arn, str) and pattern.fullmatch(arn):
+                served = raw.get("modelArn")
+                spellings = (arn, *((served,) if isinstance(served, str) else ()))
+                await self._check_spellings(ctx, spellings, name, "model")
+                return arn, spellings
+        return None
+
+    async def _get_if_found(self, ctx: RequestContext, region: str, path: str) -> Any:
+        """A control-plane GET; its 400 or 404 (nothing of that name) is None, any other error the answer."""
+        try:
+            return await self._control(ctx, region, "GET", path)
+        except UpstreamError as exc:
+            if exc.status in (400, 404):
+                return None
+            raise
+
+    @staticmethod
+    async def _unrecorded(ctx: RequestContext, arn: str) -> bool:
+        """A key asks for a deployment or provisioned throughput the registry does not hold (made outside the
+        gateway): its owner is known only by the model it serves. (An open gateway holds no one to the rule.)"""
+        return ctx.key is not None and ctx.store is not None and await ctx.store.placement("model", arn) is None
+
+    @staticmethod
+    async def _visible(ctx: RequestContext, summaries: list[JSON]) -> list[JSON]:
+        """Deployment summaries without another key's deployments (as if they did not exist)."""
+        if ctx.key is None or ctx.store is None or not summaries:
+            return summaries
+        arns = [a for s in summaries if isinstance(a := s.get("customModelDeploymentArn"), str)]
+        owners = await ctx.store.owners("model", arns)
+        return [s for s in summaries if owners.get(str(s.get("customModelDeploymentArn"))) in (None, ctx.key.id)]
 
     async def _identity(self, ctx: RequestContext) -> str:
         creds = await self.credentials(ctx)
@@ -493,7 +621,7 @@ class BedrockChat(Provider):
         return [s for s in (raw or {}).get("modelDeploymentSummaries") or [] if isinstance(s, dict)]
 
     def _forget_deployment(self, model: str) -> None:
-        for key in [k for k, (arn, _model, _at) in self._deployed.items() if arn == model]:
+        for key in [k for k, (arn, _spellings, _owner, _at) in self._deployed.items() if arn == model]:
             del self._deployed[key]
 
     # ---- chat ----
@@ -547,7 +675,7 @@ class BedrockChat(Provider):
             token = (raw or {}).get("nextToken")
             if not token:
                 break
-        deployments = await self._all_deployments(ctx, region)
+        deployments = await self._all_deployments(ctx, region)  # another key's left out
         return shapes.model_list([custom_model(m, deployments.get(str(m.get("modelArn")), [])) for m in models
                                   if m.get("modelArn")])
 
@@ -558,9 +686,9 @@ class BedrockChat(Provider):
             query = [("maxResults", "1000"), ("sortBy", "CreationTime"), ("sortOrder", "Descending")]
             raw = await self._control(ctx, region, "GET", "/model-customization/custom-model-deployments",
                                       query=query + ([("nextToken", token)] if token else []))
-            for s in (raw or {}).get("modelDeploymentSummaries") or []:
-                if isinstance(s, dict):
-                    by_model.setdefault(str(s.get("modelArn")), []).append(s)
+            summaries = [s for s in (raw or {}).get("modelDeploymentSummaries") or [] if isinstance(s, dict)]
+            for s in await self._visible(ctx, summaries):
+                by_model.setdefault(str(s.get("modelArn")), []).append(s)
             token = (raw or {}).get("nextToken")
             if not token:
                 break
@@ -568,9 +696,11 @@ class BedrockChat(Provider):
 
     async def retrieve_model(self, ctx: RequestContext, model: str) -> JSON:
         region = self._region_of(ctx, model)
-        if _INVOCABLE.fullmatch(model) and ":custom-model-deployment/" in model:
+        if _DEPLOYMENT_ARN.fullmatch(model):
             raw = await self._control(ctx, region, "GET", "/model-customization/custom-model-deployments/"
                                       + quote(model, safe=""))
+            # The route checked the deployment's record; one made elsewhere is its model's owner's.
+            await self._check_spellings(ctx, ((raw or {}).get("modelArn"),), model, None)
             return deployment_model(raw)
         if not _CUSTOM.fullmatch(model):
             raise NotFound(f"'{model}' is not a Bedrock custom model or deployment ARN tunegate can describe.")
@@ -578,11 +708,13 @@ class BedrockChat(Provider):
         raw = await self._control(ctx, region, "GET", "/custom-models/" + quote(model, safe=""))
         # Another spelling of another key's model reads it: its owner is known only by the ARN Bedrock gives.
         await self._check_spellings(ctx, ((raw or {}).get("modelArn"),), model, None)
-        return custom_model(raw, await self._deployments(ctx, region, model))
+        return custom_model(raw, await self._visible(ctx, await self._deployments(ctx, region, model)))
 
     async def delete_model(self, ctx: RequestContext, model: str) -> JSON:
         region = self._region_of(ctx, model)
-        if ":custom-model-deployment/" in model and _INVOCABLE.fullmatch(model):
+        if _DEPLOYMENT_ARN.fullmatch(model):
+            if await self._unrecorded(ctx, model):  # made elsewhere: its model's owner's to delete
+                await self._served_model(ctx, model, region)
             path = "/model-customization/custom-model-deployments/" + quote(model, safe="")
         elif _CUSTOM.fullmatch(model):
             await self.owned_custom_model(ctx, model, None)
@@ -594,11 +726,12 @@ class BedrockChat(Provider):
         return {"id": model, "object": "model", "deleted": True}
 
     async def deploy_model(self, ctx: RequestContext, model: str, body: JSON) -> JSON:
-        """CreateCustomModelDeployment (on-demand inference for a custom model), then the model with it."""
+        """CreateCustomModelDeployment (on-demand inference for a custom model), then the model with it. The
+        deployment's ARN is recorded as this key's at once: another key cannot call, read or delete it."""
         if not _CUSTOM.fullmatch(model):
             raise InvalidRequest("Only a Bedrock custom model ARN (a job's fine_tuned_model) can be deployed.",
                                  param="model", code="invalid_value")
-        await self.owned_custom_model(ctx, model, None)  # deployed under the client's name, checked on each
+        model = await self.owned_custom_model(ctx, model, None)  # each spelling checked; the ARN Bedrock gave
         unknown = sorted(set(body) - {"name", "description"})
         if unknown:
             raise unsupported_param(NAME, unknown[0], "A deployment takes 'name' and 'description'.")
@@ -613,8 +746,12 @@ class BedrockChat(Provider):
             request["description"] = str(body["description"])[:2048]
         region = self._region_of(ctx, model)
         # clientRequestToken makes the create idempotent on Bedrock's side: retrying it is safe.
-        await self._control(ctx, region, "POST", "/model-customization/custom-model-deployments", body=request,
-                            idempotent=True)
+        created = await self._control(ctx, region, "POST", "/model-customization/custom-model-deployments",
+                                      body=request, idempotent=True)
+        arn = (created or {}).get("customModelDeploymentArn")  # CreateCustomModelDeploymentResponse
+        if ctx.store is not None and isinstance(arn, str) and _DEPLOYMENT_ARN.fullmatch(arn):
+            await ctx.store.record("model", arn, ctx.provider_name, ctx.connection, ctx.key_id, "creating",
+                                   {"id": arn, "object": "model", "name": name, "model": model}, claim=True)
         return await self.retrieve_model(ctx, model)
 
 
