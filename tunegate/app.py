@@ -306,7 +306,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     tracing.setup()
     logs.ensure_request_handler()
     routes = [*ROUTES, Route("/metrics", metrics.metrics_endpoint, methods=["GET"], name="metrics"),
-              Mount("/ui", routes=ui.routes(), name="ui")]
+              ui.mount("/ui", name="ui")]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _disconnect})
     app.add_middleware(TraceAndLog)

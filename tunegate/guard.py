@@ -20,12 +20,16 @@ fully received is never timed, however long the app then takes.
 
 Requests the parser rejects (an unknown method, a byte not allowed in the target or a header, a bad
 Content-Length or chunk framing, ...) get the API's JSON error shape, status 400 with code
-``invalid_http``, in place of uvicorn's plain-text 400; the connection is closed either way.
+``invalid_http``, in place of uvicorn's plain-text 400; the connection is closed either way. On the h11
+fallback the guard refuses, the same way, what llhttp (httptools) refuses and h11 would pass on to the app:
+a method llhttp does not know (h11 takes any token), a control character other than HTAB in a header
+value (h11 refuses only NUL, CR, LF, VT and FF), Content-Length beside Transfer-Encoding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, Literal
@@ -59,6 +63,30 @@ def _invalid(detail: str | None) -> bytes:
 
 def _target_too_long(limit: int) -> bytes:
     return _refusal(414, "URI Too Long", f"The request target is too long (more than {limit} bytes).", "uri_too_long")
+
+
+# What llhttp takes as an HTTP/1.x request's method, upper case only (RFC 9110's, WebDAV's, CalDAV's, ...);
+# any other token ("FOO", "get", RTSP's DESCRIBE) it refuses, and PRI is HTTP/2's preface. h11 takes any token.
+LLHTTP_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH UNLOCK BIND "
+    "REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE UNSUBSCRIBE PATCH PURGE "
+    "MKCALENDAR LINK UNLINK SOURCE QUERY".split())
+# A control character (RFC 5234's CTL) other than HTAB: llhttp refuses each in a header value, h11 passes on
+# 0x01-0x08, 0x0E-0x1F and 0x7F (obs-text, 0x80-0xFF, both allow).
+_VALUE_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _h11_header_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """What llhttp would have refused in the headers h11 parsed (names in lower case), in llhttp's words
+    (as the httptools path words it); ``None`` if nothing."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if _VALUE_CTL.search(value):
+            return "Invalid header value char"
+        names.add(name)
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return "Transfer-Encoding can't be present with Content-Length"
+    return None
 
 
 class _Refused(Exception):
@@ -307,9 +335,17 @@ def _h11(base: type[Any]) -> type[Any]:
 
         def _should_upgrade(self) -> bool:
             # uvicorn asks this of each request as soon as it has the scope, before the app starts on it:
-            # h11 bounds only an incomplete head, so a long target that came whole is caught here.
+            # h11 bounds only an incomplete head, so a long target that came whole is caught here; and
+            # what h11 accepts but llhttp refuses, in llhttp's order (method, target, headers).
+            if self.scope["method"] not in LLHTTP_METHODS:
+                self._refuse(_invalid("Invalid method encountered"))
+                raise _Refused
             if len(self.scope["raw_path"]) + len(self.scope["query_string"]) + 1 > self.max_target_bytes:
                 self._refuse(_target_too_long(self.max_target_bytes))
+                raise _Refused
+            problem = _h11_header_refusal(self.scope["headers"])
+            if problem is not None:
+                self._refuse(_invalid(problem))
                 raise _Refused
             return super()._should_upgrade()  # type: ignore[no-any-return]
 

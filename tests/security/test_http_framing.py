@@ -242,6 +242,7 @@ class InProcess:
     """uvicorn with the guarded protocol (``impl``) serving ``_app`` in a thread."""
 
     def __init__(self, impl: Literal["httptools", "h11"]) -> None:
+        self.impl = impl
         self.port = free_port()
         head = 40 * 1024
         protocol = guarded_protocol(5.0, head, body_idle_timeout=WINDOW, max_target_bytes=32 * 1024, impl=impl)
@@ -274,13 +275,80 @@ def _post(path: str, length: int, extra: str = "") -> bytes:
 
 
 def test_both_protocols_refuse_malformed_requests_as_json(proto: InProcess) -> None:
-    # (h11 takes any token as a method, and a control character in a header value: the app answers those.)
-    for name in ("raw_ff_in_path", "content_length_abc", "bad_chunk_size"):
-        answer = ask(proto.port, MALFORMED[name])
+    for name, request_bytes in MALFORMED.items():
+        answer = ask(proto.port, request_bytes)
         assert_json_error(answer, 400, "invalid_http")
         assert answer.closed, name
     long_line = ask(proto.port, b"GET /?after=" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert_json_error(long_line, (414, 431), ("uri_too_long", "headers_too_large"))
+
+
+# What llhttp (httptools) takes as a request method: RFC 9110's, WebDAV's, ... in upper case, and no other
+# token ("FOO", "get", RTSP's methods; PRI only as HTTP/2's preface, which is no HTTP/1.1 request).
+LLHTTP_METHODS = ("DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH SEARCH "
+                  "UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE "
+                  "UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY").split()
+CTLS = [c for c in (*range(0x20), 0x7F) if c != 0x09]  # RFC 5234's CTL, HTAB apart
+REFUSED_BY_BOTH = {
+    **{f"method_{m}": m.encode() + b" / HTTP/1.1\r\nHost: x\r\n\r\n"
+       for m in ("FOO", "get", "Get", "G", "GETS", "DESCRIBE", "GET_PARAMETER", "PRI", "G(T", "G/T")},
+    # an unknown method and a long target: the method is refused first, as llhttp reads it first
+    "method_before_long_target": b"FOO /?a=" + b"a" * 40_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    **{f"ctl_{c:#04x}_{where}": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: " + value + b"\r\n\r\n"
+       for c in CTLS if c not in (0x0A, 0x0D)  # a CR or LF in a value ends the line: see the framing cases
+       for where, value in (("inside", b"a%cb" % c), ("first", b"%cb" % c), ("last", b"a%c" % c),
+                            ("alone", b"%c" % c))},
+    "ctl_in_a_second_header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\nX-B: \x1b[31m\r\n\r\n",
+    "ctl_in_host": b"GET / HTTP/1.1\r\nHost: x\x7f\r\n\r\n",
+    "lone_cr_in_value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "content_length_and_chunked": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+}
+
+
+@pytest.mark.parametrize("request_bytes", REFUSED_BY_BOTH.values(), ids=REFUSED_BY_BOTH.keys())
+def test_both_protocols_refuse_what_httptools_refuses(proto: InProcess, request_bytes: bytes) -> None:
+    """The h11 fallback refuses what httptools refuses, where h11 itself would pass it to the app: any
+    token as a method, a control character in a header value, Content-Length beside Transfer-Encoding."""
+    answer = ask(proto.port, request_bytes)
+    error = assert_json_error(answer, 400, "invalid_http")
+    assert answer.headers.get("connection") == "close" and answer.closed
+    assert b"\x1b" not in answer.raw and b"\x7f" not in answer.raw  # nothing of the request is echoed
+    assert error["message"].startswith("The request is not valid HTTP/1.1"), error
+
+
+def test_both_protocols_let_the_same_methods_and_values_through(proto: InProcess) -> None:
+    # (Not CONNECT: h11 takes a 2xx answer to it for a switch to a tunnel; no route of the gateway has it.)
+    for method in (m for m in LLHTTP_METHODS if m != "CONNECT"):
+        answer = ask(proto.port, method.encode() + b" /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                     check_close=False)
+        assert answer.status == 200, (method, answer.raw[:300])
+    # HTAB, spaces and obs-text (0x80-0xFF) are allowed in a value; nothing else below 0x20, nor 0x7F.
+    for value in (b"a\tb", b"\ta b\t", b"caf\xc3\xa9", bytes(range(0x80, 0x100)), b"", b"!~"):
+        answer = ask(proto.port, b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: " + value + b"\r\n\r\n", check_close=False)
+        assert answer.status == 200 and answer.json() == {"bytes": 0}, (value, answer.raw[:300])
+
+
+def test_a_pipelined_request_with_an_unknown_method_is_refused(proto: InProcess) -> None:
+    """On h11 the request before it is answered first (h11 reads a request only once the one before is
+    answered); httptools parses ahead and refuses at once, the request before it left unanswered."""
+    with socket.create_connection(("127.0.0.1", proto.port), timeout=WINDOW * 8) as sock:
+        sock.sendall(_post("/echo", 3) + b"abc" + b"FOO /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        answers = []
+        while True:
+            raw, closed = reader.response(WINDOW * 8, check_close=False)
+            if not raw:
+                break
+            answers.append(Answer(raw, None, 0))
+            if closed:
+                break
+    assert answers and assert_json_error(answers[-1], 400, "invalid_http"), [a.raw[:300] for a in answers]
+    assert answers[-1].headers.get("connection") == "close"
+    if proto.impl == "h11":
+        assert len(answers) == 2 and answers[0].json() == {"bytes": 3}, [a.raw[:300] for a in answers]
+    else:
+        assert len(answers) == 1, [a.raw[:300] for a in answers]
 
 
 def test_both_protocols_time_out_a_stalled_body(proto: InProcess) -> None:

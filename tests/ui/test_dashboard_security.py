@@ -180,6 +180,35 @@ def test_every_ui_answer_carries_the_security_headers(two: Two) -> None:
         assert "no-store" not in r.headers.get("Cache-Control", ""), name  # the scripts and styles may be cached
 
 
+def test_the_dashboards_slash_redirects_carry_the_security_headers(tmp_path: Path) -> None:
+    """``/ui`` without its slash (Starlette's redirect to ``/ui/``, made by the app's router, outside the
+    dashboard's own) and the redirects inside the dashboard: each is a 307 with the headers, to the
+    right place, the query string kept."""
+    with Gateway(tmp_path / "data") as gw:
+        url = gw.url
+        cases = {
+            ("GET", "/ui"): "/ui/",
+            ("HEAD", "/ui"): "/ui/",
+            ("POST", "/ui"): "/ui/",
+            ("GET", "/ui?next=%2Fui%2Fjobs"): "/ui/?next=%2Fui%2Fjobs",
+            ("GET", "/ui/jobs/"): "/ui/jobs",
+            ("GET", "/ui/static"): "/ui/static/",
+        }
+        for (method, path), target in cases.items():
+            r = requests.request(method, url + path, allow_redirects=False, timeout=30)
+            what = f"{method} {path}"
+            assert r.status_code == 307, (what, r.status_code)
+            assert r.headers["location"] in (target, url + target), (what, r.headers["location"])
+            assert_secured(r, what)
+        # Followed, GET /ui lands on the dashboard (the login form of an open gateway's home, here).
+        r = requests.get(url + "/ui", timeout=30)
+        assert r.status_code == 200 and r.url.startswith(url + "/ui/"), (r.status_code, r.url)
+        assert_secured(r, "after the redirect")
+        # Nothing else changed: a path merely starting with the prefix is no dashboard's.
+        r = requests.get(url + "/uix", allow_redirects=False, timeout=30)
+        assert r.status_code == 404 and "X-Frame-Options" not in r.headers, r.headers
+
+
 # ---- cross-site requests -------------------------------------------------------------------------
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def routes() -> list[Any]:
-    from tunegate.ui.pages import routes as page_routes
+def mount(path: str = "/ui", name: str = "ui") -> Any:
+    """The dashboard's mount (a Starlette ``Mount``): every answer under ``path``, and at ``path``
+    itself (the redirect to ``path/``), carries the dashboard's security headers."""
+    from tunegate.ui.pages import mount as page_mount
 
-    return page_routes()
+    return page_mount(path, name=name)

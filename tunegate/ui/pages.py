@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Match, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
@@ -393,8 +393,31 @@ class Secured:
             raise  # the app logs it (type and place only)
 
 
-def routes() -> list[BaseRoute]:
-    return [Mount("", app=Secured(_routes()))]
+class Dashboard(Mount):
+    """The dashboard's mount, its app ``Secured``, which also takes the bare prefix (``/ui``): Starlette's
+    mount matches only below it, and the app's router would answer ``/ui`` itself with its redirect to
+    ``/ui/`` (outside ``Secured``, without the headers). Here that request reaches the dashboard's router,
+    whose own redirect to the slash (any method, the query kept, as before) goes out through ``Secured``.
+    Only ``http``: a websocket at the bare prefix is refused by the app's router, as before."""
+
+    def __init__(self, path: str, name: str | None = None) -> None:
+        super().__init__(path, app=Secured(_routes()), name=name)
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE or scope["type"] != "http" or not self.path:
+            return match, child
+        path, root_path = scope["path"], scope.get("root_path", "")
+        if (path[len(root_path):] if root_path and path.startswith(root_path) else path) == self.path:
+            return Match.FULL, {"path_params": dict(scope.get("path_params", {})),
+                                "app_root_path": scope.get("app_root_path", root_path),
+                                "root_path": root_path + self.path, "endpoint": self.app}
+        return match, child
+
+
+def mount(path: str = "/ui", name: str | None = "ui") -> Mount:
+    """The dashboard, mounted at ``path`` (every answer under it, and at ``path`` itself, secured)."""
+    return Dashboard(path, name=name)
 
 
 def _routes() -> list[BaseRoute]:
