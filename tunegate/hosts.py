@@ -265,6 +265,7 @@ async def check_custom_host(url: str, allowed: list[str], param: str = "x-portke
     return checked
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and the same few hosts arrive on every request; a raise is not cached
 def split_client_url(url: str, param: str = "x-portkey-custom-host",
                      what: str = "x-portkey-custom-host") -> SplitResult:
     """A client-chosen URL taken apart, or a 400 saying what is wrong with it: an http(s) URL with a

@@ -106,29 +106,42 @@ def count_upload(scope: Scope, receive: Receive) -> Receive:
     return counting
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, kept: prometheus_client takes a lock and rebuilds the label tuple on
+    every ``labels()`` call. The set is bounded: provider names, route names and statuses."""
+    key = (id(metric), *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def observe(scope: Scope, status: int, seconds: float) -> None:
     """Record one finished request. Called from the middleware's ``finally``: must never raise."""
     ctx = scope.get("tunegate.ctx")
     endpoint = scope.get("endpoint")
     operation = getattr(endpoint, "__name__", None) or "unrouted"
     provider = ctx.provider_name if ctx is not None else "none"
-    REQUESTS.labels(provider, operation, str(status)).inc()
-    LATENCY.labels(provider, operation).observe(seconds)
+    _child(REQUESTS, provider, operation, str(status)).inc()
+    _child(LATENCY, provider, operation).observe(seconds)
     if ctx is None:
         return
     stats = ctx.policy.stats
     if stats["attempts"]:
-        UPSTREAM_ATTEMPTS.labels(provider, operation).inc(stats["attempts"])
+        _child(UPSTREAM_ATTEMPTS, provider, operation).inc(stats["attempts"])
     if stats["retries"]:
-        UPSTREAM_RETRIES.labels(provider, operation).inc(stats["retries"])
+        _child(UPSTREAM_RETRIES, provider, operation).inc(stats["retries"])
     upstream = ctx.upstream_status
     if upstream is not None and (upstream >= 500 or upstream == 429):
-        UPSTREAM_ERRORS.labels(provider, operation, str(upstream)).inc()
+        _child(UPSTREAM_ERRORS, provider, operation, str(upstream)).inc()
     elif upstream is None and stats["attempts"] and status in (502, 504):
-        UPSTREAM_ERRORS.labels(provider, operation, "timeout" if status == 504 else "unreachable").inc()
+        _child(UPSTREAM_ERRORS, provider, operation, "timeout" if status == 504 else "unreachable").inc()
     uploaded = scope.get(_UPLOAD_BYTES)
     if uploaded and status < 400:
-        UPLOADED_BYTES.labels(provider).inc(uploaded)
+        _child(UPLOADED_BYTES, provider).inc(uploaded)
 
 
 # ---- database-derived gauges (computed per scrape, cached briefly) -------------------------------

@@ -3,8 +3,10 @@ and keeping the registry up to date (with per-key visibility)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
@@ -94,10 +96,24 @@ def _depth(value: Any, level: int = 1) -> int:
 MAX_PAGE_LIMIT = 10_000  # the largest page any provider serves (OpenAI's file list)
 
 
+def _query_pairs(query_string: bytes) -> tuple[tuple[str, str], ...]:
+    """The query string's pairs the way Starlette's QueryParams parses them (latin-1, blanks kept). The
+    few short ones that repeat on every list ("limit=20") are parsed once: 512 of at most 256 bytes."""
+    return _short_query_pairs(query_string) if len(query_string) <= 256 else _parse_query(query_string)
+
+
+def _parse_query(query_string: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+
+
+_short_query_pairs = functools.lru_cache(maxsize=512)(_parse_query)
+
+
 def page(request: Request, default_limit: int, *extra: str) -> Page:
     """OpenAI pagination from the query string: ``limit``, ``after``, ``metadata[k]=v`` and the named
     extras. ``limit=0`` is allowed (the spec sets no minimum and the SDK's own tests send it)."""
-    query = request.query_params
+    pairs = _query_pairs(request.scope.get("query_string", b""))
+    query = dict(pairs)  # the last of a repeated name, as Starlette's QueryParams.get
     raw_limit = query.get("limit")
     limit = default_limit
     if raw_limit is not None and raw_limit != "":
@@ -115,7 +131,7 @@ def page(request: Request, default_limit: int, *extra: str) -> Page:
         raise InvalidRequest("'after' is not an id (it holds a control character).", param="after",
                              code="invalid_cursor")
     found: dict[str, Any] = {name: query[name] for name in extra if query.get(name)}
-    metadata = {k[len("metadata["):-1]: v for k, v in query.multi_items()
+    metadata = {k[len("metadata["):-1]: v for k, v in pairs
                 if k.startswith("metadata[") and k.endswith("]")}
     for name, value in [*found.items(), *(("metadata[" + k + "]", f"{k}{v}") for k, v in metadata.items())]:
         if isinstance(value, str) and not value.isprintable():
