@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import ipaddress
 import json
 import os
@@ -289,6 +290,23 @@ def test_nothing_of_ours_goes_upstream(env: tuple[StandIn, str, Gateway]) -> Non
     assert sent["OpenAI-Project"] == "proj_9" and sent["OpenAI-Organization"] == "org_9"
     assert "Cookie" not in sent
     assert sent["Host"] == upstream.removeprefix("http://")
+
+
+def test_a_repeated_header_counts_by_its_first_value(env: tuple[StandIn, str, Gateway]) -> None:
+    """For every header alike: the provider, the host and the options (an option once counted by its
+    last value while the others counted by their first)."""
+    standin, upstream, gw = env
+    parts = urlsplit(gw.url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port)
+    conn.putrequest("GET", "/v1/fine_tuning/jobs")
+    for name, value in [*headers(upstream).items(), ("x-portkey-openai-project", "proj_first"),
+                        ("x-portkey-openai-project", "proj_second"), ("x-portkey-provider", "mistral")]:
+        conn.putheader(name, value)
+    conn.endheaders()
+    answer = conn.getresponse()
+    assert answer.status == 200, answer.read()
+    conn.close()
+    assert standin.requests[-1].headers["OpenAI-Project"] == "proj_first"
 
 
 def test_trace_id_echoed_or_generated(env: tuple[StandIn, str, Gateway]) -> None:

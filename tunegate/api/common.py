@@ -39,10 +39,20 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
+def first_headers(request: Request) -> dict[str, str]:
+    """The request's headers as a plain dict, decoded once: a repeated name counts by its first value, as
+    Starlette's ``Headers.get`` has it, for every header alike (the provider, the key and the options).
+    The context reads a dozen headers per request; each ``Headers.get`` is a scan of the raw list."""
+    headers: dict[str, str] = {}
+    for name, value in request.scope["headers"]:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
 async def context(request: Request, ref: tuple[str, str] | None = None,
                   default_provider: str | None = None) -> RequestContext:
-    ctx = await services(request).resolver.resolve(request.headers, request.scope["tunegate.trace_id"], ref,
-                                                   default_provider)
+    ctx = await services(request).resolver.resolve(first_headers(request), request.scope["tunegate.trace_id"],
+                                                   ref, default_provider)
     request.scope["tunegate.ctx"] = ctx
     return ctx
 
