@@ -22,6 +22,11 @@ MANIFEST = "manifest.json"
 REPLAYS = "replays.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PATH_CHARS = 1024
+# The most bytes ``read_json`` reads of one of the bundle's JSON files. A bundle may come from someone else,
+# and its JSON is parsed whole in memory (several times the file's size as Python objects), so an unbounded
+# file could exhaust the memory of the machine that replays it. A manifest holds one entry per job and per
+# file: 256 MiB is far beyond any real export's, and bounds what a hostile bundle can make a reader hold.
+MAX_JSON_BYTES = 256 * 1024 * 1024
 
 
 class BundleError(ValueError):
@@ -43,10 +48,23 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """The JSON value in ``path`` (None when there is no such file), or a BundleError naming the file when it
+    is larger than MAX_JSON_BYTES, unreadable, not UTF-8, not JSON or nested too deeply to parse."""
     try:
-        return json.loads(path.read_text("utf-8"))
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # Read one byte past the bound: a file that grows, or reports no size, is caught all the same.
+            raw = fh.read(MAX_JSON_BYTES + 1) if size <= MAX_JSON_BYTES else b""
+        if size > MAX_JSON_BYTES or len(raw) > MAX_JSON_BYTES:
+            raise BundleError(f"{path} is larger than the {MAX_JSON_BYTES} bytes this tunegate reads of a "
+                              "bundle's JSON file; refusing it")
+        return json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         return None
+    except BundleError:
+        raise
+    except RecursionError:
+        raise BundleError(f"cannot read {path}: its JSON is nested too deeply") from None
     except (OSError, ValueError) as exc:
         raise BundleError(f"cannot read {path}: {exc}") from None
 
