@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from tunegate.cluster.settings import RaySettings
+from tunegate.serving.request import MAX_N
 from tunegate.webhooks.settings import WatchSettings, WebhookSettings
 
 MB = 1024 * 1024
@@ -130,6 +131,9 @@ class Settings(BaseSettings):
     local_max_seq_length: int = Field(default=8192, ge=8)
     local_max_epochs: int = Field(default=50, ge=1)  # an "auto" count is lowered to it
     local_keep_checkpoints: int = Field(default=3, ge=1)  # per job, the newest ones; the best one is kept too
+    # `local` chat: the most choices (`n`) one chat completion may ask for (more: 400, param "n"). The
+    # transformers server generates them one after another in one slot; at most OpenAI's own cap of 128.
+    local_chat_max_n: int = Field(default=MAX_N, ge=1, le=MAX_N)
     # Bytes of managed files (`tunegate`/`local` providers, job results included) one key may keep
     # (one shared budget on an open gateway); None: no bound. Beyond it, uploads are answered 429.
     managed_files_max_bytes_per_key: int | None = Field(default=20 * 1024**3, ge=0)

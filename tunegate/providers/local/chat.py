@@ -32,7 +32,7 @@ from tunegate.providers.base import JSON
 from tunegate.providers.openai_chat import OpenAIChat
 from tunegate.serving import shapes
 from tunegate.serving.local.manager import Endpoint, LocalServers, servers_for
-from tunegate.serving.local.params import check_supported
+from tunegate.serving.local.params import check_n, check_supported
 from tunegate.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ class LocalChat(OpenAIChat):
         return super().check(ctx, response)
 
     async def _call(self, ctx: RequestContext, body: JSON, stream: bool) -> Any:
+        check_n(body, _settings(ctx).local_chat_max_n)  # every engine, before starting anything
         if self._servers(ctx).conf.engine == "transformers":
             check_supported(body)  # before starting anything: a clear 400 naming the parameter
         served = await self._served(ctx, body["model"])

@@ -18,6 +18,15 @@ NEUTRAL = {"model", "messages", "stream", "stream_options", "temperature", "top_
            "frequency_penalty"}
 
 
+def check_n(body: dict[str, Any], max_n: int) -> None:
+    """``n`` within the operator's cap (``local_chat_max_n``, given by the gateway's ``local`` adapter; the
+    request's shape, ``n`` from 1 to ``request.MAX_N``, is checked before)."""
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > max_n:
+        raise InvalidRequest(f"'n' must be an integer from 1 to {max_n}: this gateway serves at most {max_n} "
+                             "choice(s) per local chat completion (local_chat_max_n).", param="n",
+                             code="invalid_value")
+
 
 def check_supported(body: dict[str, Any]) -> None:
     """What this server cannot do, refused by name (the gateway runs the same check before sending)."""
