@@ -199,6 +199,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    ctx = request.scope.get("tunegate.ctx")
+    if exc.status == 404 and ctx is not None and ctx.key is not None and ctx.unrecorded_ref is not None:
+        # An id the registry does not know: whatever said "not found" (the provider, in its own words, or
+        # the adapter), the answer reads exactly as the refusal of another key's object
+        # (context._recorded), so a key cannot tell ids that exist under other keys from ids that exist
+        # nowhere. A key's own objects keep the provider's message.
+        kind, object_id = ctx.unrecorded_ref
+        exc = NotFound(f"No such {kind}: '{object_id}'.")
     if exc.status >= 500:
         log.warning("upstream failure %s on %s %s: %s", exc.status, request.method, request.url.path, exc.message)
     return exc.response()

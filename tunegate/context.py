@@ -77,6 +77,9 @@ class RequestContext:
     # Headers an adapter adds to this request's answer (e.g. a provider's deprecation Warning); the app
     # puts them on the response, errors included.
     response_headers: dict[str, str] = field(default_factory=dict)
+    # (kind, id) the path names, when the registry knows no such object: any 404 for it then reads as the
+    # refusal of another key's object does (see app._api_error).
+    unrecorded_ref: tuple[str, str] | None = None
 
     @property
     def provider_name(self) -> str:
@@ -294,7 +297,8 @@ class ContextResolver:
 
         ctx = RequestContext(trace_id=trace_id, provider=provider, upstream=self.upstream,
                              policy=self._policy(headers, config, connection), key=key, settings=self.settings,
-                             store=self.store, files=self.files)
+                             store=self.store, files=self.files,
+                             unrecorded_ref=ref if recorded is None else None)
         if connection is not None:
             if key is not None and not key.may_use(connection.name):
                 raise Forbidden(f"This key is not granted the connection '{connection.name}'.",

@@ -184,4 +184,5 @@ def test_a_model_that_fails_is_counted_not_scored(rig: Rig, tmp_path: Path) -> N
     b = doc["summary"]["B"]
     assert b["answers"] == {"n": 2, "failed": 2} and b["graders"]["exact"] == {
         "type": "string_check", "n": 0, "errors": 2, "mean": None, "passed": None, "pass_rate": None}
-    assert "does not exist" in doc["items"][0]["samples"]["B"]["error"]
+    # A model the registry does not know: the provider's 404 reads as the refusal of another key's model.
+    assert "No such model: 'ft:gpt-4o-mini:gone:x:1'" in doc["items"][0]["samples"]["B"]["error"]

@@ -1,0 +1,77 @@
+"""A key cannot tell an id that exists under another key from one that exists nowhere: the provider's
+own "not found" for an id the registry does not know reads exactly as the gateway's refusal of another
+key's object (docs/security.md, ownership). A key's own object keeps the provider's words."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from aiohttp import web
+
+from tests.gateway import Gateway
+from tests.standins.openai_like import ServerThread
+from tunegate.store import Store
+
+ALICE_JOB = "ftjob-AliceJob0001"
+GONE_JOB = "ftjob-AliceGone0002"  # Alice's, recorded, since removed at the provider
+# Not OpenAI's exact wording (unverified without a live account); any provider wording will do here.
+PROVIDER_404 = {"error": {"message": "Could not find fine-tune job.", "type": "invalid_request_error",
+                          "param": "fine_tuning_job_id", "code": "fine_tuning_job_not_found"}}
+
+
+@pytest.fixture
+def team(tmp_path: Path) -> Iterator[tuple[Gateway, dict[str, str]]]:
+    async def any_call(request: web.Request) -> web.Response:
+        job_id = request.path.split("/")[4] if request.path.startswith("/v1/fine_tuning/jobs/") else ""
+        if job_id == ALICE_JOB:
+            if request.path.endswith("/events"):
+                return web.json_response({"object": "list", "data": [], "has_more": False})
+            return web.json_response({"id": job_id, "object": "fine_tuning.job", "status": "running",
+                                      "model": "gpt-4o-mini-2024-07-18", "created_at": 1})
+        return web.json_response(PROVIDER_404, status=404, headers={"x-request-id": "req_upstream"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_call)
+    with ServerThread(app) as up, Gateway(tmp_path / "data") as gw:
+        async def setup(store: Store) -> dict[str, str]:
+            await store.add_connection("team-oa", "openai", {"api_key": "sk-team-secret"}, up.url + "/v1", {})
+            alice, alice_secret = await store.create_key("alice", ["team-oa"])
+            _, bob_secret = await store.create_key("bob", ["team-oa"])
+            for job in (ALICE_JOB, GONE_JOB):
+                await store.record("job", job, "openai", "team-oa", alice.id, "running", claim=True)
+            return {"alice": alice_secret, "bob": bob_secret}
+
+        yield gw, gw.with_store(setup)
+
+
+def _call(gw: Gateway, key: str, method: str, path: str) -> requests.Response:
+    return requests.request(method, gw.url + path, timeout=20,
+                            headers={"x-portkey-api-key": key, "x-portkey-provider": "openai"})
+
+
+def _shape(r: requests.Response, job_id: str) -> tuple[int, str, list[str]]:
+    """Status, body with the id taken out, and the header names (values such as the trace id differ)."""
+    names = sorted(n.lower() for n in r.headers if n.lower() not in ("date", "content-length", "x-portkey-trace-id"))
+    return r.status_code, r.text.replace(job_id, "<id>"), names
+
+
+@pytest.mark.parametrize("method,suffix", [("GET", ""), ("POST", "/cancel"), ("GET", "/events")])
+def test_another_keys_job_and_no_job_at_all_answer_alike(team: tuple[Gateway, dict[str, str]], method: str,
+                                                          suffix: str) -> None:
+    gw, keys = team
+    theirs = _call(gw, keys["bob"], method, f"/v1/fine_tuning/jobs/{ALICE_JOB}{suffix}")
+    nowhere = _call(gw, keys["bob"], method, f"/v1/fine_tuning/jobs/ftjob-NoSuchJob0003{suffix}")
+    assert theirs.status_code == 404, theirs.text
+    assert _shape(theirs, ALICE_JOB) == _shape(nowhere, "ftjob-NoSuchJob0003")
+    assert nowhere.json()["error"] == {"message": "No such job: 'ftjob-NoSuchJob0003'.",
+                                       "type": "invalid_request_error", "param": None, "code": "not_found"}
+
+
+def test_a_keys_own_object_keeps_the_providers_words(team: tuple[Gateway, dict[str, str]]) -> None:
+    gw, keys = team
+    assert _call(gw, keys["alice"], "GET", f"/v1/fine_tuning/jobs/{ALICE_JOB}").status_code == 200
+    gone = _call(gw, keys["alice"], "GET", f"/v1/fine_tuning/jobs/{GONE_JOB}")
+    assert gone.status_code == 404 and gone.json()["error"]["message"] == "Could not find fine-tune job.", gone.text
