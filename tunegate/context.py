@@ -98,14 +98,16 @@ class RequestContext:
         recorded = await self.store.placement(kind, object_id) if self.store is not None else None
         self._check_reach(recorded, kind, object_id, param, shown)
 
-    async def check_named_all(self, named: Sequence[tuple[str, str, str | None]]) -> None:
+    async def check_named_all(self, named: Sequence[tuple[str, str, str | None]], *,
+                              shown: str | None = None) -> None:
         """``check_named`` of several (kind, id, param) at once, with one registry read for those not
-        cached; the first one out of reach is the 404."""
+        cached; the first one out of reach is the 404 (``shown``: the caller's spelling, when all of them
+        are spellings of one name)."""
         if self.store is None or not named:
             return
         found = await self.store.placements([(kind, object_id) for kind, object_id, _param in named])
         for kind, object_id, param in named:
-            self._check_reach(found.get((kind, object_id)), kind, object_id, param, None)
+            self._check_reach(found.get((kind, object_id)), kind, object_id, param, shown)
 
     def _check_reach(self, recorded: StoredObject | None, kind: str, object_id: str, param: str | None,
                      shown: str | None) -> None:

@@ -90,8 +90,8 @@ class FireworksChat(CompatChat):
         """The ownership rule on every id the registry may know this object by (``wire.registry_ids``):
         another key's object is a 404 under any of them (``shown``: the client's spelling)."""
         own = ctx.option("fireworks_account_id")  # a full name needs no account of the request's own
-        for spelling in wire.registry_ids(account, collection, object_id, str(own) if own is not None else None):
-            await ctx.check_named(kind, spelling, param, shown=shown)
+        spellings = wire.registry_ids(account, collection, object_id, str(own) if own is not None else None)
+        await ctx.check_named_all([(kind, spelling, param) for spelling in spellings], shown=shown)
 
     def model_url(self, ctx: RequestContext, model: str) -> str:
         account, model_id = self.resource(ctx, model)
