@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Iterator
 
+import pytest
+
 from tunegate import logs
 
 ARGS = dict(trace_id="trace-1", method="GET", path="/v1/fine_tuning/jobs", status=200, latency_ms=1.23456,
@@ -98,3 +100,33 @@ def _test_a_custom_record_factory_goes_through_logging(sole_handler: logging.Str
         assert logs._sole_json_stream() is None
     finally:
         logging.setLogRecordFactory(stock)
+
+
+def test_a_patched_dispatch_or_logger_class_goes_through_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SDK that wraps Logger.callHandlers (Sentry's breadcrumbs) must still see every request line."""
+    with sole_handler() as handler:
+        assert logs._sole_json_stream() is handler
+        stock = logging.Logger.callHandlers
+        seen: list[logging.LogRecord] = []
+
+        def wrapped(self: logging.Logger, record: logging.LogRecord) -> None:
+            seen.append(record)
+            stock(self, record)
+
+        monkeypatch.setattr(logging.Logger, "callHandlers", wrapped)
+        assert logs._sole_json_stream() is None
+        logs.log_request(**ARGS)  # type: ignore[arg-type]
+        assert [r.getMessage() for r in seen] == ["request"] and written(handler)[0]["request_id"] == "trace-1"
+
+
+def test_a_broken_stream_is_handled_as_logging_handles_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
+
+    handled: list[logging.LogRecord] = []
+    with sole_handler() as handler:
+        handler.setStream(Broken())
+        monkeypatch.setattr(handler, "handleError", handled.append)
+        logs.log_request(**ARGS)  # type: ignore[arg-type]  # must not raise
+    assert [r.getMessage() for r in handled] == ["request"]

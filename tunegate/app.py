@@ -206,6 +206,9 @@ async def _api_error(request: Request, exc: Exception) -> Response:
         # (context._recorded), so a key cannot tell ids that exist under other keys from ids that exist
         # nowhere. A key's own objects keep the provider's message.
         kind, object_id = ctx.unrecorded_ref
+        log.info("a 404 on %s %s answered as the ownership refusal; the original: %s %s", request.method,
+                 request.url.path[:200], exc.code, exc.message[:300])
+        ctx.response_headers.clear()  # the refusal carries no adapter header (a provider's Warning) either
         exc = NotFound(f"No such {kind}: '{object_id}'.")
     if exc.status >= 500:
         log.warning("upstream failure %s on %s %s: %s", exc.status, request.method, request.url.path, exc.message)

@@ -269,7 +269,10 @@ class ContextResolver:
         # A provider key counts as the caller's own only where the key may use one: otherwise it is ignored
         # below (the stored secrets go out), so it must not open an orphan either.
         own_key = bool(provider_key) and (key is None or key.allow_provider_keys)
-        recorded = await self._recorded(ref, key, own_key)
+        # Another key's object is refused only at the end, after every check an unknown id goes through too
+        # (provider, connection, options, host): until then both take the same path, so no earlier answer
+        # tells them apart.
+        recorded, refused = await self._recorded(ref, key, own_key)
         provider_name = (headers.get("x-portkey-provider") or (connection.provider if connection else None)
                          or config.get("provider") or (recorded.provider if recorded else None)
                          or default_provider or self.settings.default_provider)
@@ -329,6 +332,9 @@ class ContextResolver:
         # that host could hand back a URL to one the operator trusts (an internal base URL, an emulator)
         # on any port.
         ctx.policy.trusted_hosts = frozenset() if ctx.policy.client_host else self._trusted_hosts(provider, connection)
+        if refused:
+            assert ref is not None
+            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")  # as if it did not exist, so ids cannot be probed
         return ctx
 
     async def caller(self, headers: Mapping[str, str]) -> ApiKey | None:
@@ -430,20 +436,23 @@ class ContextResolver:
         return connection
 
     async def _recorded(self, ref: tuple[str, str] | None, key: ApiKey | None,
-                        own_provider_key: bool) -> StoredObject | None:
-        """The registry's record of the path's object, and the ownership rule (docs/security.md): a key
-        reaches its own objects; unowned ones through a connection it may use (checked later); unowned
-        ones of no connection (made on an open gateway with a caller's own provider key) only with a
-        provider key of its own, which the provider then checks."""
+                        own_provider_key: bool) -> tuple[StoredObject | None, bool]:
+        """The registry's record of the path's object and whether the ownership rule refuses it
+        (docs/security.md): a key reaches its own objects and unowned ones of a connection it is granted;
+        unowned ones of no connection (made on an open gateway with a caller's own provider key) only with
+        a provider key of its own, which the provider then checks. A refused object is no record at all
+        to the rest of the resolution, which raises the 404 once every other check has passed."""
         if ref is None:
-            return None
+            return None, False
         if len(ref[1]) > 512:
             raise NotFound(f"No such {ref[0]}.")
         recorded = await self.store.placement(*ref)
-        if recorded is not None and not reachable(recorded, key, own_provider_key):
-            # Answer as if it did not exist, so ids cannot be probed.
-            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
-        return recorded
+        if recorded is None:
+            return None, False
+        granted = key is None or recorded.connection is None or key.may_use(recorded.connection)
+        if not granted or not reachable(recorded, key, own_provider_key):
+            return None, True
+        return recorded, False
 
     async def _granted_connection(self, key: ApiKey, provider_name: str) -> Connection | None:
         """The connection a key uses for a provider when the request names none: the first of its

@@ -80,6 +80,12 @@ def ensure_request_handler() -> None:
     request_log.setLevel(logging.INFO)
 
 
+def _stock_dispatch() -> bool:
+    """``Logger.handle`` and ``callHandlers`` are logging's own (an SDK may wrap them to see records)."""
+    return all(getattr(getattr(logging.Logger, name), "__module__", None) == "logging"
+               for name in ("handle", "callHandlers"))
+
+
 def _sole_json_stream() -> logging.StreamHandler[Any] | None:
     """The one handler a request line reaches, when it is what ``tunegate serve`` (or
     :func:`ensure_request_handler`) sets up: a plain ``StreamHandler`` with :class:`JsonFormatter`, open to
@@ -88,8 +94,9 @@ def _sole_json_stream() -> logging.StreamHandler[Any] | None:
 
     Walked on every line rather than cached, so a change to the logging set-up is seen at once; the walk is
     a few attribute reads, against the ~30 µs that making and formatting a ``LogRecord`` costs per request."""
-    if logging.getLogRecordFactory() is not logging.LogRecord or request_log.disabled:
-        return None
+    if (logging.getLogRecordFactory() is not logging.LogRecord or request_log.disabled
+            or type(request_log) is not logging.Logger or not _stock_dispatch()):
+        return None  # a custom record, logger class or patched dispatch (Sentry's) must see every record
     found: logging.StreamHandler[Any] | None = None
     logger: logging.Logger | None = request_log
     while logger is not None:
@@ -123,6 +130,9 @@ def log_request(trace_id: str, method: str, path: str, status: int, latency_ms: 
     # it (under the handler's lock, then flushed), without the LogRecord.
     line = orjson.dumps({"ts": round(time.time(), 3), "level": "info", "logger": REQUEST_LOGGER, "msg": "request",
                          **extra}, default=str).decode() + handler.terminator
-    with handler.lock or contextlib.nullcontext():
-        handler.stream.write(line)
-        handler.flush()
+    try:
+        with handler.lock or contextlib.nullcontext():
+            handler.stream.write(line)
+            handler.flush()
+    except Exception:  # a closed or broken stream: what logging does with it (handleError) is its own call
+        request_log.info("request", extra=extra)

@@ -5,6 +5,7 @@ a BundleError naming the file (a message from the CLI), never a traceback or an 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,12 @@ def test_replay_of_an_unparseable_manifest_is_a_message_not_a_traceback(tmp_path
     assert result.exit_code == 1, result.output
     assert "cannot read" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_manifest_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO named manifest.json (a tar can carry one) blocked the reader forever."""
+    root = tmp_path / "bundle"
+    root.mkdir()
+    os.mkfifo(root / MANIFEST)
+    with pytest.raises(BundleError, match="not a regular file"):
+        load_manifest(root)

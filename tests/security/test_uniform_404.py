@@ -17,6 +17,8 @@ from tunegate.store import Store
 
 ALICE_JOB = "ftjob-AliceJob0001"
 GONE_JOB = "ftjob-AliceGone0002"  # Alice's, recorded, since removed at the provider
+OTHER_CONNECTIONS_JOB = "ftjob-SeenOnB0004"  # unowned, seen through a connection Bob is not granted
+UNKNOWN_JOB = "ftjob-NoSuchJob0003"
 # Not OpenAI's exact wording (unverified without a live account); any provider wording will do here.
 PROVIDER_404 = {"error": {"message": "Could not find fine-tune job.", "type": "invalid_request_error",
                           "param": "fine_tuning_job_id", "code": "fine_tuning_job_not_found"}}
@@ -38,18 +40,21 @@ def team(tmp_path: Path) -> Iterator[tuple[Gateway, dict[str, str]]]:
     with ServerThread(app) as up, Gateway(tmp_path / "data") as gw:
         async def setup(store: Store) -> dict[str, str]:
             await store.add_connection("team-oa", "openai", {"api_key": "sk-team-secret"}, up.url + "/v1", {})
+            await store.add_connection("team-b", "openai", {"api_key": "sk-b-secret"}, up.url + "/v1", {})
+            await store.record("job", OTHER_CONNECTIONS_JOB, "openai", "team-b", None, "running", claim=False)
             alice, alice_secret = await store.create_key("alice", ["team-oa"])
             _, bob_secret = await store.create_key("bob", ["team-oa"])
+            _, dave_secret = await store.create_key("dave", [])  # granted no connection at all
             for job in (ALICE_JOB, GONE_JOB):
                 await store.record("job", job, "openai", "team-oa", alice.id, "running", claim=True)
-            return {"alice": alice_secret, "bob": bob_secret}
+            return {"alice": alice_secret, "bob": bob_secret, "dave": dave_secret}
 
         yield gw, gw.with_store(setup)
 
 
-def _call(gw: Gateway, key: str, method: str, path: str) -> requests.Response:
+def _call(gw: Gateway, key: str, method: str, path: str, provider: str = "openai") -> requests.Response:
     return requests.request(method, gw.url + path, timeout=20,
-                            headers={"x-portkey-api-key": key, "x-portkey-provider": "openai"})
+                            headers={"x-portkey-api-key": key, "x-portkey-provider": provider})
 
 
 def _shape(r: requests.Response, job_id: str) -> tuple[int, str, list[str]]:
@@ -63,7 +68,7 @@ def test_another_keys_job_and_no_job_at_all_answer_alike(team: tuple[Gateway, di
                                                           suffix: str) -> None:
     gw, keys = team
     theirs = _call(gw, keys["bob"], method, f"/v1/fine_tuning/jobs/{ALICE_JOB}{suffix}")
-    nowhere = _call(gw, keys["bob"], method, f"/v1/fine_tuning/jobs/ftjob-NoSuchJob0003{suffix}")
+    nowhere = _call(gw, keys["bob"], method, f"/v1/fine_tuning/jobs/{UNKNOWN_JOB}{suffix}")
     assert theirs.status_code == 404, theirs.text
     assert _shape(theirs, ALICE_JOB) == _shape(nowhere, "ftjob-NoSuchJob0003")
     assert nowhere.json()["error"] == {"message": "No such job: 'ftjob-NoSuchJob0003'.",
@@ -75,3 +80,24 @@ def test_a_keys_own_object_keeps_the_providers_words(team: tuple[Gateway, dict[s
     assert _call(gw, keys["alice"], "GET", f"/v1/fine_tuning/jobs/{ALICE_JOB}").status_code == 200
     gone = _call(gw, keys["alice"], "GET", f"/v1/fine_tuning/jobs/{GONE_JOB}")
     assert gone.status_code == 404 and gone.json()["error"]["message"] == "Could not find fine-tune job.", gone.text
+
+
+def test_an_unowned_job_of_a_connection_the_key_is_not_granted_is_the_same_404(
+        team: tuple[Gateway, dict[str, str]]) -> None:
+    """It was a 403 naming the connection, so a key could learn that the id exists, and where."""
+    gw, keys = team
+    seen = _call(gw, keys["bob"], "GET", f"/v1/fine_tuning/jobs/{OTHER_CONNECTIONS_JOB}")
+    nowhere = _call(gw, keys["bob"], "GET", f"/v1/fine_tuning/jobs/{UNKNOWN_JOB}")
+    assert _shape(seen, OTHER_CONNECTIONS_JOB) == _shape(nowhere, UNKNOWN_JOB) and seen.status_code == 404, seen.text
+
+
+@pytest.mark.parametrize("key,provider", [("bob", "nosuch"), ("dave", "openai")])  # unknown provider; no connection
+def test_the_refusal_comes_after_every_check_an_unknown_id_goes_through(team: tuple[Gateway, dict[str, str]],
+                                                                         key: str, provider: str) -> None:
+    """Until the refusal, another key's id and an unknown one take the same path: an earlier 400 or 403
+    for one of them only would tell them apart."""
+    gw, keys = team
+    theirs = _call(gw, keys[key], "GET", f"/v1/fine_tuning/jobs/{ALICE_JOB}", provider)
+    nowhere = _call(gw, keys[key], "GET", f"/v1/fine_tuning/jobs/{UNKNOWN_JOB}", provider)
+    assert theirs.status_code in (400, 403), theirs.text
+    assert _shape(theirs, ALICE_JOB) == _shape(nowhere, UNKNOWN_JOB)

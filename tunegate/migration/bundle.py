@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,8 +26,8 @@ MAX_PATH_CHARS = 1024
 # The most bytes ``read_json`` reads of one of the bundle's JSON files. A bundle may come from someone else,
 # and its JSON is parsed whole in memory (several times the file's size as Python objects), so an unbounded
 # file could exhaust the memory of the machine that replays it. A manifest holds one entry per job and per
-# file: 256 MiB is far beyond any real export's, and bounds what a hostile bundle can make a reader hold.
-MAX_JSON_BYTES = 256 * 1024 * 1024
+# file: 64 MiB is far beyond any real export's, and bounds what a hostile bundle can make a reader hold.
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 class BundleError(ValueError):
@@ -51,8 +52,14 @@ def read_json(path: Path) -> Any:
     """The JSON value in ``path`` (None when there is no such file), or a BundleError naming the file when it
     is larger than MAX_JSON_BYTES, unreadable, not UTF-8, not JSON or nested too deeply to parse."""
     try:
-        with path.open("rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
+        # Non-blocking open, then a regular file only: a FIFO or device named manifest.json (a tar can carry
+        # one) would otherwise block the reader forever or never end.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BundleError(f"{path} is not a regular file")
+            size = info.st_size
             # Read one byte past the bound: a file that grows, or reports no size, is caught all the same.
             raw = fh.read(MAX_JSON_BYTES + 1) if size <= MAX_JSON_BYTES else b""
         if size > MAX_JSON_BYTES or len(raw) > MAX_JSON_BYTES:
