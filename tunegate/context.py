@@ -276,6 +276,11 @@ class ContextResolver:
         provider_name = (headers.get("x-portkey-provider") or (connection.provider if connection else None)
                          or config.get("provider") or (recorded.provider if recorded else None)
                          or default_provider or self.settings.default_provider)
+        if not provider_name and refused:
+            # A request that names no provider relies on the record, which it may not read: the refusal now.
+            # (So this case alone still differs from an unknown id's 400; docs/security.md, rule 4.)
+            assert ref is not None
+            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
         if not provider_name:
             raise InvalidRequest("No provider given: send the 'x-portkey-provider' header (e.g. "
                                  "'x-portkey-provider: openai').", param="x-portkey-provider",
