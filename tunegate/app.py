@@ -21,7 +21,7 @@ from tunegate import logs, metrics, tracing, ui
 from tunegate.api import chat, files, fine_tuning, health, models, uploads
 from tunegate.api.common import Services
 from tunegate.config import Settings
-from tunegate.context import ContextResolver, new_trace_id
+from tunegate.context import ContextResolver, new_trace_id, ownership_refusal
 from tunegate.errors import APIError, MethodNotAllowed, NotFound
 from tunegate.files import open_file_store
 from tunegate.localjobs import start_scheduler
@@ -205,11 +205,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
         # the adapter), the answer reads exactly as the refusal of another key's object
         # (context._recorded), so a key cannot tell ids that exist under other keys from ids that exist
         # nowhere. A key's own objects keep the provider's message.
-        kind, object_id = ctx.unrecorded_ref
         log.info("a 404 on %s %s answered as the ownership refusal; the original: %s %s", request.method,
                  request.url.path[:200], exc.code, exc.message[:300])
         ctx.response_headers.clear()  # the refusal carries no adapter header (a provider's Warning) either
-        exc = NotFound(f"No such {kind}: '{object_id}'.")
+        exc = ownership_refusal(*ctx.unrecorded_ref)
     if exc.status >= 500:
         log.warning("upstream failure %s on %s %s: %s", exc.status, request.method, request.url.path, exc.message)
     return exc.response()

@@ -43,6 +43,12 @@ MAX_TIMEOUT_SECONDS = 3600.0
 MAX_TRIES = 10  # one request's tries at most (x-portkey-config retry.attempts counts the retries)
 
 
+def ownership_refusal(kind: str, object_id: str) -> NotFound:
+    """The one 404 for "not yours" and "not there" alike (docs/security.md, rule 4): every place that
+    answers either builds it here, so the two can never drift apart."""
+    return NotFound(f"No such {kind}: '{object_id}'.")
+
+
 def reachable(recorded: StoredObject, key: ApiKey | None, own_provider_key: bool) -> bool:
     """The ownership rule (docs/security.md), for an object the registry knows: a key reaches its own
     objects and unowned ones of a connection (which it must then be granted); unowned ones of no
@@ -280,7 +286,7 @@ class ContextResolver:
             # A request that names no provider relies on the record, which it may not read: the refusal now.
             # (So this case alone still differs from an unknown id's 400; docs/security.md, rule 4.)
             assert ref is not None
-            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
+            raise ownership_refusal(*ref)
         if not provider_name:
             raise InvalidRequest("No provider given: send the 'x-portkey-provider' header (e.g. "
                                  "'x-portkey-provider: openai').", param="x-portkey-provider",
@@ -293,7 +299,7 @@ class ContextResolver:
         provider_name = provider.name
         if ref is not None and not provider.canonical_id(*ref):
             # Not an id this provider hands out (an encoding, a second spelling): it names nothing.
-            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")
+            raise ownership_refusal(*ref)
         # Stored names are canonical (migration 0004, Store.add_connection); canonical_name() keeps a row
         # written by an older gateway working.
         if connection is not None and canonical_name(connection.provider) != provider_name:
@@ -339,7 +345,7 @@ class ContextResolver:
         ctx.policy.trusted_hosts = frozenset() if ctx.policy.client_host else self._trusted_hosts(provider, connection)
         if refused:
             assert ref is not None
-            raise NotFound(f"No such {ref[0]}: '{ref[1]}'.")  # as if it did not exist, so ids cannot be probed
+            raise ownership_refusal(*ref)  # as if it did not exist, so ids cannot be probed
         return ctx
 
     async def caller(self, headers: Mapping[str, str]) -> ApiKey | None:
