@@ -16,7 +16,7 @@ import hmac
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -264,7 +264,11 @@ class ContextResolver:
         self.rates = RateLimiter()
 
     async def resolve(self, headers: Mapping[str, str], trace_id: str,
-                      ref: tuple[str, str] | None = None, default_provider: str | None = None) -> RequestContext:
+                      ref: tuple[str, str] | None = None, default_provider: str | None = None,
+                      before_refusal: Callable[[], Awaitable[None]] | None = None) -> RequestContext:
+        """``before_refusal``: the route's own reading of its query or body, run just before another key's
+        object is refused, where an unknown id's request would go on to read them: a bad query or body is
+        then the same 400 for both, and the body is consumed for both (see ``api.common.context_and_input``)."""
         key, provider_key = await self._authenticate(headers)  # an anonymous caller hears 401 first
         config = _parse_config(headers.get("x-portkey-config"))
         if key is not None and (limit := key.rate_limit_per_min or self.settings.rate_limit_per_min):
@@ -345,6 +349,8 @@ class ContextResolver:
         ctx.policy.trusted_hosts = frozenset() if ctx.policy.client_host else self._trusted_hosts(provider, connection)
         if refused:
             assert ref is not None
+            if before_refusal is not None:
+                await before_refusal()
             raise ownership_refusal(*ref)  # as if it did not exist, so ids cannot be probed
         return ctx
 

@@ -4,8 +4,9 @@ and keeping the registry up to date (with per-key visibility)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -21,6 +22,8 @@ from tunegate.providers import paging
 from tunegate.providers.base import JSON, Page
 from tunegate.store import Store
 from tunegate.upstream import Upstream
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -50,11 +53,30 @@ def first_headers(request: Request) -> dict[str, str]:
 
 
 async def context(request: Request, ref: tuple[str, str] | None = None,
-                  default_provider: str | None = None) -> RequestContext:
+                  default_provider: str | None = None,
+                  before_refusal: Callable[[], Awaitable[None]] | None = None) -> RequestContext:
     ctx = await services(request).resolver.resolve(first_headers(request), request.scope["tunegate.trace_id"],
-                                                   ref, default_provider)
+                                                   ref, default_provider, before_refusal)
     request.scope["tunegate.ctx"] = ctx
     return ctx
+
+
+async def context_and_input(request: Request, ref: tuple[str, str], read_input: Callable[[], Awaitable[T]],
+                            discard: Callable[[T], Awaitable[None]] | None = None) -> tuple[RequestContext, T]:
+    """The context of a request on the object ``ref`` names, and what the route reads of its query or body
+    (``read_input``, which raises the route's 400s). The input is read after every check an unknown id
+    goes through, and, for another key's object, before its refusal: so a bad query or body is the same
+    400 for another key's object as for an id that exists nowhere, and the body is read in both cases.
+    (Read after the refusal, the 400 and the 404 told the two apart.) ``discard`` disposes of input read
+    only to be refused (a form's file part: drained, then closed)."""
+
+    async def before_refusal() -> None:
+        value = await read_input()
+        if discard is not None:
+            await discard(value)
+
+    ctx = await context(request, ref, before_refusal=before_refusal)
+    return ctx, await read_input()
 
 
 def respond(obj: Any, status: int = 200) -> Response:

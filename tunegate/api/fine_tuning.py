@@ -13,12 +13,21 @@ import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.common import context, json_body, page, remember, respond, services, visible
+from tunegate.api.common import (
+    context,
+    context_and_input,
+    json_body,
+    page,
+    remember,
+    respond,
+    services,
+    visible,
+)
 from tunegate.api.datasets import check_job_files
 from tunegate.context import ContextResolver, RequestContext
 from tunegate.errors import APIError, InvalidRequest, NotFound, missing_param
 from tunegate.files import is_managed_file_id
-from tunegate.providers.base import JSON, IncomingFile
+from tunegate.providers.base import JSON, IncomingFile, Page
 from tunegate.store import Store, StoredObject
 from tunegate.store.schema import job_watch, objects
 from tunegate.webhooks.outbox import TERMINAL
@@ -260,13 +269,20 @@ async def delete_job(request: Request) -> Response:
 
 
 async def list_events(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    return respond(await ctx.provider.list_events(ctx, request.path_params["job_id"], page(request, 20)))
+    ctx, query = await context_and_input(request, _job_ref(request), _page_of(request, 20))
+    return respond(await ctx.provider.list_events(ctx, request.path_params["job_id"], query))
 
 
 async def list_checkpoints(request: Request) -> Response:
-    ctx = await context(request, _job_ref(request))
-    return respond(await ctx.provider.list_checkpoints(ctx, request.path_params["job_id"], page(request, 10)))
+    ctx, query = await context_and_input(request, _job_ref(request), _page_of(request, 10))
+    return respond(await ctx.provider.list_checkpoints(ctx, request.path_params["job_id"], query))
+
+
+def _page_of(request: Request, default_limit: int) -> Callable[[], Awaitable[Page]]:
+    async def read() -> Page:
+        return page(request, default_limit)
+
+    return read
 
 
 async def passthrough(request: Request) -> Response:

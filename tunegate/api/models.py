@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.common import context, json_body, respond
+from tunegate.api.common import context, context_and_input, json_body, respond
 from tunegate.providers.base import JSON
 
 
@@ -39,6 +39,8 @@ async def delete_model(request: Request) -> Response:
 
 
 async def deploy_model(request: Request) -> Response:
-    ctx = await context(request, ("model", _model(request)))
-    body = await json_body(request, optional=True)
+    async def read_body() -> JSON:
+        return await json_body(request, optional=True)
+
+    ctx, body = await context_and_input(request, ("model", _model(request)), read_body)
     return respond(await ctx.provider.deploy_model(ctx, _model(request), body))

@@ -6,10 +6,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tunegate.api.common import context, json_body, remember, respond
-from tunegate.api.files import read_form_file
+from tunegate.api.common import context, context_and_input, json_body, remember, respond
+from tunegate.api.files import FormFile, read_form_file
 from tunegate.errors import InvalidRequest, missing_param
-from tunegate.providers.base import FILE_PURPOSES, IncomingFile
+from tunegate.providers.base import FILE_PURPOSES, JSON, IncomingFile
 
 MAX_UPLOAD_BYTES = 8 * 1024**3
 MAX_PART_BYTES = 64 * 1024**2
@@ -45,8 +45,10 @@ async def create_upload(request: Request) -> Response:
 
 
 async def add_part(request: Request) -> Response:
-    ctx = await context(request, _upload_ref(request))
-    form = await read_form_file(request, "data", MAX_PART_BYTES)
+    async def read_part() -> FormFile:
+        return await read_form_file(request, "data", MAX_PART_BYTES)
+
+    ctx, form = await context_and_input(request, _upload_ref(request), read_part, _drain)
     part = IncomingFile(filename=form.filename, purpose="", content_type=form.content_type, chunks=form.chunks)
     try:
         return respond(await ctx.provider.add_upload_part(ctx, request.path_params["upload_id"], part))
@@ -54,11 +56,24 @@ async def add_part(request: Request) -> Response:
         form.close()
 
 
+async def _drain(form: FormFile) -> None:
+    """A part read only to be refused: its bytes are read (within the part's bound) as an unknown id's
+    part is sent on, so the two answers do not differ in how the connection is left."""
+    try:
+        async for _chunk in form.chunks:
+            pass
+    finally:
+        form.close()
+
+
 async def complete_upload(request: Request) -> Response:
-    ctx = await context(request, _upload_ref(request))
-    body = await json_body(request)
-    if not isinstance(body.get("part_ids"), list):
-        raise missing_param("part_ids")
+    async def read_body() -> JSON:
+        body = await json_body(request)
+        if not isinstance(body.get("part_ids"), list):
+            raise missing_param("part_ids")
+        return body
+
+    ctx, body = await context_and_input(request, _upload_ref(request), read_body)
     done = await ctx.provider.complete_upload(ctx, request.path_params["upload_id"], body)
     await remember(ctx, "upload", done)
     if isinstance(done.get("file"), dict):
