@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import sys
 import tempfile
 import time
@@ -89,10 +90,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tunegate-tail-"))
     (tmp / "hook").mkdir()
     (tmp / "hook" / "sitecustomize.py").write_text(HOOK)
+    upstream, up_port = run.start_upstream(tmp, 1)  # before the hook's environment: the upstream goes untimed
+    # gateway_env passes PYTHONPATH and other non-TUNEGATE_ variables on; it fixes the log level, which the
+    # request log needs at info
+    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(tmp / "hook"), os.environ.get("PYTHONPATH")])),
+                      TG_TIMED=args.timed, TG_TIMED_OUT=str(tmp / "timed"))
     base_env = run.gateway_env
-    run.gateway_env = lambda d: {**base_env(d), "TUNEGATE_LOG_LEVEL": "info", "PYTHONPATH": str(tmp / "hook"),
-                                 "TG_TIMED": args.timed, "TG_TIMED_OUT": str(tmp / "timed")}
-    upstream, up_port = run.start_upstream(tmp, 1)
+    run.gateway_env = lambda d: {**base_env(d), "TUNEGATE_LOG_LEVEL": "info"}
     gateway, port, _ = run.start_gateway(tmp, tmp / "data", 1, "tail")
     headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"http://127.0.0.1:{up_port}/v1",
                "Authorization": "Bearer sk-bench-provider-key"}
